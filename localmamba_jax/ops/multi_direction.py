@@ -1,0 +1,114 @@
+"""The multi-direction scan the models call: gather -> selective scan -> merge, K directions at once.
+
+Inputs are in spatial (row-major) token order; outputs come back in spatial order, one
+slice per direction: [batch, H*W, K, E]. The reference path here gathers each direction's
+sequence with the indices of `scan_orders`, stacks the K sequences as K * E channels (padded
+at the end to the longest, as the official `MultiScanVSSM.multi_scan` does), runs one
+grouped selective scan (group k = direction k, reference doc Sec. 7) and merges each
+direction back with its (official) merge index. Kernels implement the same op with the
+gather fused into their reads; the models do not change.
+
+Pad tokens (window pads inside the sequence, and the trailing pads) are zero vectors: u = 0,
+delta = 0 before the bias, B = C = 0. With softplus and a delta bias they are decay-only
+steps, exactly as in the official LocalVMamba (reference doc Sec. 2).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from localmamba_jax.ops import scan_orders as scan_orders_lib
+from localmamba_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, selective_scan
+
+
+def _with_zero_token(x):
+  """Appends one zero token along axis 1; gather index PAD (-1) then reads it."""
+  return jnp.concatenate([x, jnp.zeros_like(x[:, :1])], axis=1)
+
+
+def gather_tokens(x, gather_index: np.ndarray):
+  """Reads K scan orders out of spatial tokens.
+
+  x: [batch, L, C] (shared by all directions) or [batch, L, K, C] (one slice per direction).
+  gather_index: int [K, Lmax], PAD = -1 for zero tokens.
+  Returns [batch, Lmax, K, C].
+  """
+  gather_index = np.asarray(gather_index)
+  num_dirs = gather_index.shape[0]
+  if x.ndim == 4 and x.shape[2] != num_dirs:
+    raise ValueError(f"gather_tokens: x has {x.shape[2]} direction slices but {num_dirs} "
+                     f"directions were given.")
+  x = _with_zero_token(x)
+  index = np.where(gather_index < 0, x.shape[1] - 1, gather_index)  # PAD -> the zero token
+  if x.ndim == 3:
+    return jnp.moveaxis(x[:, index], 1, 2)                             # [b, K, Lmax, C] -> swap
+  return x[:, index.T, np.arange(num_dirs)[None, :]]
+
+
+def merge_tokens(y, merge_index: np.ndarray):
+  """Brings per-direction sequences y [batch, Lmax, K, C] back to spatial order [batch, L, K, C]."""
+  merge_index = np.asarray(merge_index)
+  return y[:, merge_index.T, np.arange(merge_index.shape[0])[None, :]]
+
+
+def _check_per_direction(name, x, batch, length, num_dirs, last, allow_shared=False):
+  shape = getattr(x, "shape", None)
+  ok = shape is not None and len(shape) == 4 and shape[:3] == (batch, length, num_dirs)
+  ok = ok and (last is None or shape[3] == last)
+  if allow_shared and shape is not None and len(shape) == 3:
+    ok = shape[:2] == (batch, length) and (last is None or shape[2] == last)
+  if not ok:
+    expected = f"[batch={batch}, L={length}, K={num_dirs}, {last or 'E'}]"
+    if allow_shared:
+      expected += f" or [batch, L, {last or 'E'}]"
+    raise ValueError(f"multi_direction_selective_scan: {name} must have shape {expected}, got "
+                     f"{None if shape is None else tuple(shape)}.")
+
+
+def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z=None, *,
+                                   grid_hw: tuple[int, int], directions: Sequence[str],
+                                   delta_softplus: bool = True, exact_inverse: bool = False,
+                                   impl: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE):
+  """Selective scans of K directions over an H x W token grid, merged back to spatial order.
+
+  u:          [batch, H*W, E] (shared) or [batch, H*W, K, E]
+  delta:      [batch, H*W, K, E]   raw (delta_bias and softplus applied inside)
+  A:          [K, E, N]            (A = -exp(A_log))
+  B, C:       [batch, H*W, K, N]   one group per direction
+  D, delta_bias: [K, E] or None
+  z:          optional gate, [batch, H*W, K, E] or [batch, H*W, E]
+  Returns [batch, H*W, K, E] in the dtype of u.
+  """
+  height, width = grid_hw
+  orders = scan_orders_lib.stacked_scan_orders(height, width, directions, exact_inverse)
+  num_dirs = len(orders.directions)
+  if getattr(A, "ndim", None) != 3 or A.shape[0] != num_dirs:
+    raise ValueError(f"multi_direction_selective_scan: A must have shape [K={num_dirs}, E, N], "
+                     f"got {getattr(A, 'shape', None)}.")
+  _, channels, num_state = A.shape
+  batch = getattr(u, "shape", (None,))[0]
+  length = height * width
+  _check_per_direction("u", u, batch, length, num_dirs, channels, allow_shared=True)
+  _check_per_direction("delta", delta, batch, length, num_dirs, channels)
+  _check_per_direction("B", B, batch, length, num_dirs, num_state)
+  _check_per_direction("C", C, batch, length, num_dirs, num_state)
+  if z is not None:
+    _check_per_direction("z", z, batch, length, num_dirs, channels, allow_shared=True)
+  for name, value in (("D", D), ("delta_bias", delta_bias)):
+    if value is not None and getattr(value, "shape", None) != (num_dirs, channels):
+      raise ValueError(f"multi_direction_selective_scan: {name} must have shape "
+                       f"[K={num_dirs}, E={channels}], got {getattr(value, 'shape', None)}.")
+
+  max_length = orders.max_length
+  flat = lambda x: x.reshape(batch, max_length, num_dirs * channels)
+  gathered = lambda x: gather_tokens(x, orders.gather)
+  out = selective_scan(
+      flat(gathered(u)), flat(gathered(delta)), A.reshape(num_dirs * channels, num_state),
+      gathered(B), gathered(C),
+      None if D is None else D.reshape(-1),
+      None if z is None else flat(gathered(z)),
+      None if delta_bias is None else delta_bias.reshape(-1),
+      delta_softplus=delta_softplus, impl=impl, chunk_size=chunk_size)
+  return merge_tokens(out.reshape(batch, max_length, num_dirs, channels), orders.merge)

@@ -1,0 +1,203 @@
+"""The selective scan (Mamba's S6 recurrence) with grouped B/C, behind one interface.
+
+Math (mamba's `selective_scan_ref`, reference doc Sec. 7), per batch b, channel d, state n:
+
+    Delta_t = softplus(delta_t + delta_bias_d)        (softplus and bias optional)
+    h_t[n]  = exp(Delta_t * A[d, n]) * h_{t-1}[n] + Delta_t * B_t[g(d), n] * u_t      h_{-1} = 0
+    y_t     = sum_n C_t[g(d), n] * h_t[n] + D_d * u_t
+    out_t   = y_t * silu(z_t)                         (gate optional)
+
+Layout is channels-last, which is what the models produce and what the kernels read:
+    u, delta, z: [batch, L, channels]      A: [channels, N]
+    B, C:        [batch, L, groups, N]  (or [batch, L, N] for one group);
+                 channel d uses group d // (channels / groups), so LocalVMamba's K
+                 directions stacked as channels k * E + e use group k, as in the reference.
+    D, delta_bias: [channels]
+
+Precision policy: the state, the discretisation and all accumulation run in float32
+whatever the input dtype (as mamba's kernel does; LocalVMamba even casts its inputs to
+fp32). Inputs in float64 compute in float64 (used by the tests' float64 references).
+The output has the dtype of `u`, like mamba's `selective_scan_ref`; the optional last
+state is returned in the compute dtype.
+
+Implementations (`impl=`):
+    "reference"    `lax.scan` over L, one step at a time: the readable definition.
+    "associative"  `lax.associative_scan` inside chunks of `chunk_size` steps, a `lax.scan`
+                   carrying the state across chunks. Only one chunk's [batch, chunk, channels,
+                   N] states exist at a time, and the chunk body is rematerialised in the
+                   backward pass, so memory stays O(batch * L * channels) like the inputs.
+    "auto"         the best available for the backend (currently "associative").
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("auto", "reference", "associative")
+DEFAULT_CHUNK_SIZE = 128
+
+
+def _shape_error(name, value, expected):
+  shape = getattr(value, "shape", None)
+  return ValueError(f"selective_scan: {name} must have shape {expected}, got "
+                    f"{'a ' + type(value).__name__ if shape is None else tuple(shape)}.")
+
+
+def _normalize_groups(name, x, batch, length, num_state):
+  shape = getattr(x, "shape", None)
+  if shape is not None and len(shape) == 3:
+    x = x[:, :, None, :]
+  if x is None or getattr(x, "ndim", 0) != 4 or x.shape[0] != batch or x.shape[1] != length \
+      or x.shape[3] != num_state:
+    raise _shape_error(name, x, f"[batch={batch}, L={length}, groups, N={num_state}] "
+                       f"or [batch, L, N]")
+  return x
+
+
+def check_selective_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None):
+  """Validates shapes; returns B and C as [batch, L, groups, N]."""
+  if getattr(u, "ndim", None) != 3:
+    raise _shape_error("u", u, "[batch, L, channels]")
+  batch, length, channels = u.shape
+  if getattr(delta, "shape", None) != u.shape:
+    raise _shape_error("delta", delta, f"{tuple(u.shape)} (the shape of u)")
+  if getattr(A, "ndim", None) != 2 or A.shape[0] != channels:
+    raise _shape_error("A", A, f"[channels={channels}, N]")
+  num_state = A.shape[1]
+  B = _normalize_groups("B", B, batch, length, num_state)
+  C = _normalize_groups("C", C, batch, length, num_state)
+  if B.shape[2] != C.shape[2]:
+    raise ValueError(f"selective_scan: B and C must have the same number of groups, got "
+                     f"{B.shape[2]} and {C.shape[2]}.")
+  groups = B.shape[2]
+  if channels % groups:
+    raise ValueError(f"selective_scan: the {groups} groups of B/C must divide the {channels} "
+                     f"channels of u (each group serves channels // groups channels).")
+  for name, value in (("D", D), ("delta_bias", delta_bias)):
+    if value is not None and getattr(value, "shape", None) != (channels,):
+      raise _shape_error(name, value, f"[channels={channels}]")
+  if z is not None and getattr(z, "shape", None) != u.shape:
+    raise _shape_error("z", z, f"{tuple(u.shape)} (the shape of u)")
+  return B, C
+
+
+def compute_dtype(*arrays):
+  """float32, or float64 when an input is float64 (see the precision policy above)."""
+  dtypes = [a.dtype for a in arrays if a is not None]
+  return jnp.promote_types(jnp.float32, jnp.result_type(*dtypes))
+
+
+def discretize_delta(delta, delta_bias, delta_softplus, dtype):
+  delta = delta.astype(dtype)
+  if delta_bias is not None:
+    delta = delta + delta_bias.astype(dtype)
+  if delta_softplus:
+    delta = jax.nn.softplus(delta)
+  return delta
+
+
+def finish_output(y, u, D, z, dtype):
+  """y + D * u, gated by silu(z), cast to u's dtype."""
+  if D is not None:
+    y = y + u.astype(dtype) * D.astype(dtype)
+  if z is not None:
+    z = z.astype(dtype)
+    y = y * (z * jax.nn.sigmoid(z))
+  return y.astype(u.dtype)
+
+
+def _reference_scan(u, delta, A, B, C, dtype):
+  """lax.scan over time; returns y [b, L, d] (before D and gate) and the last state."""
+  batch, length, channels = u.shape
+  groups, num_state = B.shape[2], B.shape[3]
+  per_group = channels // groups
+  A = A.astype(dtype).reshape(groups, per_group, num_state)
+
+  def step(h, xs):
+    delta_t, u_t, b_t, c_t = xs  # [b, g, dg], [b, g, dg], [b, g, N], [b, g, N]
+    h = jnp.exp(delta_t[..., None] * A) * h + (delta_t * u_t)[..., None] * b_t[:, :, None, :]
+    y_t = jnp.sum(h * c_t[:, :, None, :], axis=-1)
+    return h, y_t
+
+  time_major = lambda x: jnp.moveaxis(x.astype(dtype), 1, 0)
+  xs = (time_major(delta).reshape(length, batch, groups, per_group),
+        time_major(u).reshape(length, batch, groups, per_group), time_major(B), time_major(C))
+  h0 = jnp.zeros((batch, groups, per_group, num_state), dtype)
+  h_last, y = jax.lax.scan(step, h0, xs)
+  return jnp.moveaxis(y, 0, 1).reshape(batch, length, channels), h_last.reshape(
+      batch, channels, num_state)
+
+
+def _combine(left, right):
+  a_left, b_left = left
+  a_right, b_right = right
+  return a_left * a_right, a_right * b_left + b_right
+
+
+def _associative_scan(u, delta, A, B, C, dtype, chunk_size):
+  batch, length, channels = u.shape
+  groups, num_state = B.shape[2], B.shape[3]
+  per_group = channels // groups
+  A = A.astype(dtype).reshape(groups, per_group, num_state)
+  chunk = max(1, min(int(chunk_size), length))
+  num_chunks = -(-length // chunk)
+  padded = num_chunks * chunk
+  # Trailing steps with Delta = 0 are identities (exp(0) = 1, no input), so padding to a
+  # whole number of chunks changes neither the outputs nor the last state.
+  def to_chunks(x):
+    x = x.astype(dtype)
+    x = jnp.pad(x, [(0, 0), (0, padded - length)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((batch, num_chunks, chunk) + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+  xs = (to_chunks(delta).reshape(num_chunks, batch, chunk, groups, per_group),
+        to_chunks(u).reshape(num_chunks, batch, chunk, groups, per_group), to_chunks(B),
+        to_chunks(C))
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def chunk_step(h, xs):
+    delta_c, u_c, b_c, c_c = xs
+    decay = jnp.exp(delta_c[..., None] * A)                       # [b, T, g, dg, N]
+    drive = (delta_c * u_c)[..., None] * b_c[:, :, :, None, :]     # [b, T, g, dg, N]
+    decay_cum, drive_cum = jax.lax.associative_scan(_combine, (decay, drive), axis=1)
+    states = decay_cum * h[:, None] + drive_cum
+    y = jnp.sum(states * c_c[:, :, :, None, :], axis=-1)           # [b, T, g, dg]
+    return states[:, -1], y
+
+  h0 = jnp.zeros((batch, groups, per_group, num_state), dtype)
+  h_last, y = jax.lax.scan(chunk_step, h0, xs)
+  y = jnp.moveaxis(y, 0, 1).reshape(batch, padded, channels)[:, :length]
+  return y, h_last.reshape(batch, channels, num_state)
+
+
+def resolve_impl(impl: str) -> str:
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"selective_scan: unknown impl {impl!r}; allowed: {IMPLEMENTATIONS}.")
+  if impl == "auto":
+    return "associative"
+  return impl
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
+                   delta_softplus: bool = False, return_last_state: bool = False,
+                   impl: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE):
+  """Runs the selective scan; see the module docstring for shapes, math and dtypes.
+
+  Returns out [batch, L, channels] (dtype of u), and the last state
+  [batch, channels, N] when `return_last_state`.
+  """
+  B, C = check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"selective_scan: chunk_size must be an integer >= 1, got {chunk_size!r}.")
+  impl = resolve_impl(impl)
+  dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+  delta = discretize_delta(delta, delta_bias, delta_softplus, dtype)
+  if impl == "reference":
+    y, last_state = _reference_scan(u, delta, A, B, C, dtype)
+  else:
+    y, last_state = _associative_scan(u, delta, A, B, C, dtype, chunk_size)
+  out = finish_output(y, u, D, z, dtype)
+  return (out, last_state) if return_last_state else out
