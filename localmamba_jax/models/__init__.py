@@ -1,0 +1,1 @@
+"""Models: LocalVMamba (hierarchical) and LocalVim (plain), above ops and layers."""

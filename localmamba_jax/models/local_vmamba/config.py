@@ -1,0 +1,166 @@
+"""LocalVMambaConfig: the hyper-parameters of the hierarchical LocalMamba family.
+
+Defaults are those of the official `VSSM` (reference doc Sec. 3.4 and Sec. 4): patch 4,
+d_state 16, ssm_ratio 2, dt_rank ceil(C / 16), depthwise conv 3, LayerNorm eps 1e-5, no MLP.
+`directions=None` builds the search supernet (every block scans all `search_candidates`
+and merges them with softmax weights, paper Sec. 3.4 / reference Sec. 5).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from localmamba_jax.ops.scan_orders import ALL_CHOICES, parse_direction
+from localmamba_jax.ops.selective_scan import IMPLEMENTATIONS
+
+
+def _positive_ints(name: str, values) -> tuple[int, ...]:
+  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+    raise ValueError(f"LocalVMambaConfig.{name} must be a non-empty list of positive integers, "
+                     f"got {values!r}.")
+  out = []
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"LocalVMambaConfig.{name} must hold positive integers, got {values!r}.")
+    out.append(int(v))
+  return tuple(out)
+
+
+def _direction_list(what: str, names) -> tuple[str, ...]:
+  if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or not names:
+    raise ValueError(f"{what} must be a non-empty list of direction names such as "
+                     f"['h', 'v_flip', 'w2', 'w7'], got {names!r}.")
+  parsed = tuple(parse_direction(n).name for n in names)   # raises on unknown names
+  if len(set(parsed)) != len(parsed):
+    raise ValueError(f"{what} lists a direction twice: {list(names)!r}. Each branch of a "
+                     f"mixer must scan a different direction.")
+  return parsed
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalVMambaConfig:
+  """Architecture of a LocalVMamba model (official `VSSM` with local scans).
+
+  dims, depths:     channels and number of VSSBlocks per stage; a PatchMerging2D
+                    (C -> next C) follows every stage but the last.
+  directions:       one list of scan directions per block, stage by stage (sum(depths)
+                    lists); branch k of a block scans directions[k]. None = search supernet.
+  search_candidates: the directions every supernet block scans (official: ALL_CHOICES).
+  dt_rank:          None = official "auto", ceil(C / 16).
+  d_conv:           depthwise conv kernel (odd); 1 = no conv (the official d_conv < 2 path).
+  num_classes:      0 = no head; the model then returns the pooled features.
+  scattn_spatial:   False = the released channel-only SCAttn; True = the paper's spatial +
+                    channel form (extra parameters; no released checkpoint has them).
+  exact_inverse:    False = the official `v` merge (scrambles v/v_flip on H != W grids,
+                    kept for parity); True = the true inverse.
+  dtype:            compute dtype (None = float32). Parameters, the selective scan, the
+                    LayerNorm statistics and the residual stream stay float32.
+  scan_impl, scan_chunk_size: passed to the selective-scan op.
+  """
+
+  dims: Sequence[int] = (96, 192, 384, 768)
+  depths: Sequence[int] = (2, 2, 9, 2)
+  directions: Optional[Sequence[Sequence[str]]] = None
+  search_candidates: Sequence[str] = ALL_CHOICES
+  d_state: int = 16
+  ssm_ratio: float = 2.0
+  dt_rank: Optional[int] = None
+  d_conv: int = 3
+  patch_size: int = 4
+  in_chans: int = 3
+  num_classes: int = 1000
+  drop_path_rate: float = 0.1
+  scattn_spatial: bool = False
+  exact_inverse: bool = False
+  dtype: Any = None
+  scan_impl: str = "auto"
+  scan_chunk_size: int = 128
+
+  def __post_init__(self):
+    set_ = lambda name, value: object.__setattr__(self, name, value)
+    set_("dims", _positive_ints("dims", self.dims))
+    set_("depths", _positive_ints("depths", self.depths))
+    if len(self.dims) != len(self.depths):
+      raise ValueError(f"LocalVMambaConfig: dims {list(self.dims)} and depths {list(self.depths)} "
+                       f"must have one entry per stage (same length).")
+    set_("search_candidates", _direction_list("LocalVMambaConfig.search_candidates",
+                                              self.search_candidates))
+    if self.directions is not None:
+      if isinstance(self.directions, (str, bytes)) or not isinstance(self.directions, Sequence):
+        raise ValueError(f"LocalVMambaConfig.directions must be None (search supernet) or a list "
+                         f"of sum(depths) direction lists, got {self.directions!r}.")
+      if len(self.directions) != self.num_blocks:
+        raise ValueError(
+            f"LocalVMambaConfig.directions has {len(self.directions)} lists but depths "
+            f"{list(self.depths)} have {self.num_blocks} blocks; give one list per block, "
+            f"stage by stage, or None for the search supernet.")
+      set_("directions", tuple(_direction_list(f"LocalVMambaConfig.directions[{i}]", d)
+                               for i, d in enumerate(self.directions)))
+    for name in ("d_state", "patch_size", "in_chans", "scan_chunk_size"):
+      _positive_ints(name, [getattr(self, name)])
+    if self.dt_rank is not None:
+      _positive_ints("dt_rank", [self.dt_rank])
+    if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, (int, np.integer)) \
+        or self.num_classes < 0:
+      raise ValueError(f"LocalVMambaConfig.num_classes must be an integer >= 0 (0 = no head), "
+                       f"got {self.num_classes!r}.")
+    if isinstance(self.d_conv, bool) or not isinstance(self.d_conv, (int, np.integer)) \
+        or self.d_conv < 1 or self.d_conv % 2 == 0:
+      raise ValueError(f"LocalVMambaConfig.d_conv must be an odd integer >= 1 (the official "
+                       f"'same' padding (k - 1) // 2 needs an odd kernel; 1 = no conv), got "
+                       f"{self.d_conv!r}.")
+    if not self.ssm_ratio > 0:
+      raise ValueError(f"LocalVMambaConfig.ssm_ratio must be > 0, got {self.ssm_ratio!r}.")
+    for dim in self.dims:
+      if int(self.ssm_ratio * dim) < 8:
+        raise ValueError(
+            f"LocalVMambaConfig: inner width int(ssm_ratio * dim) = int({self.ssm_ratio} * {dim}) "
+            f"< 8 leaves SCAttn (reduction 1/8) no channels; use larger dims or ssm_ratio.")
+    if not 0.0 <= self.drop_path_rate < 1.0:
+      raise ValueError(f"LocalVMambaConfig.drop_path_rate must be in [0, 1), got "
+                       f"{self.drop_path_rate!r}.")
+    if self.scan_impl not in IMPLEMENTATIONS:
+      raise ValueError(f"LocalVMambaConfig.scan_impl must be one of {IMPLEMENTATIONS}, got "
+                       f"{self.scan_impl!r}.")
+    if self.dtype is not None and not jnp.issubdtype(jnp.dtype(self.dtype), jnp.floating):
+      raise ValueError(f"LocalVMambaConfig.dtype must be None or a floating dtype such as "
+                       f"jnp.bfloat16, got {self.dtype!r}.")
+
+  # ---- derived quantities ------------------------------------------------------------------
+
+  @property
+  def num_blocks(self) -> int:
+    return sum(self.depths)
+
+  @property
+  def is_search(self) -> bool:
+    return self.directions is None
+
+  def inner_dim(self, stage: int) -> int:
+    return int(self.ssm_ratio * self.dims[stage])
+
+  def stage_dt_rank(self, stage: int) -> int:
+    return self.dt_rank if self.dt_rank is not None else math.ceil(self.dims[stage] / 16)
+
+  def block_directions(self, block: int) -> tuple[str, ...]:
+    """Directions of the global block index `block` (stage by stage)."""
+    return self.search_candidates if self.directions is None else self.directions[block]
+
+  def drop_path_rates(self) -> list[float]:
+    """Official rule: linspace(0, drop_path_rate, sum(depths)) over all blocks."""
+    return [float(r) for r in np.linspace(0.0, self.drop_path_rate, self.num_blocks)]
+
+  @classmethod
+  def tiny(cls, **overrides) -> "LocalVMambaConfig":
+    """A small model for tests and quick runs (the golden `vssm_mini` architecture)."""
+    kwargs = dict(
+        dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), num_classes=10, drop_path_rate=0.2,
+        directions=(("h", "h_flip", "w7", "w7_flip"), ("v", "v_flip", "w2", "w2_flip"),
+                    ("h_flip", "v_flip", "w2_flip", "w7"), ("h", "v", "w2", "w7_flip"),
+                    ("h_flip", "v_flip", "w2", "w7")))
+    kwargs.update(overrides)
+    return cls(**kwargs)
