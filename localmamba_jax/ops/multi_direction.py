@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from localmamba_jax.ops import scan_orders as scan_orders_lib
-from localmamba_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, selective_scan
+from localmamba_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, resolve_impl, selective_scan
 
 
 def _with_zero_token(x):
@@ -101,6 +101,16 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
       raise ValueError(f"multi_direction_selective_scan: {name} must have shape "
                        f"[K={num_dirs}, E={channels}], got {getattr(value, 'shape', None)}.")
 
+  from localmamba_jax.ops.kernels import selective_scan_gpu
+  kernel_ok = selective_scan_gpu.is_supported(
+      num_dirs * channels, num_dirs, num_state,
+      [x.dtype for x in (u, delta, B, C, z) if x is not None])
+  if resolve_impl(impl, kernel_ok) == "pallas_gpu":
+    # The kernel reads each direction's tokens through orders.gather and writes outputs
+    # (and gradients) back at their tokens: no gathered copies of the inputs in memory.
+    return selective_scan_gpu.multi_direction_scan_pallas(
+        u, delta, A, B, C, D, delta_bias, z, gather=orders.gather, merge=orders.merge,
+        delta_softplus=delta_softplus)
   max_length = orders.max_length
   flat = lambda x: x.reshape(batch, max_length, num_dirs * channels)
   gathered = lambda x: gather_tokens(x, orders.gather)

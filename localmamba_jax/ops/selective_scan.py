@@ -26,7 +26,11 @@ Implementations (`impl=`):
                    carrying the state across chunks. Only one chunk's [batch, chunk, channels,
                    N] states exist at a time, and the chunk body is rematerialised in the
                    backward pass, so memory stays O(batch * L * channels) like the inputs.
-    "auto"         the best available for the backend (currently "associative").
+    "pallas_gpu"   Pallas (Triton backend) kernels, forward + backward (ops/kernels/
+                   selective_scan_gpu.py); off a GPU it runs in Pallas interpret mode (slow,
+                   for tests).
+    "auto"         "pallas_gpu" on a GPU where the kernel covers the problem (N a power of
+                   two, fp32/bf16/fp16 inputs), else "associative".
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "reference", "associative")
+IMPLEMENTATIONS = ("auto", "reference", "associative", "pallas_gpu")
 DEFAULT_CHUNK_SIZE = 128
 
 
@@ -173,12 +177,20 @@ def _associative_scan(u, delta, A, B, C, dtype, chunk_size):
   return y, h_last.reshape(batch, channels, num_state)
 
 
-def resolve_impl(impl: str) -> str:
+def resolve_impl(impl: str, kernel_supported: bool = False) -> str:
+  """`kernel_supported`: the Pallas GPU kernel covers the problem (see kernels.is_supported)."""
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"selective_scan: unknown impl {impl!r}; allowed: {IMPLEMENTATIONS}.")
   if impl == "auto":
-    return "associative"
+    from localmamba_jax.ops.kernels import selective_scan_gpu
+    return "pallas_gpu" if kernel_supported and selective_scan_gpu.on_gpu() else "associative"
   return impl
+
+
+def _kernel_supported(u, delta, A, B, C, z):
+  from localmamba_jax.ops.kernels import selective_scan_gpu
+  return selective_scan_gpu.is_supported(u.shape[2], B.shape[2], A.shape[1],
+                                         [x.dtype for x in (u, delta, B, C, z) if x is not None])
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
@@ -192,7 +204,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   B, C = check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"selective_scan: chunk_size must be an integer >= 1, got {chunk_size!r}.")
-  impl = resolve_impl(impl)
+  impl = resolve_impl(impl, _kernel_supported(u, delta, A, B, C, z))
+  if impl == "pallas_gpu":
+    from localmamba_jax.ops.kernels import selective_scan_gpu
+    return selective_scan_gpu.selective_scan_pallas(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
+        return_last_state=return_last_state)
   dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
   delta = discretize_delta(delta, delta_bias, delta_softplus, dtype)
   if impl == "reference":

@@ -1,0 +1,255 @@
+"""Benchmark (and GPU correctness check) of the Pallas GPU selective scan.
+
+Run on a GPU machine from the repo root:
+    PYTHONPATH=. python benchmarks/bench_selective_scan.py [--check] [--shapes stage1,...]
+        [--dtypes float32,bfloat16] [--sweep] [--out results.json]
+
+--check   compares the kernel with the float64 reference (CPU, x64) on fresh random inputs,
+          values and gradients, plain order and the fused multi-direction op (exact and
+          fallback merge), fp32 and bf16; prints relative L2 errors.
+Timings: medians of repeated runs (block_until_ready, warm-up excluded), forward and
+forward+backward (grad of sum(out * w) w.r.t. u, delta, A, B, C, D, delta_bias (and z)),
+Pallas vs impl="associative", and the memory floor: a device copy (x * 1.0001) of as many
+bytes as the op must read plus write at minimum, timed in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from localmamba_jax.ops import multi_direction_selective_scan, selective_scan
+from localmamba_jax.ops.kernels import selective_scan_gpu
+
+# LocalVMamba-T: K = 4 directions stacked as K*E channels, B/C in K groups, N = 16, at the
+# four stage resolutions (stage 4 scans 64 steps: w2 pads 7x7 to 8x8). LocalVim-T: one
+# direction per call, E = 384 channels, 196 tokens, one B/C group, z gate.
+SHAPES = {
+    "stage1": dict(channels=768, length=3136, groups=4, z=False),
+    "stage2": dict(channels=1536, length=784, groups=4, z=False),
+    "stage3": dict(channels=3072, length=196, groups=4, z=False),
+    "stage4": dict(channels=6144, length=64, groups=4, z=False),
+    "localvim": dict(channels=384, length=196, groups=1, z=True),
+    "tiny": dict(channels=64, length=40, groups=2, z=True),   # smoke test of this script
+}
+NUM_STATE = 16
+
+
+def make_inputs(rng, batch, length, channels, groups, with_z, dtype):
+  n = NUM_STATE
+  cast = lambda x: jnp.asarray(x, dtype)
+  # mamba's initialisation: A = -(1..N), dt in [1e-3, 1e-1] through softplus(bias).
+  dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), channels))
+  bias = np.log(np.expm1(dt))
+  a = -np.tile(np.arange(1, n + 1, dtype=np.float64), (channels, 1))
+  inputs = dict(
+      u=cast(rng.standard_normal((batch, length, channels), np.float32)),
+      delta=cast(0.5 * rng.standard_normal((batch, length, channels), np.float32)),
+      A=jnp.asarray(a * rng.uniform(0.5, 1.5, a.shape), jnp.float32),
+      B=cast(rng.standard_normal((batch, length, groups, n), np.float32)),
+      C=cast(rng.standard_normal((batch, length, groups, n), np.float32)),
+      D=jnp.asarray(rng.standard_normal(channels), jnp.float32),
+      delta_bias=jnp.asarray(bias, jnp.float32),
+      z=cast(rng.standard_normal((batch, length, channels), np.float32)) if with_z else None)
+  return inputs
+
+
+def scan_fn(impl, **options):
+  def run(u, delta, A, B, C, D, delta_bias, z):
+    if impl == "pallas_gpu" and options:
+      return selective_scan_gpu.selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias,
+                                                      delta_softplus=True, **options)
+    return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, impl=impl)
+  return run
+
+
+def fwd_bwd_fn(fn):
+  names = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
+
+  def loss(args, w):
+    return jnp.sum(fn(*args).astype(jnp.float32) * w)
+
+  grad = jax.grad(loss)
+
+  def run(u, delta, A, B, C, D, delta_bias, z, w):
+    return grad((u, delta, A, B, C, D, delta_bias, z), w)
+  del names
+  return run
+
+
+def median_ms(fn, args, reps):
+  out = fn(*args)
+  jax.block_until_ready(out)  # compile + warm-up
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append((time.perf_counter() - t0) * 1e3)
+  return statistics.median(times), min(times), max(times)
+
+
+def copy_floor_ms(num_bytes, reps):
+  """Time of a device pass that reads and writes num_bytes / 2 each (x * 1.0001, fp32)."""
+  x = jnp.ones((max(1, int(num_bytes) // 8),), jnp.float32) * 1.5
+  f = jax.jit(lambda v: v * 1.0001)
+  return median_ms(f, (x,), reps)[0]
+
+
+def nbytes(*arrays):
+  return sum(int(a.size) * a.dtype.itemsize for a in arrays if a is not None)
+
+
+# ----------------------------------------------------------------------------- correctness
+
+def rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def reference64(fn, args, w):
+  cpu = jax.devices("cpu")[0]
+  with jax.enable_x64():
+    args64 = [None if a is None else jax.device_put(np.asarray(a, np.float64), cpu)
+              for a in args]
+    w64 = jax.device_put(np.asarray(w, np.float64), cpu)
+    out = fn(*args64)
+    grads = jax.grad(lambda a: jnp.sum(fn(*a) * w64))(tuple(args64))
+    return np.asarray(out), [None if g is None else np.asarray(g) for g in grads]
+
+
+def check(report):
+  rng = np.random.default_rng(int(time.time()))
+  cases = []
+  names = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
+  for dtype in (jnp.float32, jnp.bfloat16):
+    tol_out, tol_grad = (1e-5, 1e-4) if dtype == jnp.float32 else (2e-2, 5e-2)
+    # plain order, L not a multiple of the chunk, z gate, 4 groups
+    inp = make_inputs(rng, 3, 301, 128, 4, True, dtype)
+    args = [inp[k] for k in names]
+    w = jnp.asarray(rng.standard_normal(args[0].shape), jnp.float32)
+    kern = lambda *a: selective_scan(a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6],
+                                     delta_softplus=True, impl="pallas_gpu")
+    ref = lambda *a: selective_scan(a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6],
+                                    delta_softplus=True, impl="reference")
+    cases.append(("plain", dtype, kern, ref, args, w, tol_out, tol_grad))
+    # fused multi-direction: 7x9 grid, exact merges with window pads, and the v fallback
+    for directions in (("h", "h_flip", "w2", "w2_flip"), ("v", "w7_flip", "v_flip", "h")):
+      hw, k, e = (7, 9), 4, 32
+      tokens = hw[0] * hw[1]
+      m = make_inputs(rng, 2, tokens, k * e, 4, False, dtype)
+      shp = lambda x: x.reshape(2, tokens, k, -1)
+      margs = [m["u"][:, :, :e], shp(m["delta"]), m["A"].reshape(k, e, NUM_STATE), m["B"],
+               m["C"], m["D"].reshape(k, e), m["delta_bias"].reshape(k, e)]
+
+      def mk(impl, directions=directions, hw=hw):
+        return lambda u, d, A, B, C, D, bias: multi_direction_selective_scan(
+            u, d, A, B, C, D, bias, grid_hw=hw, directions=directions, impl=impl)
+      mw = jnp.asarray(rng.standard_normal((2, tokens, k, e)), jnp.float32)
+      cases.append(("fused " + ",".join(directions), dtype, mk("pallas_gpu"), mk("reference"),
+                    margs, mw, tol_out, tol_grad))
+  ok = True
+  for name, dtype, kern, ref, args, w, tol_out, tol_grad in cases:
+    present = [i for i, a in enumerate(args) if a is not None]
+    try:
+      out = jax.jit(kern)(*args)
+      grads = jax.jit(jax.grad(lambda a: jnp.sum(kern(*a).astype(jnp.float32) * w)))(
+          tuple(args))
+      ref_out, ref_grads = reference64(ref, args, w)
+    except Exception as e:  # keep going: the timings are still worth having
+      print(f"check {name} {jnp.dtype(dtype).name}: ERROR {type(e).__name__}: {str(e)[:600]}",
+            flush=True)
+      ok = False
+      continue
+    errs = {"out": rel(out, ref_out)}
+    for i in present:
+      errs[f"d{i}"] = rel(grads[i], ref_grads[i])
+    finite = bool(np.all(np.isfinite(np.asarray(out, np.float32))))
+    passed = finite and errs["out"] < tol_out and all(
+        v < tol_grad for k_, v in errs.items() if k_ != "out")
+    ok &= passed
+    line = (f"check {name:32s} {jnp.dtype(dtype).name:8s} "
+            + " ".join(f"{k_}={v:.1e}" for k_, v in errs.items()) + ("  OK" if passed else "  FAIL"))
+    print(line, flush=True)
+    report["checks"].append(dict(case=name, dtype=jnp.dtype(dtype).name, errors=errs,
+                                 passed=passed))
+  return ok
+
+
+# ----------------------------------------------------------------------------- timings
+
+def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc):
+  rng = np.random.default_rng(0)
+  inp = make_inputs(rng, batch, shape["length"], shape["channels"], shape["groups"], shape["z"],
+                    dtype)
+  names = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
+  args = [inp[k] for k in names]
+  w = jnp.asarray(rng.standard_normal(args[0].shape), jnp.float32).astype(dtype)
+  io = nbytes(inp["u"], inp["delta"], inp["B"], inp["C"], inp["z"])
+  fwd_bytes = io + nbytes(inp["u"])                         # inputs read once, out written once
+  bwd_bytes = io + nbytes(inp["u"]) + io                    # read inputs + dout, write grads
+  row = dict(shape=name, dtype=jnp.dtype(dtype).name, batch=batch, **shape,
+             fwd_bytes=fwd_bytes, fwdbwd_bytes=fwd_bytes + bwd_bytes)
+  row["floor_fwd_ms"] = copy_floor_ms(fwd_bytes, reps)
+  row["floor_fwdbwd_ms"] = copy_floor_ms(fwd_bytes + bwd_bytes, reps)
+  variants = [("pallas", scan_fn("pallas_gpu"))]
+  if sweep:
+    for chunk in (8, 16, 32):
+      for bwd_tile in (16, 32):
+        variants.append((f"pallas c{chunk} bt{bwd_tile}",
+                         scan_fn("pallas_gpu", chunk=chunk, bwd_tile=bwd_tile)))
+  if with_assoc:
+    variants.append(("associative", scan_fn("associative")))
+  for label, fn in variants:
+    try:
+      fwd = median_ms(jax.jit(fn), args, reps)[0]
+      fb = median_ms(jax.jit(fwd_bwd_fn(fn)), args + [w], reps)[0]
+    except Exception as e:  # report and go on (e.g. out of memory for a baseline)
+      print(f"{name} {label}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+      fwd = fb = float("nan")
+    row[f"{label}_fwd_ms"] = fwd
+    row[f"{label}_fwdbwd_ms"] = fb
+    print(f"{name:8s} {row['dtype']:8s} b={batch} {label:22s} fwd {fwd:8.2f} ms  fwd+bwd "
+          f"{fb:8.2f} ms   (floor {row['floor_fwd_ms']:.2f} / {row['floor_fwdbwd_ms']:.2f})",
+          flush=True)
+  report["timings"].append(row)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--check", action="store_true")
+  parser.add_argument("--shapes", default="stage1,stage2,stage3,stage4,localvim")
+  parser.add_argument("--dtypes", default="float32,bfloat16")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--reps", type=int, default=10)
+  parser.add_argument("--sweep", action="store_true", help="chunk / backward-tile variants")
+  parser.add_argument("--no-assoc", action="store_true")
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  report = dict(date=datetime.date.today().isoformat(), jax=jax.__version__,
+                device=str(jax.devices()[0].device_kind), checks=[], timings=[])
+  print(f"jax {jax.__version__} on {report['device']}", flush=True)
+  ok = True
+  if args.check:
+    ok = check(report)
+  for name in args.shapes.split(","):
+    if not name:
+      continue
+    for dtype in args.dtypes.split(","):
+      bench_shape(name, SHAPES[name], jnp.dtype(dtype), args.batch, args.reps, report,
+                  args.sweep and name == "stage1", not args.no_assoc)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=1, default=str)
+  return 0 if ok else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
