@@ -16,6 +16,7 @@ import dataclasses
 import re
 from typing import Callable, Mapping
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -130,7 +131,18 @@ def _param_state(model_or_state):
 
 def flat_params(model_or_state) -> dict[str, np.ndarray]:
   """{'layers.0.mixer.in_proj.kernel': array, ...} of a LocalVim or of a state (e.g. grads)."""
-  return {k: np.asarray(v) for k, v in _flatten(_param_state(model_or_state).to_pure_dict()).items()}
+  return {k: np.asarray(v) for k, v in _flat_values(model_or_state).items()}
+
+
+def _flat_values(model_or_state) -> dict:
+  """Like flat_params, but leaves abstract values (jax.ShapeDtypeStruct) as they are."""
+  return _flatten(nnx.to_pure_dict(_param_state(model_or_state)))
+
+
+def _writable_copy(value) -> np.ndarray:
+  if isinstance(value, jax.ShapeDtypeStruct):
+    return np.zeros(value.shape, value.dtype)   # every slot must be filled, or we raise
+  return np.array(value, copy=True)
 
 
 def _template_of(path: str) -> tuple[str, str | None]:
@@ -172,10 +184,12 @@ def load_torch_state_dict(model, state_dict: Mapping[str, object]) -> None:
   """Loads an official LocalVim state dict (`torch.load(ckpt)['state_dict']`) into `model`.
 
   Values may be numpy arrays or CPU torch tensors (anything np.asarray accepts). Raises one
-  ValueError listing every missing, unexpected, misshaped or duplicate entry.
+  ValueError listing every missing, unexpected, misshaped or duplicate entry. `model` may be
+  abstract (`nnx.eval_shape(lambda: LocalVim(config, rngs=nnx.Rngs(0)))`): loading then
+  skips the random initialisation altogether.
   """
-  ours = flat_params(model)
-  filled = {path: np.array(value, copy=True) for path, value in ours.items()}
+  ours = _flat_values(model)
+  filled = {path: _writable_copy(value) for path, value in ours.items()}
   seen: dict[str, set] = {path: set() for path in ours}
   problems: list[str] = []
 
@@ -227,7 +241,7 @@ def load_torch_state_dict(model, state_dict: Mapping[str, object]) -> None:
     raise ValueError(f"load_torch_state_dict: {len(problems)} problem(s) with the state dict:\n  "
                      + "\n  ".join(problems))
   state = nnx.state(model, nnx.Param)
-  nested = _unflatten(filled, state.to_pure_dict())
+  nested = _unflatten(filled, nnx.to_pure_dict(state))
   nnx.replace_by_pure_dict(state, nested)
   nnx.update(model, state)
 

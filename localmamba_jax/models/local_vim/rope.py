@@ -62,8 +62,11 @@ def rope_tables_for_grid(embed_dim: int, table_grid: int, grid_hw: tuple[int, in
   cos, sin = rope_tables(embed_dim, table_grid, pretrain_seq_len)
   if tuple(grid_hw) == (table_grid, table_grid):
     return cos, sin
-  src = (table_grid, table_grid)
-  resize = lambda t: np.asarray(resize_token_grid(t[None], src, grid_hw)[0], dtype=np.float32)
+  # numpy, not jnp: the tables are trace-time constants (this runs inside jit)
+  rows = bicubic_resize_matrix(table_grid, grid_hw[0]).astype(np.float64)
+  cols = bicubic_resize_matrix(table_grid, grid_hw[1]).astype(np.float64)
+  resize = lambda t: np.einsum("oh,pw,hwc->opc", rows, cols, t.reshape(
+      table_grid, table_grid, -1)).reshape(grid_hw[0] * grid_hw[1], -1).astype(np.float32)
   return resize(cos), resize(sin)
 
 
