@@ -132,7 +132,7 @@ def check(report):
   for dtype in (jnp.float32, jnp.bfloat16):
     tol_out, tol_grad = (1e-5, 1e-4) if dtype == jnp.float32 else (2e-2, 5e-2)
     # plain order, L not a multiple of the chunk, z gate, 4 groups
-    inp = make_inputs(rng, 3, 301, 128, 4, True, dtype)
+    inp = make_inputs(rng, 2, 157, 128, 4, True, dtype)
     args = [inp[k] for k in names]
     w = jnp.asarray(rng.standard_normal(args[0].shape), jnp.float32)
     kern = lambda *a: selective_scan(a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6],
@@ -185,7 +185,7 @@ def check(report):
 
 # ----------------------------------------------------------------------------- timings
 
-def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc):
+def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chunks=()):
   rng = np.random.default_rng(0)
   inp = make_inputs(rng, batch, shape["length"], shape["channels"], shape["groups"], shape["z"],
                     dtype)
@@ -199,18 +199,24 @@ def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc):
              fwd_bytes=fwd_bytes, fwdbwd_bytes=fwd_bytes + bwd_bytes)
   row["floor_fwd_ms"] = copy_floor_ms(fwd_bytes, reps)
   row["floor_fwdbwd_ms"] = copy_floor_ms(fwd_bytes + bwd_bytes, reps)
-  variants = [("pallas", scan_fn("pallas_gpu"))]
-  if sweep:
-    for chunk in (8, 16, 32):
-      for bwd_tile in (16, 32):
-        variants.append((f"pallas c{chunk} bt{bwd_tile}",
-                         scan_fn("pallas_gpu", chunk=chunk, bwd_tile=bwd_tile)))
+  variants = [("pallas", scan_fn("pallas_gpu"), True)]
+  for chunk in chunks:  # checkpoint interval: memory (b*C*N*4 bytes per chunk) vs speed
+    variants.append((f"pallas chunk {chunk}", scan_fn("pallas_gpu", chunk=chunk), True))
+  if sweep:  # kernel options: forward-only variants, then backward variants (fwd+bwd timed)
+    for tile, warps, chunk in ((32, 1, 4), (32, 1, 16), (64, 1, 8), (64, 2, 8), (32, 2, 8),
+                               (16, 1, 8)):
+      variants.append((f"fwd t{tile} w{warps} c{chunk}", scan_fn(
+          "pallas_gpu", tile=tile, num_warps=warps, chunk=chunk), False))
+    for tile, warps, chunk in ((16, 1, 8), (16, 1, 4), (32, 1, 8), (32, 2, 8), (16, 2, 4),
+                               (16, 4, 8), (8, 1, 8)):
+      variants.append((f"bwd t{tile} w{warps} c{chunk}", scan_fn(
+          "pallas_gpu", bwd_tile=tile, bwd_num_warps=warps, chunk=chunk), True))
   if with_assoc:
-    variants.append(("associative", scan_fn("associative")))
-  for label, fn in variants:
+    variants.append(("associative", scan_fn("associative"), True))
+  for label, fn, time_bwd in variants:
     try:
       fwd = median_ms(jax.jit(fn), args, reps)[0]
-      fb = median_ms(jax.jit(fwd_bwd_fn(fn)), args + [w], reps)[0]
+      fb = median_ms(jax.jit(fwd_bwd_fn(fn)), args + [w], reps)[0] if time_bwd else float("nan")
     except Exception as e:  # report and go on (e.g. out of memory for a baseline)
       print(f"{name} {label}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
       fwd = fb = float("nan")
@@ -231,6 +237,7 @@ def main(argv=None):
   parser.add_argument("--reps", type=int, default=10)
   parser.add_argument("--sweep", action="store_true", help="chunk / backward-tile variants")
   parser.add_argument("--no-assoc", action="store_true")
+  parser.add_argument("--chunks", default="", help="extra checkpoint intervals at stage 1")
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
   report = dict(date=datetime.date.today().isoformat(), jax=jax.__version__,
@@ -244,7 +251,8 @@ def main(argv=None):
       continue
     for dtype in args.dtypes.split(","):
       bench_shape(name, SHAPES[name], jnp.dtype(dtype), args.batch, args.reps, report,
-                  args.sweep and name == "stage1", not args.no_assoc)
+                  args.sweep and name == "stage1", not args.no_assoc,
+                  [int(c) for c in args.chunks.split(",") if c] if name == "stage1" else ())
   if args.out:
     with open(args.out, "w") as f:
       json.dump(report, f, indent=1, default=str)

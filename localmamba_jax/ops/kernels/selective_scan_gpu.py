@@ -57,8 +57,11 @@ except ImportError:  # pragma: no cover
 
 LOG2_E = math.log2(math.e)
 LN_2 = math.log(2.0)
-DEFAULT_CHUNK = 16
-DEFAULT_TILE = 32
+# Defaults from the H100 sweep at LocalVMamba-T stage 1 (BENCHMARKS.md): forward 64-channel
+# tiles on 2 warps; backward 16-channel tiles on 1 warp (the chunk's states live in registers:
+# larger tiles/chunks spill or cut occupancy); checkpoints every 8 steps.
+DEFAULT_CHUNK = 8
+DEFAULT_TILE = 64
 DEFAULT_BWD_TILE = 16
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -81,7 +84,7 @@ def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
   """Whether the kernel covers this problem (else callers use the pure-JAX scan).
 
   Triton needs power-of-two register shapes: N must be a power of two and a channel tile
-  (>= 8 channels for speed on GPU) must divide the channels of one group. float64 is not
+  (>= 8 channels, for speed) must divide the channels of one group. float64 is not
   supported (tests compare against float64 through the pure-JAX reference instead).
   """
   if not _HAVE_PALLAS_TRITON or num_state & (num_state - 1) or num_state > 256:
@@ -125,6 +128,18 @@ class _Config:
 def _softplus(x):
   # mamba's threshold: x above 20 is returned as is (log1p(exp(x)) == x in fp32 there).
   return jnp.where(x > 20.0, x, jnp.log1p(jnp.exp(jnp.minimum(x, 20.0))))
+
+
+def _exp2(x, cfg):
+  """2**x. On the GPU straight to the special-function unit (ex2.approx.ftz.f32, rel. error
+  ~2^-22): libdevice's __nv_exp2f, which the Triton lowering of jnp.exp2 calls, adds range
+  handling around the same instruction that the selective scan does not need (its argument
+  Delta * A * log2(e) is <= 0 and underflow to 0 is the right answer)."""
+  if cfg.interpret:
+    return jnp.exp2(x)
+  [y] = plt.elementwise_inline_asm("ex2.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f",
+                                   pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct.like(x)])
+  return y
 
 
 def _sigmoid(x):
@@ -186,7 +201,7 @@ def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
     ckpt_ref[b, ci, pl.ds(c0, tile), :] = h
     for i in range(cfg.chunk):
       s = _step_inputs(cfg, step_refs, b, group, c0, cu0, cz0, tile, ci * cfg.chunk + i)
-      decay = jnp.exp2(s["dl"][:, None] * a2)
+      decay = _exp2(s["dl"][:, None] * a2, cfg)
       h = decay * h + (s["dl"] * s["u"])[:, None] * s["bt"][None, :]
       y = jnp.sum(h * s["ct"][None, :], axis=1) + d * s["u"]
       if cfg.has_z:
@@ -230,7 +245,7 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
     for i in range(cfg.chunk):                   # recompute the chunk's states
       s = _step_inputs(cfg, step_refs, b, group, c0, cu0, cz0, tile,
                        chunk_index * cfg.chunk + i)
-      h = jnp.exp2(s["dl"][:, None] * a2) * h + (s["dl"] * s["u"])[:, None] * s["bt"][None, :]
+      h = _exp2(s["dl"][:, None] * a2, cfg) * h + (s["dl"] * s["u"])[:, None] * s["bt"][None, :]
       steps.append(s)
       states.append(h)
     for i in reversed(range(cfg.chunk)):         # adjoint recurrence through them
@@ -250,11 +265,13 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
       else:
         dy = dout
       g = g_next + dy[:, None] * ct[None, :]
-      drive = (dl * u)[:, None] * bt[None, :]
-      decayed_prev = h - drive                   # exp(Delta_t A) h_{t-1}
-      ddl = jnp.sum(g * (bt[None, :] * u[:, None] + a_nat * decayed_prev), axis=1)
-      da_acc = da_acc + g * dl[:, None] * decayed_prev
+      dlu = dl * u
+      # dL/dDelta_t = sum_n g (B u + A exp(Delta A) h_{t-1}), dL/dA = sum_t g Delta exp(..) h_{t-1},
+      # with exp(Delta_t A) h_{t-1} = h_t - Delta_t B_t u_t: one product serves both.
+      g_decayed_prev = g * (h - dlu[:, None] * bt[None, :])
+      da_acc = da_acc + dl[:, None] * g_decayed_prev
       gb = jnp.sum(g * bt[None, :], axis=1)
+      ddl = u * gb + jnp.sum(a_nat * g_decayed_prev, axis=1)
       du = gb * dl + d * dy
       dd_acc = dd_acc + dy * u
       dpre = ddl * _sigmoid(s["pre"]) if cfg.softplus else ddl
@@ -265,10 +282,10 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
       plt.store(ddelta_ref.at[b, s["token"], pl.ds(c0, tile)], dpre.astype(ddelta_ref.dtype),
                 mask=store_mask)
       n_mask = jnp.broadcast_to(s["real"], (num_state,))
-      plt.store(db_ref.at[b, s["token"], j, :], jnp.sum(g * (dl * u)[:, None], axis=0),
+      plt.store(db_ref.at[b, s["token"], j, :], jnp.sum(g * dlu[:, None], axis=0),
                 mask=n_mask)
       plt.store(dc_ref.at[b, s["token"], j, :], jnp.sum(dy[:, None] * h, axis=0), mask=n_mask)
-      g_next = g * jnp.exp2(dl[:, None] * a2)
+      g_next = g * _exp2(dl[:, None] * a2, cfg)
     return g_next, da_acc, dd_acc, dbias_acc
 
   zeros_tn = jnp.zeros((tile, num_state), jnp.float32)
@@ -448,7 +465,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 bwd_tile=bwd_t, softplus=bool(delta_softplus), has_z=z is not None,
                 read_index=static_index, write_at_tokens=bool(write_at_tokens),
                 num_warps=num_warps or (1 if fwd_tile <= 32 else 2),
-                bwd_num_warps=bwd_num_warps or (2 if bwd_t <= 16 else 4),
+                bwd_num_warps=bwd_num_warps or (1 if bwd_t <= 16 else 2),
                 interpret=bool(interpret))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)

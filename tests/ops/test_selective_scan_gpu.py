@@ -1,0 +1,164 @@
+"""The Pallas GPU selective scan, run in Pallas interpret mode on the CPU.
+
+Values and gradients (u, delta, A, B, C, D, delta_bias, z) against the float64 pure-JAX
+reference, in plain order (L not a multiple of the chunk) and with the scan order fused in
+(window pads = decay-only steps; the exact-merge path and the official non-inverse v merge on a
+non-square grid), and against the golden cases of the official selective scan. The kernels run
+with chunk=2 to keep interpret-mode compile times small; the GPU numbers are in BENCHMARKS.md.
+Tolerances: the kernel computes in float32, so relative L2 errors against float64 are ~1e-7;
+we require < 2e-5 (values) and < 1e-4 (gradients).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from localmamba_jax.ops import multi_direction_selective_scan, selective_scan
+from localmamba_jax.ops.kernels import selective_scan_gpu
+from localmamba_jax.ops.selective_scan import resolve_impl
+
+OUT_TOL, GRAD_TOL = 2e-5, 1e-4
+NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
+
+
+def rel_err(actual, expected):
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  return np.linalg.norm(actual - expected) / np.linalg.norm(expected)
+
+
+def value_and_grads(fn, args, weight):
+  out = fn(*args)
+  grads = jax.grad(lambda a: jnp.sum(fn(*a) * weight))(tuple(args))
+  return out, grads
+
+
+def float64_reference(fn, args, weight):
+  with jax.enable_x64():
+    args64 = [None if a is None else jnp.asarray(np.asarray(a, np.float64)) for a in args]
+    out, grads = value_and_grads(fn, args64, jnp.asarray(np.asarray(weight, np.float64)))
+    return np.asarray(out), [None if g is None else np.asarray(g) for g in grads]
+
+
+def assert_matches(fn_kernel, fn_reference, args, weight, names):
+  out, grads = value_and_grads(fn_kernel, args, weight)
+  assert np.all(np.isfinite(np.asarray(out))), "unwritten (NaN-poisoned) outputs"
+  ref_out, ref_grads = float64_reference(fn_reference, args, weight)
+  assert rel_err(out, ref_out) < OUT_TOL
+  for name, grad, ref in zip(names, grads, ref_grads):
+    if ref is None:
+      continue
+    assert grad.shape == ref.shape, name
+    assert rel_err(grad, ref) < GRAD_TOL, f"gradient of {name}: {rel_err(grad, ref):.2e}"
+
+
+def random_inputs(rng, batch, length, channels, groups, num_state, with_z):
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return dict(
+      u=f32(rng.standard_normal((batch, length, channels))),
+      delta=f32(0.5 * rng.standard_normal((batch, length, channels))),
+      A=f32(-np.exp(0.5 * rng.standard_normal((channels, num_state)))),
+      B=f32(rng.standard_normal((batch, length, groups, num_state))),
+      C=f32(rng.standard_normal((batch, length, groups, num_state))),
+      D=f32(rng.standard_normal(channels)),
+      delta_bias=f32(0.3 * rng.standard_normal(channels)),
+      z=f32(rng.standard_normal((batch, length, channels))) if with_z else None)
+
+
+def test_plain_order_matches_float64_reference_values_and_gradients():
+  # L = 11 is not a multiple of the chunk (2): the tail steps must be identities.
+  rng = np.random.default_rng(0)
+  inputs = random_inputs(rng, batch=2, length=11, channels=16, groups=2, num_state=4,
+                         with_z=True)
+  args = [inputs[k] for k in NAMES]
+
+  def kernel(u, delta, A, B, C, D, bias, z):
+    return selective_scan_gpu.selective_scan_pallas(u, delta, A, B, C, D, z, bias,
+                                                    delta_softplus=True, chunk=2, interpret=True)
+
+  def reference(u, delta, A, B, C, D, bias, z):
+    return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
+
+  weight = rng.standard_normal((2, 11, 16))
+  assert_matches(kernel, reference, args, weight, NAMES)
+
+
+@pytest.mark.parametrize("grid_hw,directions,exact", [
+    ((3, 5), ("h_flip", "w2"), True),     # interior window pads, merge == inverse: fused write
+    ((3, 5), ("v", "w2_flip"), False),    # official v merge is not the inverse for H != W
+])
+def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact):
+  from localmamba_jax.ops.scan_orders import stacked_scan_orders
+  orders = stacked_scan_orders(*grid_hw, directions)
+  assert selective_scan_gpu.merge_is_inverse(orders.gather, orders.merge) == exact
+  rng = np.random.default_rng(1)
+  k, e, n = len(directions), 8, 4
+  tokens = grid_hw[0] * grid_hw[1]
+  flat = random_inputs(rng, 2, tokens, k * e, k, n, with_z=False)
+  args = [flat["u"][:, :, :e],                                  # one u shared by the K branches
+          flat["delta"].reshape(2, tokens, k, e), flat["A"].reshape(k, e, n), flat["B"],
+          flat["C"], flat["D"].reshape(k, e), flat["delta_bias"].reshape(k, e)]
+  names = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+  def kernel(u, delta, A, B, C, D, bias):
+    return selective_scan_gpu.multi_direction_scan_pallas(
+        u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge, chunk=2,
+        interpret=True)
+
+  def reference(u, delta, A, B, C, D, bias):
+    return multi_direction_selective_scan(u, delta, A, B, C, D, bias, grid_hw=grid_hw,
+                                          directions=directions, impl="reference")
+
+  weight = rng.standard_normal((2, tokens, k, e))
+  assert_matches(kernel, reference, args, weight, names)
+
+
+def test_golden_selective_scan_case_with_pads(golden_npz, golden_json):
+  """ss_L64_pad: the official kernel's outputs and gradients (4 groups, zero tail from 49)."""
+  data = golden_npz("selective_scan_cases.npz")
+  meta = golden_json("selective_scan_cases.json")["ss_L64_pad"]
+  case = {k.split(".", 1)[1]: v for k, v in data.items() if k.startswith("ss_L64_pad.")}
+  # official layout: u/delta/out (b, d, l), B/C (b, G, N, L) -> ours: channels-last.
+  to_ours = lambda x: jnp.asarray(np.swapaxes(x, 1, 2))
+  bc = lambda x: jnp.asarray(np.transpose(x, (0, 3, 1, 2)))
+  args = [to_ours(case["u"]), to_ours(case["delta"]), jnp.asarray(case["A"]), bc(case["B"]),
+          bc(case["C"]), jnp.asarray(case["D"]), jnp.asarray(case["delta_bias"])]
+  assert meta["delta_softplus"] is True
+
+  def kernel(u, delta, A, B, C, D, bias):
+    return selective_scan_gpu.selective_scan_pallas(
+        u, delta, A, B, C, D, None, bias, delta_softplus=True, return_last_state=True,
+        chunk=2, interpret=True)
+
+  (out, last), vjp = jax.vjp(kernel, *args)
+  grads = vjp((to_ours(case["dout"]), jnp.zeros_like(last)))
+  np.testing.assert_allclose(out, to_ours(case["out"]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(last, case["last_state"], rtol=1e-5, atol=1e-5)
+  expected = [to_ours(case["grad_u"]), to_ours(case["grad_delta"]), case["grad_A"],
+              bc(case["grad_B"]), bc(case["grad_C"]), case["grad_D"], case["grad_delta_bias"]]
+  for name, grad, ref in zip(NAMES, grads, expected):
+    assert rel_err(grad, ref) < GRAD_TOL, name
+
+
+def test_dispatch_and_errors():
+  # "auto" uses the kernel only on a GPU; the CPU keeps the pure-JAX path.
+  assert resolve_impl("auto", kernel_supported=True) == (
+      "pallas_gpu" if selective_scan_gpu.on_gpu() else "associative")
+  assert resolve_impl("auto", kernel_supported=False) == "associative"
+  assert selective_scan_gpu.is_supported(768, 4, 16, [jnp.float32, jnp.bfloat16])
+  assert not selective_scan_gpu.is_supported(768, 4, 12)          # N not a power of two
+  assert not selective_scan_gpu.is_supported(12, 4, 16)           # 3 channels per group
+  assert not selective_scan_gpu.is_supported(768, 4, 16, [np.float64])
+  x = jnp.zeros((1, 4, 8), jnp.float32)
+  a = -jnp.ones((8, 16), jnp.float32)
+  bc = jnp.ones((1, 4, 1, 16), jnp.float32)
+  with pytest.raises(ValueError, match="dtype"):
+    selective_scan_gpu.selective_scan_pallas(x.astype(jnp.float16).astype(jnp.int32), x, a, bc,
+                                             bc, interpret=True)
+  with pytest.raises(ValueError, match="power of two"):
+    selective_scan_gpu.selective_scan_pallas(x, x, a[:, :12], bc[..., :12], bc[..., :12],
+                                             interpret=True)
+  with pytest.raises(ValueError, match="exactly once"):
+    selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, read_index=np.array([[0, 0, 1, 2]]),
+                                             interpret=True)
