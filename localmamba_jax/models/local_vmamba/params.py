@@ -112,12 +112,12 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray
       continue
     array = transform.load(np.asarray(value))
     expected = tuple(ours[path].shape)
+    filled.add(path)                       # present; a wrong shape is reported once, below
     if array.shape != expected:
       problems.append(f"{key!r} {tuple(np.shape(value))} -> {path!r}: after {transform.name} "
                       f"shape {array.shape}, the model expects {expected}")
       continue
     new_values[path] = array.astype(ours[path].dtype)
-    filled.add(path)
   for path in sorted(set(ours) - filled):
     problems.append(f"parameter {path!r} {tuple(ours[path].shape)} got no value from the state "
                     f"dict (missing official key)")
