@@ -1,0 +1,185 @@
+"""The training config: every key, its default and its type, plus validation.
+
+Configs in configs/*.py start from `base_config()` and override values (big_vision style), so
+the full set of keys lives in one place. `validate_config` runs before anything is built or
+compiled and reports every problem at once: unknown keys (with the closest known key), wrong
+types, and values out of range.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+
+import ml_collections
+
+# Type sets that a key accepts. `None` in a set means "may be None".
+_NUM = (int, float)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All training keys with their defaults (the paper recipe, reference §6, where one applies)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 42                       # reference: seed 42 (+ rank; here data shards differ per process)
+  c.total_epochs = 300.0
+  c.total_steps = 0                 # > 0 overrides total_epochs (tests, smoke runs)
+  c.num_classes = 1000
+
+  c.model_name = "local_vssm_tiny"  # a registry name (models.registry.list_models())
+  c.model = ml_collections.ConfigDict({"drop_path_rate": 0.1})  # overrides passed to the model
+  c.model_dtype = "float32"         # compute dtype: float32 | bfloat16 (parameters stay fp32)
+
+  c.input = ml_collections.ConfigDict()
+  c.input.source = "tfds"           # tfds | image_folder | digits
+  c.input.tfds_name = "imagenet2012"
+  c.input.tfds_data_dir = ""        # "" = tfds default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+  c.input.folder = ""               # image_folder root holding train/<class>/*, val/<class>/*
+  c.input.train_split = "train"
+  c.input.eval_split = "validation"
+  c.input.image_size = 224
+  c.input.batch_size = 1024         # global batch (reference: 128 per GPU x 8)
+  c.input.workers = 8               # grain worker processes per host (0 = in the main process)
+  c.input.worker_buffer_size = 2
+  c.input.shuffle_seed = 0
+  c.input.rrc_scale = (0.08, 1.0)   # RandomResizedCrop, bicubic
+  c.input.rrc_ratio = (3.0 / 4.0, 4.0 / 3.0)
+  c.input.hflip = True
+  c.input.randaugment = "rand-m9-mstd0.5"  # "" = off
+  c.input.eval_crop_pct = 0.875     # eval: resize shorter side to size / crop_pct, center crop
+  c.input.mean = (0.485, 0.456, 0.406)
+  c.input.std = (0.229, 0.224, 0.225)
+  c.input.max_bad_fraction = 0.5    # stop if more than this fraction of a batch is unreadable
+
+  c.augment = ml_collections.ConfigDict()  # applied on the accelerator inside the jitted step
+  c.augment.mixup_alpha = 0.2
+  c.augment.cutmix_alpha = 1.0
+  c.augment.mix_prob = 1.0
+  c.augment.switch_prob = 0.5
+  c.augment.label_smoothing = 0.1
+  c.augment.random_erase_prob = 0.25
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3                 # no scaling by batch size (reference §6)
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.04
+  c.optim.warmup_epochs = 20.0
+  c.optim.warmup_lr = 1e-7
+  c.optim.min_lr = 1e-6
+  c.optim.clip_grad_norm = 0.0      # 0 = off (reference default); the README option is 1.0
+  c.optim.ema_decay = 0.0           # 0 = off; the README suggests 0.9999
+
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.strategy = "data"      # data (replicated parameters) | fsdp (parameters + optimizer sharded)
+  c.sharding.distributed = False    # call jax.distributed.initialize() (multi-host)
+  c.sharding.num_devices = 0        # 0 = every device; n = the first n (tests, debugging)
+
+  c.log_every_steps = 50
+  c.eval_every_epochs = 10.0        # 0 = only at the end
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  c.param_table = True
+  c.tensorboard = True
+  return c
+
+
+# Keys whose value may be None, and tuple-valued keys with their length and element types.
+_TUPLES = {"input.rrc_scale": (2, _NUM), "input.rrc_ratio": (2, _NUM), "input.mean": (3, _NUM),
+           "input.std": (3, _NUM)}
+_CHOICES = {"input.source": ("tfds", "image_folder", "digits"),
+            "model_dtype": ("float32", "bfloat16"),
+            "sharding.strategy": ("data", "fsdp")}
+_FREE_FORM = ("model",)  # model overrides are checked by the model's own config class
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, (ml_collections.ConfigDict, dict)) and key not in _FREE_FORM:
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def _type_ok(key, value, default):
+  if key in _TUPLES:
+    length, types = _TUPLES[key]
+    return (isinstance(value, (tuple, list)) and len(value) == length
+            and all(isinstance(v, types) and not isinstance(v, bool) for v in value))
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, _NUM) and not isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(default, (ml_collections.ConfigDict, dict)):
+    return isinstance(value, (ml_collections.ConfigDict, dict))
+  return isinstance(value, type(default))
+
+
+def validate_config(config, *, num_devices: int | None = None, process_count: int = 1) -> None:
+  """Raises ValueError listing every unknown key, wrong type and bad value in `config`."""
+  known = _flatten(base_config())
+  given = _flatten(config)
+  problems = []
+  for key, value in given.items():
+    if key not in known:
+      close = difflib.get_close_matches(key, list(known), n=1)
+      hint = f"; did you mean '{close[0]}'?" if close else ""
+      problems.append(f"unknown config key '{key}'{hint}")
+    elif not _type_ok(key, value, known[key]):
+      want = (f"a {_TUPLES[key][0]}-tuple of numbers" if key in _TUPLES
+              else type(known[key]).__name__)
+      problems.append(f"config.{key}={value!r} has type {type(value).__name__}; expected {want}")
+  for key, allowed in _CHOICES.items():
+    if key in given and given[key] not in allowed:
+      problems.append(f"config.{key}={given[key]!r} is not one of {allowed}")
+  if not problems:
+    problems += _check_values(config, num_devices, process_count)
+  if problems:
+    raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
+
+
+def _check_values(c, num_devices, process_count):
+  problems = []
+  def positive(key, value, allow_zero=False):
+    bad = value < 0 if allow_zero else value <= 0
+    if bad or (isinstance(value, float) and not math.isfinite(value)):
+      problems.append(f"config.{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+  positive("input.batch_size", c.input.batch_size)
+  positive("input.image_size", c.input.image_size)
+  positive("num_classes", c.num_classes)
+  positive("optim.lr", c.optim.lr)
+  positive("log_every_steps", c.log_every_steps)
+  positive("checkpoint_every_steps", c.checkpoint_every_steps)
+  positive("keep_checkpoints", c.keep_checkpoints)
+  positive("input.workers", c.input.workers, allow_zero=True)
+  positive("sharding.num_devices", c.sharding.num_devices, allow_zero=True)
+  positive("optim.warmup_epochs", c.optim.warmup_epochs, allow_zero=True)
+  positive("optim.weight_decay", c.optim.weight_decay, allow_zero=True)
+  positive("optim.clip_grad_norm", c.optim.clip_grad_norm, allow_zero=True)
+  positive("eval_every_epochs", c.eval_every_epochs, allow_zero=True)
+  if c.total_steps <= 0:
+    positive("total_epochs", c.total_epochs)
+  if not 0.0 <= c.optim.ema_decay < 1.0:
+    problems.append(f"config.optim.ema_decay={c.optim.ema_decay} must be in [0, 1) (0 = off)")
+  for key in ("augment.mix_prob", "augment.switch_prob", "augment.random_erase_prob",
+              "augment.label_smoothing", "input.max_bad_fraction"):
+    value = _flatten(c)[key]
+    if not 0.0 <= value <= 1.0:
+      problems.append(f"config.{key}={value} must be in [0, 1]")
+  if c.input.source == "image_folder" and not c.input.folder:
+    problems.append("config.input.source='image_folder' needs config.input.folder "
+                    "(a directory holding train/<class>/* and val/<class>/*)")
+  if num_devices is not None and c.input.batch_size % num_devices:
+    problems.append(
+        f"config.input.batch_size={c.input.batch_size} is not divisible by the {num_devices} "
+        f"devices of the mesh; use a multiple of {num_devices} "
+        f"(e.g. {max(1, c.input.batch_size // num_devices) * num_devices})")
+  if process_count > 1 and c.input.batch_size % process_count:
+    problems.append(f"config.input.batch_size={c.input.batch_size} is not divisible by the "
+                    f"{process_count} processes")
+  return problems
