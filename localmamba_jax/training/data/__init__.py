@@ -1,0 +1,1 @@
+"""Input pipelines (grain): sources, host-side transforms, RandAugment, loaders."""
