@@ -105,7 +105,17 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
   kernel_ok = selective_scan_gpu.is_supported(
       num_dirs * channels, num_dirs, num_state,
       [x.dtype for x in (u, delta, B, C, z) if x is not None])
-  if resolve_impl(impl, kernel_ok) == "pallas_gpu":
+  from localmamba_jax.ops.kernels import selective_scan_tpu
+  tpu_ok = selective_scan_tpu.is_supported(
+      num_dirs * channels, num_dirs, num_state,
+      [x.dtype for x in (u, delta, B, C, z) if x is not None])
+  resolved = resolve_impl(impl, kernel_ok, tpu_ok)
+  if resolved == "pallas_tpu":
+    # Same fusion on TPU: scalar-prefetched gather tables drive the kernel's row reads.
+    return selective_scan_tpu.multi_direction_scan_pallas_tpu(
+        u, delta, A, B, C, D, delta_bias, z, gather=orders.gather, merge=orders.merge,
+        delta_softplus=delta_softplus)
+  if resolved == "pallas_gpu":
     # The kernel reads each direction's tokens through orders.gather and writes outputs
     # (and gradients) back at their tokens: no gathered copies of the inputs in memory.
     return selective_scan_gpu.multi_direction_scan_pallas(

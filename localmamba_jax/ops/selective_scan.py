@@ -29,8 +29,12 @@ Implementations (`impl=`):
     "pallas_gpu"   Pallas (Triton backend) kernels, forward + backward (ops/kernels/
                    selective_scan_gpu.py); off a GPU it runs in Pallas interpret mode (slow,
                    for tests).
+    "pallas_tpu"   Pallas TPU (Mosaic) kernels, forward + backward (ops/kernels/
+                   selective_scan_tpu.py); off a TPU it runs in TPU interpret mode (slow,
+                   for tests).
     "auto"         "pallas_gpu" on a GPU where the kernel covers the problem (N a power of
-                   two, fp32/bf16/fp16 inputs), else "associative".
+                   two, fp32/bf16/fp16 inputs), "pallas_tpu" on a TPU (fp32/bf16/fp16
+                   inputs), else "associative".
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "reference", "associative", "pallas_gpu")
+IMPLEMENTATIONS = ("auto", "reference", "associative", "pallas_gpu", "pallas_tpu")
 DEFAULT_CHUNK_SIZE = 128
 
 
@@ -177,12 +181,15 @@ def _associative_scan(u, delta, A, B, C, dtype, chunk_size):
   return y, h_last.reshape(batch, channels, num_state)
 
 
-def resolve_impl(impl: str, kernel_supported: bool = False) -> str:
-  """`kernel_supported`: the Pallas GPU kernel covers the problem (see kernels.is_supported)."""
+def resolve_impl(impl: str, kernel_supported: bool = False, tpu_supported: bool = False) -> str:
+  """`kernel_supported`: the Pallas GPU kernel covers the problem (see kernels.is_supported);
+  `tpu_supported`: the Pallas TPU kernel does (selective_scan_tpu.is_supported)."""
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"selective_scan: unknown impl {impl!r}; allowed: {IMPLEMENTATIONS}.")
   if impl == "auto":
-    from localmamba_jax.ops.kernels import selective_scan_gpu
+    from localmamba_jax.ops.kernels import selective_scan_gpu, selective_scan_tpu
+    if tpu_supported and selective_scan_tpu.on_tpu():
+      return "pallas_tpu"
     return "pallas_gpu" if kernel_supported and selective_scan_gpu.on_gpu() else "associative"
   return impl
 
@@ -190,6 +197,12 @@ def resolve_impl(impl: str, kernel_supported: bool = False) -> str:
 def _kernel_supported(u, delta, A, B, C, z):
   from localmamba_jax.ops.kernels import selective_scan_gpu
   return selective_scan_gpu.is_supported(u.shape[2], B.shape[2], A.shape[1],
+                                         [x.dtype for x in (u, delta, B, C, z) if x is not None])
+
+
+def _tpu_kernel_supported(u, delta, A, B, C, z):
+  from localmamba_jax.ops.kernels import selective_scan_tpu
+  return selective_scan_tpu.is_supported(u.shape[2], B.shape[2], A.shape[1],
                                          [x.dtype for x in (u, delta, B, C, z) if x is not None])
 
 
@@ -204,7 +217,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   B, C = check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"selective_scan: chunk_size must be an integer >= 1, got {chunk_size!r}.")
-  impl = resolve_impl(impl, _kernel_supported(u, delta, A, B, C, z))
+  impl = resolve_impl(impl, _kernel_supported(u, delta, A, B, C, z),
+                      _tpu_kernel_supported(u, delta, A, B, C, z))
+  if impl == "pallas_tpu":
+    from localmamba_jax.ops.kernels import selective_scan_tpu
+    return selective_scan_tpu.selective_scan_pallas_tpu(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
+        return_last_state=return_last_state)
   if impl == "pallas_gpu":
     from localmamba_jax.ops.kernels import selective_scan_gpu
     return selective_scan_gpu.selective_scan_pallas(
