@@ -177,8 +177,9 @@ def test_features_api(golden_json, golden_npz):
 
 
 def test_bf16_compute_close_to_fp32(golden_json, golden_npz):
-  """bf16 Linear/Conv compute, float32 scan/norms/residual: logits within 3e-2 * max|logits|
-  + 1e-2 of the float32 golden logits (bf16 has an 8-bit mantissa; measured ~1e-2)."""
+  """bf16 Linear/Conv compute, float32 scan/norms/residual: logits within 2e-2 * max|logits|
+  + 2e-3 of the float32 golden logits (bf16 has an 8-bit mantissa; measured: max abs error
+  1.9e-3 with max|logits| = 0.29, i.e. about 4x inside the bound)."""
   meta = golden_json("vssm_mini/meta.json")
   io = golden_npz("vssm_mini/io.npz")
   model = build_from_golden(meta, golden_npz("vssm_mini/state_dict.npz"),
@@ -188,7 +189,7 @@ def test_bf16_compute_close_to_fp32(golden_json, golden_npz):
   x = io["input"].transpose(0, 2, 3, 1)
   logits = forward.lower(state, x).compile(compiler_options=FAST_COMPILE)(state, x)
   assert logits.dtype == jnp.float32
-  err = assert_close("bf16 logits", logits, io["logits"], 3e-2, 1e-2)
+  err = assert_close("bf16 logits", logits, io["logits"], 2e-2, 2e-3)
   assert err > 0.0     # it really ran in bf16
 
 
