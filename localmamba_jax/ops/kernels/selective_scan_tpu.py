@@ -40,6 +40,8 @@ interpret mode on CPU against the float64 reference and the golden cases, and lo
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 from typing import Optional
@@ -63,6 +65,21 @@ DEFAULT_SEQ_TILE = 128
 # shrinks (down to 128 lanes) to fit. 2 buffers per block (Pallas double-buffers).
 _VMEM_BUDGET = 24 * 2**20
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+
+_LOWERING_FOR_TPU = contextvars.ContextVar("selective_scan_tpu_lowering", default=False)
+
+
+@contextlib.contextmanager
+def lowering_for_tpu():
+  """Traces the kernels as Mosaic calls (not interpret mode) on a host without a TPU, e.g.
+  around `jax.export(..., platforms=["tpu"])`. pallas_call picks interpret mode at trace
+  time, before the lowering platform is known, hence this explicit switch."""
+  token = _LOWERING_FOR_TPU.set(True)
+  try:
+    yield
+  finally:
+    _LOWERING_FOR_TPU.reset(token)
 
 
 def on_tpu() -> bool:
@@ -375,12 +392,13 @@ def _vmem_limit(cfg, tokens, num_state, n_channel_blocks, extra_bytes):
 
 
 def _call(kernel, cfg, grid_spec, out_shape, vmem_limit, name):
-  return pl.pallas_call(
+  make = lambda interpret: pl.pallas_call(
       kernel, out_shape=out_shape, grid_spec=grid_spec, name=name,
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "arbitrary"),
           vmem_limit_bytes=vmem_limit),
-      interpret=pltpu.InterpretParams() if cfg.interpret else False)
+      interpret=pltpu.InterpretParams() if interpret else False)
+  return make(cfg.interpret)
 
 
 def _index_args(cfg):
@@ -538,7 +556,8 @@ def selective_scan_pallas_tpu(u, delta, A, B, C, D=None, z=None, delta_bias=None
      [b, L_seq, C] (False, for a merge that is not the gather's inverse).
   tile / seq_tile: channel tile (multiple of 128; default 512, smaller to fit VMEM and the
      group) and steps per grid step (multiple of 8; default 128).
-  interpret: None = TPU interpret mode (on CPU) unless the default backend is a TPU.
+  interpret: None = TPU interpret mode unless the default backend is a TPU or the call is
+     traced inside `lowering_for_tpu()` (exporting for a TPU from a CPU host).
   Returns out (dtype of u), and the last state [b, C, N] fp32 if return_last_state.
   """
   if not _HAVE_PALLAS_TPU:
@@ -577,13 +596,12 @@ def selective_scan_pallas_tpu(u, delta, A, B, C, D=None, z=None, delta_bias=None
   gathered = read_index is not None
   cap = tile or DEFAULT_TILE
   channel_tile = _tile_for(padded_per_group, cap)
+  if interpret is None:
+    interpret = not (on_tpu() or _LOWERING_FOR_TPU.get())
   if gathered and tile is None:  # token-resident blocks: shrink the tile to fit VMEM
     resident = 5 + 2 * (z is not None)
     while channel_tile > LANES and 2 * resident * tokens * channel_tile * 4 > _VMEM_BUDGET:
       channel_tile = _tile_for(padded_per_group, channel_tile - LANES)
-  if interpret is None:
-    interpret = not on_tpu()
-
   f32 = jnp.float32
   u_groups = u.shape[2] // per_group
   z_groups = z.shape[2] // per_group if z is not None else groups
