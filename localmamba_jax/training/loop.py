@@ -1,0 +1,269 @@
+"""train_and_evaluate: the whole training run, in big_vision's order of sections.
+
+logging -> mesh -> input -> model & optimizer -> shard & init -> update step -> load checkpoint
+-> evals -> loop. No trainer class, no hooks: read top to bottom.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from localmamba_jax.training import sharding as shd
+from localmamba_jax.training.checkpointing import Checkpointer, abstract_with_shardings
+from localmamba_jax.training.config_schema import validate_config
+from localmamba_jax.training.data import pipeline
+from localmamba_jax.training.metric_writer import MetricWriter, format_duration, parameter_table
+from localmamba_jax.training.model_factory import build_model
+from localmamba_jax.training.optim import lr_schedule, make_optimizer
+from localmamba_jax.training.train_step import ModelBridge, make_eval_step, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def _total_steps(config, steps_per_epoch):
+  if config.total_steps > 0:
+    return int(config.total_steps)
+  return int(round(config.total_epochs * steps_per_epoch))
+
+
+def evaluate(eval_fn, params, config, mesh, split=None):
+  """One pass over the eval split; returns top1 / top5 (fractions), loss and the count."""
+  sums = None
+  for batch, _ in pipeline.eval_batches(config, split):
+    out = eval_fn(params, shd.to_global_batch(batch, mesh))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  count = max(float(sums["count"]), 1.0)
+  return {"top1": float(sums["top1"]) / count, "top5": float(sums["top5"]) / count,
+          "loss": float(sums["loss_sum"]) / count, "count": int(sums["count"])}
+
+
+def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict | None:
+  """Trains `config` in `workdir` (resuming from its checkpoints) and returns the final eval.
+
+  `stop_at_step`: checkpoint and return None at that step, as a preempted run would (tests of
+  exact resume; the schedule still follows the config's total steps).
+  """
+  validate_config(config)  # keys and types first: nothing is built for a bad config
+  if config.sharding.distributed:
+    jax.distributed.initialize()
+
+  # ---- logging ------------------------------------------------------------------------------
+  workdir = os.path.abspath(workdir)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    if not os.access(workdir, os.W_OK):
+      raise PermissionError(f"workdir {workdir!r} is not writable; pass --workdir=<dir>")
+  writer = MetricWriter(workdir, tensorboard=config.tensorboard)
+
+  # ---- mesh ---------------------------------------------------------------------------------
+  devices = jax.devices()
+  if config.sharding.num_devices:
+    if config.sharding.num_devices > len(devices):
+      raise ValueError(f"config.sharding.num_devices={config.sharding.num_devices} but only "
+                       f"{len(devices)} devices exist; use 0 (all) or fewer")
+    devices = devices[:config.sharding.num_devices]
+  mesh = shd.make_mesh(devices)
+  validate_config(config, num_devices=mesh.size, process_count=jax.process_count())
+  writer.info(f"devices: {mesh.size} x {jax.devices()[0].device_kind} over "
+              f"{jax.process_count()} process(es); sharding: {config.sharding.strategy}")
+
+  # ---- input --------------------------------------------------------------------------------
+  train_input = pipeline.build_train_input(config)
+  num_classes = config.num_classes
+  if train_input.num_classes is not None and train_input.num_classes != num_classes:
+    raise ValueError(f"config.num_classes={num_classes} but the train split has "
+                     f"{train_input.num_classes} classes; set config.num_classes="
+                     f"{train_input.num_classes}")
+  steps_per_epoch = train_input.steps_per_epoch
+  total_steps = _total_steps(config, steps_per_epoch)
+  writer.info(f"train: {train_input.num_records} images, {steps_per_epoch} steps/epoch at "
+              f"global batch {config.input.batch_size}; {total_steps} steps in all")
+
+  # ---- model & optimizer --------------------------------------------------------------------
+  schedule = lr_schedule(lr=config.optim.lr, warmup_lr=config.optim.warmup_lr,
+                         min_lr=config.optim.min_lr, warmup_epochs=config.optim.warmup_epochs,
+                         steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  tx = make_optimizer(config.optim, schedule)
+  abstract_model = nnx.eval_shape(
+      lambda: build_model(config, num_classes, nnx.Rngs(config.seed)))
+
+  def init():
+    model = build_model(config, num_classes, nnx.Rngs(config.seed))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    state = {"params": params, "opt_state": tx.init(params),
+             "step": jnp.zeros((), jnp.int32),
+             "rng": jax.random.PRNGKey(config.seed + 1)}
+    if config.optim.ema_decay > 0:
+      state["ema"] = jax.tree.map(jnp.copy, params)
+    return state
+
+  # ---- shard & init: shapes first, then parameters are born sharded ------------------------
+  abstract_state = jax.eval_shape(init)
+  state_sharding = shd.state_shardings(abstract_state, mesh, config.sharding.strategy)
+  with jax.set_mesh(mesh):
+    # non-Param variables (e.g. rope tables) are constants of the model, computed once
+    rest = jax.jit(lambda: nnx.to_pure_dict(nnx.state(
+        build_model(config, num_classes, nnx.Rngs(config.seed)), nnx.Not(nnx.Param))),
+                   out_shardings=shd.replicated(mesh))()
+    bridge = ModelBridge.from_model(abstract_model, rest=rest)
+    if config.param_table:
+      writer.info(parameter_table(abstract_state["params"]))
+
+    # ---- update step ------------------------------------------------------------------------
+    metrics_sharding = shd.replicated(mesh)
+    train_step = jax.jit(
+        make_train_step(bridge, tx, schedule, config, num_classes),
+        in_shardings=(state_sharding, shd.batch_sharding(mesh)),
+        out_shardings=(state_sharding, metrics_sharding), donate_argnums=(0,))
+    eval_params_sharding = state_sharding["params"]
+    eval_step = jax.jit(make_eval_step(bridge, config),
+                        in_shardings=(eval_params_sharding, shd.batch_sharding(mesh)),
+                        out_shardings=metrics_sharding)
+    # Compile ahead of time (shapes are known), so compile time is reported on its own and a
+    # model that does not fit fails here, before any data is read.
+    size = config.input.image_size
+    abstract_batch = {
+        "image": jax.ShapeDtypeStruct((config.input.batch_size, size, size, 3), jnp.uint8),
+        "label": jax.ShapeDtypeStruct((config.input.batch_size,), jnp.int32),
+        "valid": jax.ShapeDtypeStruct((config.input.batch_size,), jnp.bool_)}
+    t0 = time.time()
+    train_step = train_step.lower(abstract_state, abstract_batch).compile()
+    writer.info(f"compiled the train step in {time.time() - t0:.1f} s")
+
+    # ---- load checkpoint ------------------------------------------------------------------
+    # Resume order: a checkpoint in workdir > fresh initialisation (scratch).
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                keep=config.keep_checkpoints,
+                                async_save=config.async_checkpointing)
+    data_iter = iter(train_input.loader)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      state, meta = checkpointer.restore(
+          latest, abstract_with_shardings(abstract_state, state_sharding), data_iter)
+      writer.info(f"resumed from {checkpointer.directory}/{latest} (written at step "
+                  f"{meta.get('step')})")
+    else:
+      state = jax.jit(init, out_shardings=state_sharding)()
+    start_step = int(jax.device_get(state["step"]))
+    last_good_checkpoint = latest
+
+    # ---- evals ------------------------------------------------------------------------------
+    def run_evals(step):
+      results = {"step": step, **evaluate(eval_step, state["params"], config, mesh)}
+      if "ema" in state:
+        ema = evaluate(eval_step, state["ema"], config, mesh)
+        results.update({f"ema_{k}": v for k, v in ema.items() if k != "count"})
+      writer.write(step, {k: v for k, v in results.items() if k != "step"}, prefix="eval/")
+      writer.info(f"eval @ step {step}: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}"
+                  f"  loss {results['loss']:.4f}  ({results['count']} images)"
+                  + (f"  ema top1 {results['ema_top1']:.4f}" if "ema_top1" in results else ""))
+      return results
+
+    def save(step):
+      checkpointer.save(step, state, data_iter,
+                        {"step": step, "model_name": config.model_name,
+                         "config": config.to_json()})
+
+    # ---- loop -------------------------------------------------------------------------------
+    eval_every = int(round(config.eval_every_epochs * steps_per_epoch))
+    pending = None  # (step, metrics) of the last dispatched step, checked one step later
+    bad_images = 0
+    window_start, window_images, window_wait = time.time(), 0, 0.0
+    run_start, run_start_step = time.time(), start_step
+    results = None
+
+    def check(step, metrics):
+      """Fetches a step's metrics; stops the run on a NaN/inf loss (after the fact: the state
+      of that step is never checkpointed)."""
+      values = jax.device_get(metrics)
+      if not math.isfinite(float(values["loss"])):
+        where = (f"the last good checkpoint is step {last_good_checkpoint} in "
+                 f"{checkpointer.directory}" if last_good_checkpoint is not None
+                 else "no checkpoint was written yet")
+        raise NonFiniteLossError(
+            f"loss became {float(values['loss'])} at step {step} (grad_norm "
+            f"{float(values['grad_norm'])}); stopping. {where}. Lower config.optim.lr or set "
+            f"config.optim.clip_grad_norm, then rerun with the same workdir to resume.")
+      return values
+
+    try:
+      for step in range(start_step + 1, total_steps + 1):
+        t0 = time.time()
+        local_batch = next(data_iter)
+        window_wait += time.time() - t0
+        state, metrics = train_step(state, shd.to_global_batch(local_batch, mesh))
+        if pending is not None:
+          values = check(*pending)
+          bad_images += int(values["bad_images"])
+          if pending[0] % config.log_every_steps == 0:
+            _log_progress(writer, pending[0], total_steps, values, config, window_start,
+                          window_images, window_wait, run_start, run_start_step)
+            window_start, window_images, window_wait = time.time(), 0, 0.0
+        pending = (step, metrics)
+        window_images += config.input.batch_size
+        stop_now = step == stop_at_step
+        save_now = step % config.checkpoint_every_steps == 0 or step == total_steps or stop_now
+        eval_now = (eval_every > 0 and step % eval_every == 0) or step == total_steps
+        if save_now or eval_now:
+          values = check(*pending)
+          bad_images += int(values["bad_images"])
+          if step % config.log_every_steps == 0 or step == total_steps:
+            _log_progress(writer, step, total_steps, values, config, window_start,
+                          window_images, window_wait, run_start, run_start_step)
+          pending = None
+          window_start, window_images, window_wait = time.time(), 0, 0.0
+          if save_now:
+            save(step)
+            last_good_checkpoint = step
+          if eval_now and not stop_now:
+            results = run_evals(step)
+        if stop_now:
+          checkpointer.wait()
+          checkpointer.close()
+          writer.info(f"stopped at step {step} (stop_at_step); rerun to resume")
+          writer.close()
+          return None
+
+      if results is None:  # nothing left to train (resumed a finished run): evaluate anyway
+        results = run_evals(int(jax.device_get(state["step"])))
+      checkpointer.wait()
+      checkpointer.close()
+      results["bad_images_seen"] = bad_images
+      results["wall_time_s"] = round(time.time() - run_start, 2)
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+          json.dump(results, f, indent=2)
+      writer.info(f"results: {json.dumps(results)}  -> {os.path.join(workdir, 'results.json')}")
+      writer.close()
+      return results
+    except BaseException:
+      # finish in-flight async saves so the last good checkpoint is complete on disk
+      checkpointer.wait()
+      checkpointer.close()
+      writer.close()
+      raise
+
+
+def _log_progress(writer, step, total_steps, values, config, window_start, window_images,
+                  window_wait, run_start, run_start_step):
+  elapsed = max(time.time() - window_start, 1e-9)
+  images_per_s = window_images / elapsed
+  done = step - run_start_step
+  eta = (time.time() - run_start) / max(done, 1) * (total_steps - step)
+  metrics = {k: float(v) for k, v in values.items()}
+  metrics.update(img_per_s=images_per_s, data_wait_s=window_wait)
+  writer.write(step, metrics, prefix="train/")
+  writer.info(f"step {step}/{total_steps}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.3e}  "
+              f"{images_per_s:.1f} img/s  data wait {100 * window_wait / elapsed:.0f}%  "
+              f"grad_norm {metrics['grad_norm']:.3f}  ETA {format_duration(eta)}")

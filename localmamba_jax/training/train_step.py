@@ -1,0 +1,108 @@
+"""The jitted train and eval steps over a functional train state.
+
+Train state (a plain dict, so Orbax saves it as is and shardings are one tree.map away):
+  params     pure dict of the model's nnx.Param values (fp32 master weights)
+  opt_state  optax AdamW state
+  ema        EMA of params (only when config.optim.ema_decay > 0)
+  step       int32, number of completed updates
+  rng        uint32[2] base key; the step's key is fold_in(rng, step), so resuming at step n
+             replays exactly the keys of an uninterrupted run
+The model is rebuilt inside the step with `nnx.merge(graphdef, params, rest)`; train and eval
+use two graphdefs that differ only in the blocks' `deterministic` attribute (model.train() /
+model.eval()), so drop path is compiled in or out.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from localmamba_jax.training import device_augment
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBridge:
+  """Everything the pure steps need to rebuild the NNX model from a params dict."""
+  train_graphdef: object
+  eval_graphdef: object
+  rest: dict  # non-Param variables (e.g. rope tables), constant during training
+
+  @classmethod
+  def from_model(cls, model, rest=None):
+    """`model` may be abstract (nnx.eval_shape); then pass the concrete `rest` values."""
+    model.train()
+    train_def, _, model_rest = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    eval_def, _, _ = nnx.split(model, nnx.Param, ...)
+    model.train()
+    return cls(train_def, eval_def, nnx.to_pure_dict(model_rest) if rest is None else rest)
+
+  def apply(self, params, images, *, train: bool, key=None):
+    model = nnx.merge(self.train_graphdef if train else self.eval_graphdef, params, self.rest)
+    return model(images, key=key) if train else model(images)
+
+
+def global_norm(tree):
+  leaves = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+  return jnp.sqrt(sum(leaves)) if leaves else jnp.zeros(())
+
+
+def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int):
+  aug, inp = config.augment, config.input
+  ema_decay = config.optim.ema_decay
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(state["rng"], state["step"])
+    k_erase, k_mix, k_drop = jax.random.split(key, 3)
+    images = device_augment.normalize(batch["image"], inp.mean, inp.std)
+    images = device_augment.random_erasing(images, k_erase, aug.random_erase_prob)
+    images, targets, partner = device_augment.mixup_cutmix(
+        images, batch["label"], k_mix, num_classes=num_classes, mixup_alpha=aug.mixup_alpha,
+        cutmix_alpha=aug.cutmix_alpha, mix_prob=aug.mix_prob, switch_prob=aug.switch_prob,
+        label_smoothing=aug.label_smoothing)
+    # an unreadable image (valid=False) contributes nothing, nor does the image mixed into it
+    weight = (batch["valid"] & batch["valid"][partner]).astype(jnp.float32)
+
+    def loss_fn(params):
+      logits = bridge.apply(params, images, train=True, key=k_drop).astype(jnp.float32)
+      per_example = optax.softmax_cross_entropy(logits, targets)
+      return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new_state = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
+    if "ema" in state:
+      new_state["ema"] = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                      state["ema"], params)
+    metrics = {
+        "loss": loss, "lr": schedule(state["step"]),
+        "grad_norm": global_norm(grads), "param_norm": global_norm(params),
+        "update_norm": global_norm(updates),
+        "bad_images": jnp.sum(~batch["valid"]).astype(jnp.int32),
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(bridge: ModelBridge, config):
+  inp = config.input
+
+  def eval_step(params, batch):
+    images = device_augment.normalize(batch["image"], inp.mean, inp.std)
+    logits = bridge.apply(params, images, train=False).astype(jnp.float32)
+    labels, weight = batch["label"], batch["valid"].astype(jnp.float32)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return {
+        "loss_sum": jnp.sum(loss * weight),
+        "top1": jnp.sum((top5[:, 0] == labels) * weight),
+        "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * weight),
+        "count": jnp.sum(weight),
+    }
+
+  return eval_step

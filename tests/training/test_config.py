@@ -1,0 +1,83 @@
+"""Config files load, validate, and bad configs fail with a clear message before anything runs."""
+import importlib.util
+import pathlib
+
+import ml_collections
+import pytest
+
+from localmamba_jax.training.config_schema import base_config, validate_config
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+
+def load(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.py")))
+def test_every_config_file_validates(name):
+  validate_config(load(name))
+
+
+@pytest.mark.parametrize("name", ["localvmamba_t", "localvmamba_s", "localvim_t",
+                                  "localvim_t_midcls", "localvim_s"])
+def test_paper_recipe_and_runlocal(name):
+  c = load(name)
+  assert (c.total_epochs, c.input.batch_size, c.optim.lr, c.optim.weight_decay) == (300, 1024, 1e-3, 0.04)
+  assert (c.optim.warmup_epochs, c.optim.warmup_lr, c.optim.min_lr) == (20, 1e-7, 1e-6)
+  assert (c.augment.mixup_alpha, c.augment.cutmix_alpha, c.augment.switch_prob) == (0.2, 1.0, 0.5)
+  assert (c.augment.label_smoothing, c.augment.random_erase_prob) == (0.1, 0.25)
+  assert c.input.randaugment == "rand-m9-mstd0.5" and c.input.image_size == 224
+  small = load(name, "runlocal")
+  validate_config(small)
+  assert small.input.batch_size < c.input.batch_size and small.total_steps > 0
+
+
+def test_unknown_key_names_the_closest_known_key():
+  c = base_config()
+  c.optim.weight_decya = 0.1
+  with pytest.raises(ValueError, match=r"unknown config key 'optim.weight_decya'.*'optim.weight_decay'"):
+    validate_config(c)
+
+
+def test_wrong_types_and_values_are_all_reported():
+  c = base_config()
+  # ConfigDict refuses a retyped field; a config file can still replace a whole sub-dict
+  c.input = ml_collections.ConfigDict({**c.input.to_dict(), "batch_size": "128"})
+  c.model_dtype = "float16"
+  with pytest.raises(ValueError) as info:
+    validate_config(c)
+  message = str(info.value)
+  assert "config.input.batch_size='128' has type str; expected int" in message
+  assert "model_dtype='float16' is not one of ('float32', 'bfloat16')" in message
+  c = base_config()
+  c.augment.mix_prob = 1.5
+  c.optim.ema_decay = 1.0
+  with pytest.raises(ValueError) as info:
+    validate_config(c)
+  assert "mix_prob=1.5 must be in [0, 1]" in str(info.value)
+  assert "ema_decay=1.0 must be in [0, 1)" in str(info.value)
+
+
+def test_choice_values_are_checked():
+  c = base_config()
+  c.sharding.strategy = "zero3"
+  with pytest.raises(ValueError, match=r"sharding.strategy='zero3' is not one of \('data', 'fsdp'\)"):
+    validate_config(c)
+
+
+def test_batch_not_divisible_by_devices():
+  c = base_config()
+  c.input.batch_size = 100
+  with pytest.raises(ValueError, match="batch_size=100 is not divisible by the 8 devices.*e.g. 96"):
+    validate_config(c, num_devices=8)
+
+
+def test_image_folder_without_folder_names_the_key():
+  c = base_config()
+  c.input.source = "image_folder"
+  with pytest.raises(ValueError, match="needs config.input.folder"):
+    validate_config(c)

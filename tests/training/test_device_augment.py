@@ -1,0 +1,45 @@
+"""On-device augmentation: mixup/cutmix targets, label smoothing, random erasing."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from localmamba_jax.training import device_augment as da
+
+
+def test_smooth_one_hot():
+  t = da.smooth_one_hot(jnp.array([2]), 4, 0.1)
+  np.testing.assert_allclose(t, [[0.025, 0.025, 0.925, 0.025]], rtol=1e-6)
+
+
+def test_mixup_and_cutmix_targets_match_the_pixels():
+  images = jnp.stack([jnp.full((8, 8, 3), float(i)) for i in range(4)])
+  labels = jnp.arange(4)
+  for seed in range(6):
+    out, targets, partner = da.mixup_cutmix(
+        images, labels, jax.random.PRNGKey(seed), num_classes=4, mixup_alpha=0.2,
+        cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5, label_smoothing=0.0)
+    np.testing.assert_array_equal(partner, [3, 2, 1, 0])
+    np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+    # sample 0 mixes itself (value 0) with sample 3 (value 3): mean pixel = 3 * (1 - lam)
+    lam = float(targets[0, 0])
+    np.testing.assert_allclose(float(out[0].mean()), 3 * (1 - lam), rtol=1e-5, atol=1e-5)
+
+
+def test_mixing_off_gives_smoothed_labels_and_untouched_images():
+  images = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
+  out, targets, partner = da.mixup_cutmix(
+      images, jnp.arange(4), jax.random.PRNGKey(1), num_classes=4, mixup_alpha=0.0,
+      cutmix_alpha=0.0, mix_prob=1.0, switch_prob=0.5, label_smoothing=0.1)
+  np.testing.assert_array_equal(out, images)
+  np.testing.assert_array_equal(partner, jnp.arange(4))
+  np.testing.assert_allclose(targets, da.smooth_one_hot(jnp.arange(4), 4, 0.1))
+
+
+def test_random_erasing_changes_a_rectangle_with_probability():
+  images = jnp.zeros((64, 16, 16, 3))
+  out = da.random_erasing(images, jax.random.PRNGKey(0), 0.25)
+  erased = np.asarray(jnp.any(out != 0, axis=(1, 2, 3)))
+  assert 5 <= erased.sum() <= 30  # ~16 of 64 expected
+  area = np.asarray(jnp.any(out != 0, axis=-1).sum(axis=(1, 2)))[erased] / 256
+  assert area.min() >= 0.01 and area.max() <= 0.40
+  np.testing.assert_array_equal(da.random_erasing(images, jax.random.PRNGKey(0), 0.0), images)

@@ -1,0 +1,85 @@
+"""The whole loop on the digits set with a tiny LocalVMamba: train, eval, checkpoint, resume.
+
+Slow part: each run compiles its train and eval step (~10-20 s on 2 CPU cores).
+"""
+import importlib.util
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from localmamba_jax.training.loop import NonFiniteLossError, train_and_evaluate
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+
+def tiny_config():
+  spec = importlib.util.spec_from_file_location("demo", CONFIGS / "demo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("tiny")
+
+
+def restored_state(workdir, step):
+  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                             item_names=("state", "data_iter", "meta")) as mngr:
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  config = tiny_config()
+  config.param_table = True
+  config.tensorboard = True
+  results = train_and_evaluate(config, workdir)
+  return workdir, results
+
+
+def test_train_eval_checkpoint_and_results(straight_run, capsys):
+  workdir, results = straight_run
+  on_disk = json.load(open(os.path.join(workdir, "results.json")))
+  assert on_disk["step"] == 4 and on_disk["count"] == 360
+  assert 0.0 <= on_disk["top1"] <= on_disk["top5"] <= 1.0
+  assert results["top1"] == on_disk["top1"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  train = [l for l in lines if "train/loss" in l]
+  assert [l["step"] for l in train] == [1, 2, 3, 4]
+  for key in ("train/lr", "train/grad_norm", "train/param_norm", "train/update_norm",
+              "train/img_per_s", "train/data_wait_s"):
+    assert np.isfinite(train[-1][key]), key
+  assert any("eval/top1" in l for l in lines)
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_resume_is_bitwise_exact(straight_run, tmp_path):
+  straight_dir, _ = straight_run
+  resumed_dir = str(tmp_path / "resumed")
+  assert train_and_evaluate(tiny_config(), resumed_dir, stop_at_step=2) is None
+  assert sorted(os.listdir(os.path.join(resumed_dir, "checkpoints"))) == ["2"]
+  train_and_evaluate(tiny_config(), resumed_dir)  # resumes from step 2, trains steps 3-4
+  want, got = restored_state(straight_dir, 4), restored_state(resumed_dir, 4)
+  leaves = jax.tree_util.tree_leaves_with_path(want)
+  assert len(leaves) == len(jax.tree.leaves(got)) > 10
+  for (path, a), b in zip(leaves, jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  # the resumed run logged steps 3 and 4 only after its restart
+  steps = [json.loads(l)["step"] for l in open(os.path.join(resumed_dir, "metrics.jsonl"))
+           if "train/loss" in l]
+  assert steps == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
+  config = tiny_config()
+  config.optim.warmup_epochs = 0.0
+  config.optim.lr = 1e38   # the first update overflows the weights: step 2's loss is not finite
+  config.checkpoint_every_steps = 1
+  with pytest.raises(NonFiniteLossError,
+                     match=r"loss became nan at step 2 .*last good checkpoint is step 1"):
+    train_and_evaluate(config, str(tmp_path))
+  assert "2" not in os.listdir(tmp_path / "checkpoints")
