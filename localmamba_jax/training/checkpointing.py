@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-import grain.python as grain
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -35,7 +35,7 @@ class Checkpointer:
   def save(self, step: int, state, data_iterator, meta: dict) -> None:
     self.manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data_iter=grain.PyGrainCheckpointSave(data_iterator),
+        data_iter=grain.checkpoint.CheckpointSave(data_iterator),
         meta=ocp.args.JsonSave(meta)))
 
   def restore(self, step: int, abstract_state, data_iterator=None):
@@ -44,7 +44,7 @@ class Checkpointer:
     items = {"state": ocp.args.StandardRestore(abstract_state),
              "meta": ocp.args.JsonRestore()}
     if data_iterator is not None:
-      items["data_iter"] = grain.PyGrainCheckpointRestore(data_iterator)
+      items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], restored["meta"]
 

@@ -27,6 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_name = "local_vssm_tiny"  # a registry name (models.registry.list_models())
   c.model = ml_collections.ConfigDict({"drop_path_rate": 0.1})  # overrides passed to the model
   c.model_dtype = "float32"         # compute dtype: float32 | bfloat16 (parameters stay fp32)
+  c.init = ""                       # fine-tune from: a converted checkpoint dir or a train.py
+                                    # workdir ("" = scratch; see convert/pretrained.py)
 
   c.input = ml_collections.ConfigDict()
   c.input.source = "tfds"           # tfds | image_folder | digits

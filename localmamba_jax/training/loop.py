@@ -55,6 +55,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
   exact resume; the schedule still follows the config's total steps).
   """
   validate_config(config)  # keys and types first: nothing is built for a bad config
+  function_start = time.time()
   if config.sharding.distributed:
     jax.distributed.initialize()
 
@@ -142,11 +143,11 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     writer.info(f"compiled the train step in {time.time() - t0:.1f} s")
 
     # ---- load checkpoint ------------------------------------------------------------------
-    # Resume order: a checkpoint in workdir > fresh initialisation (scratch).
+    # Resume order: a checkpoint in workdir > config.init (pretrained weights) > scratch.
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 keep=config.keep_checkpoints,
                                 async_save=config.async_checkpointing)
-    data_iter = iter(train_input.loader)
+    data_iter = iter(train_input.dataset)
     latest = checkpointer.latest_step()
     if latest is not None:
       state, meta = checkpointer.restore(
@@ -155,6 +156,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                   f"{meta.get('step')})")
     else:
       state = jax.jit(init, out_shardings=state_sharding)()
+      if config.init:
+        state = _init_from_pretrained(state, config.init, state_sharding, writer)
     start_step = int(jax.device_get(state["step"]))
     last_good_checkpoint = latest
 
@@ -240,7 +243,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
       checkpointer.wait()
       checkpointer.close()
       results["bad_images_seen"] = bad_images
-      results["wall_time_s"] = round(time.time() - run_start, 2)
+      results["train_time_s"] = round(time.time() - run_start, 2)  # loop + evals of this run
+      results["wall_time_s"] = round(time.time() - function_start, 2)  # incl. setup, compiles
       if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
           json.dump(results, f, indent=2)
@@ -253,6 +257,19 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
       checkpointer.close()
       writer.close()
       raise
+
+
+def _init_from_pretrained(state, directory, state_sharding, writer):
+  """Fine-tuning start: parameters from a converted checkpoint or another run (a new head when
+  num_classes differs, LocalVim's pos_embed resized to the model's grid); optimizer state,
+  step and rng stay fresh. See convert/pretrained.py."""
+  from localmamba_jax.convert.pretrained import init_params_from_pretrained
+  params = init_params_from_pretrained(directory, state["params"], log=writer.info)
+  params = jax.device_put(params, state_sharding["params"])
+  state = dict(state, params=params)
+  if "ema" in state:
+    state["ema"] = jax.tree.map(jnp.copy, params)
+  return state
 
 
 def _log_progress(writer, step, total_steps, values, config, window_start, window_images,

@@ -36,4 +36,8 @@ def build_model(config, num_classes: int, rngs):
   if name not in known:
     raise ValueError(f"config.model_name={name!r} is not a registered model; registered: "
                      f"{known}, or one of {list(CUSTOM)} to build from config.model")
+  if registry.model_spec(name).family == "local_vim" and "img_size" not in kwargs:
+    # pos_embed / RoPE grid at the training resolution (224 in the recipe: unchanged); a
+    # pretrained 224 table is resized once at init (config.init), DeiT-style fine-tuning
+    kwargs["img_size"] = config.input.image_size
   return registry.create_model(name, num_classes=num_classes, rngs=rngs, **kwargs)

@@ -89,12 +89,12 @@ def _digits_config():
 
 def test_train_loader_resumes_exactly_from_its_state():
   c = _digits_config()
-  it = iter(pipeline.build_train_input(c).loader)
+  it = iter(pipeline.build_train_input(c).dataset)
   for _ in range(3):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(2)]
-  resumed = iter(pipeline.build_train_input(c).loader)
+  resumed = iter(pipeline.build_train_input(c).dataset)
   resumed.set_state(state)
   for want in expected:
     got = next(resumed)
