@@ -220,6 +220,7 @@ def load_torch_state_dict(model, state_dict: Mapping[str, object]) -> None:
     if array.shape != expected_shape:
       problems.append(f"misshaped: {key} converts to {array.shape}, expected {expected_shape} "
                       f"for {path}")
+      seen[path].add(slot)     # present, reported once as misshaped (not also as missing)
       continue
     if slot in seen[path]:
       problems.append(f"duplicate: {key} fills {path} twice")
