@@ -3,7 +3,7 @@ r"""Evaluate a pretrained LocalMamba checkpoint: top-1 / top-5 on an ImageNet-st
   python -m localmamba_jax.convert --checkpoint local_vssm_small.ckpt --output ckpt/lvm_s
   python eval.py --checkpoint ckpt/lvm_s --config.input.source=image_folder \
       --config.input.folder=/data/imagenet --config.input.eval_split=val
-  python eval.py --checkpoint ckpt/lvm_s --config.input.tfds_data_dir=/data/tfds   # tfds imagenet2012
+  python eval.py --checkpoint ckpt/lvm_s --config.input.tfds_data_dir=/data/tfds  # imagenet2012
   python eval.py --checkpoint /ckpt/my_run --ema          # a train.py workdir (latest step, EMA)
 
 Preprocessing is the reference evaluation (shorter side to 256 bicubic, center crop 224,

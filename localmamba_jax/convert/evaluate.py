@@ -116,7 +116,8 @@ def evaluate_pretrained(checkpoint, config, *, ema: bool = False, progress: bool
       "count": count, "unreadable_images": total_images - count,
       "model_dtype": config.model_dtype, "devices": mesh.size,
       "device_kind": jax.devices()[0].device_kind,
-      "compile_seconds": round(compile_seconds, 2), "seconds": round(seconds, 2), "images_per_s": round(total_images / max(seconds, 1e-9), 1),
+      "compile_seconds": round(compile_seconds, 2), "seconds": round(seconds, 2),
+      "images_per_s": round(total_images / max(seconds, 1e-9), 1),
   }
   return results
 

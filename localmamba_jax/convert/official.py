@@ -172,7 +172,8 @@ def infer_model(state_dict: Mapping[str, Any], **overrides) -> Inferred:
           f"{'layers' if family == VIM else 'blocks'} of {sorted(set(branches))} branches, but "
           f"{name}'s registered directions do not fit it; the directions cannot be read from "
           f"weights. Pass directions= (one list per {'layer' if family == VIM else 'block'}, "
-          f"or a direction JSON file; --directions FILE on the command line), e.g. from_torch_state_dict(None, sd, directions=...).")
+          f"or a direction JSON file; --directions FILE on the command line), e.g. "
+          f"from_torch_state_dict(None, sd, directions=...).")
   return Inferred(name, inferred, tuple(notes))
 
 
