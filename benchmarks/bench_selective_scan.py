@@ -140,6 +140,12 @@ def check(report):
     ref = lambda *a: selective_scan(a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6],
                                     delta_softplus=True, impl="reference")
     cases.append(("plain", dtype, kern, ref, args, w, tol_out, tol_grad))
+    # the non-default kernel options: sparse checkpoints, kept decays
+    opts = dict(chunk=8, checkpoint_every=32, keep_decay=True)
+    kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
+        a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
+    cases.append(("plain c8 s32 keep", dtype, kern_opts, ref, args, w, tol_out,
+                  tol_grad))
     # fused multi-direction: 7x9 grid, exact merges with window pads, and the v fallback
     for directions in (("h", "h_flip", "w2", "w2_flip"), ("v", "w7_flip", "v_flip", "h")):
       hw, k, e = (7, 9), 4, 32
@@ -185,7 +191,24 @@ def check(report):
 
 # ----------------------------------------------------------------------------- timings
 
-def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chunks=()):
+def parse_variant(text):
+  """'c8s32k1t16w1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
+  bwd_num_warps); letters may be omitted (kernel default)."""
+  keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
+              w="bwd_num_warps", f="tile", v="num_warps")
+  options, i = {}, 0
+  while i < len(text):
+    j = i + 1
+    while j < len(text) and text[j].isdigit():
+      j += 1
+    key, value = keys[text[i]], int(text[i + 1:j])
+    options[key] = bool(value) if key == "keep_decay" else value
+    i = j
+  return options
+
+
+def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chunks=(),
+                variants_text=(), baseline_module=None):
   rng = np.random.default_rng(0)
   inp = make_inputs(rng, batch, shape["length"], shape["channels"], shape["groups"], shape["z"],
                     dtype)
@@ -211,6 +234,13 @@ def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chun
                                (16, 4, 8), (8, 1, 8)):
       variants.append((f"bwd t{tile} w{warps} c{chunk}", scan_fn(
           "pallas_gpu", bwd_tile=tile, bwd_num_warps=warps, chunk=chunk), True))
+  for text in variants_text:
+    variants.append((text, scan_fn("pallas_gpu", **parse_variant(text)), True))
+  if baseline_module is not None:  # an earlier version of the kernel, timed in the same run
+    def baseline(u, delta, A, B, C, D, delta_bias, z):
+      return baseline_module.selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias,
+                                                   delta_softplus=True)
+    variants.insert(0, ("baseline (" + baseline_module.__name__ + ")", baseline, True))
   if with_assoc:
     variants.append(("associative", scan_fn("associative"), True))
   for label, fn, time_bwd in variants:
@@ -238,11 +268,22 @@ def main(argv=None):
   parser.add_argument("--sweep", action="store_true", help="chunk / backward-tile variants")
   parser.add_argument("--no-assoc", action="store_true")
   parser.add_argument("--chunks", default="", help="extra checkpoint intervals at stage 1")
+  parser.add_argument("--variants", default="",
+                      help="comma-separated kernel option sets timed at stage 1, e.g. c8s32k1p1")
+  parser.add_argument("--baseline", default=None,
+                      help="path of an earlier selective_scan_gpu.py to time alongside")
   parser.add_argument("--out", default=None)
   args = parser.parse_args(argv)
   report = dict(date=datetime.date.today().isoformat(), jax=jax.__version__,
                 device=str(jax.devices()[0].device_kind), checks=[], timings=[])
   print(f"jax {jax.__version__} on {report['device']}", flush=True)
+  baseline = None
+  if args.baseline:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("baseline_kernel", args.baseline)
+    baseline = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = baseline   # dataclasses look their module up there
+    spec.loader.exec_module(baseline)
   ok = True
   if args.check:
     ok = check(report)
@@ -252,7 +293,9 @@ def main(argv=None):
     for dtype in args.dtypes.split(","):
       bench_shape(name, SHAPES[name], jnp.dtype(dtype), args.batch, args.reps, report,
                   args.sweep and name == "stage1", not args.no_assoc,
-                  [int(c) for c in args.chunks.split(",") if c] if name == "stage1" else ())
+                  [int(c) for c in args.chunks.split(",") if c] if name == "stage1" else (),
+                  [v for v in args.variants.split(",") if v] if name == "stage1" else (),
+                  baseline if name == "stage1" else None)
   if args.out:
     with open(args.out, "w") as f:
       json.dump(report, f, indent=1, default=str)

@@ -66,16 +66,24 @@ def random_inputs(rng, batch, length, channels, groups, num_state, with_z):
       z=f32(rng.standard_normal((batch, length, channels))) if with_z else None)
 
 
-def test_plain_order_matches_float64_reference_values_and_gradients():
-  # L = 11 is not a multiple of the chunk (2): the tail steps must be identities.
+@pytest.mark.parametrize("checkpoint_every,keep_decay", [
+    (2, False),   # one saved state per chunk (recompute straight from it)
+    (6, True),    # 3 chunks per saved state: sub-checkpoints rebuilt in the backward;
+                  # decays kept for the adjoint
+])
+def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_every,
+                                                                    keep_decay):
+  # L = 11 is not a multiple of the chunk (2) nor of the checkpoint interval: the tail steps
+  # must be identities.
   rng = np.random.default_rng(0)
   inputs = random_inputs(rng, batch=2, length=11, channels=16, groups=2, num_state=4,
                          with_z=True)
   args = [inputs[k] for k in NAMES]
 
   def kernel(u, delta, A, B, C, D, bias, z):
-    return selective_scan_gpu.selective_scan_pallas(u, delta, A, B, C, D, z, bias,
-                                                    delta_softplus=True, chunk=2, interpret=True)
+    return selective_scan_gpu.selective_scan_pallas(
+        u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
+        checkpoint_every=checkpoint_every, keep_decay=keep_decay, interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
@@ -84,11 +92,12 @@ def test_plain_order_matches_float64_reference_values_and_gradients():
   assert_matches(kernel, reference, args, weight, NAMES)
 
 
-@pytest.mark.parametrize("grid_hw,directions,exact", [
-    ((3, 5), ("h_flip", "w2"), True),     # interior window pads, merge == inverse: fused write
-    ((3, 5), ("v", "w2_flip"), False),    # official v merge is not the inverse for H != W
+@pytest.mark.parametrize("grid_hw,directions,exact,checkpoint_every", [
+    ((3, 5), ("h_flip", "w2"), True, 2),     # interior window pads, merge == inverse: fused write
+    ((3, 5), ("v", "w2_flip"), False, 4),    # official v merge is not the inverse for H != W
 ])
-def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact):
+def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
+                                                    checkpoint_every):
   from localmamba_jax.ops.scan_orders import stacked_scan_orders
   orders = stacked_scan_orders(*grid_hw, directions)
   assert selective_scan_gpu.merge_is_inverse(orders.gather, orders.merge) == exact
@@ -104,7 +113,7 @@ def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact):
   def kernel(u, delta, A, B, C, D, bias):
     return selective_scan_gpu.multi_direction_scan_pallas(
         u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge, chunk=2,
-        interpret=True)
+        checkpoint_every=checkpoint_every, keep_decay=True, interpret=True)
 
   def reference(u, delta, A, B, C, D, bias):
     return multi_direction_selective_scan(u, delta, A, B, C, D, bias, grid_hw=grid_hw,
@@ -141,6 +150,23 @@ def test_golden_selective_scan_case_with_pads(golden_npz, golden_json):
     assert rel_err(grad, ref) < GRAD_TOL, name
 
 
+@pytest.mark.parametrize("chunk,checkpoint_every,expected_segments", [
+    (8, 8, 13), (8, 32, 4), (4, 16, 7), (8, None, 13), (128, 512, 1)])
+def test_saved_states_follow_checkpoint_every(chunk, checkpoint_every, expected_segments):
+  """The backward's residual states: [b, ceil(L / checkpoint_every), C, N] fp32 (L = 100)."""
+  rng = np.random.default_rng(3)
+  inputs = random_inputs(rng, batch=2, length=100, channels=16, groups=2, num_state=4,
+                         with_z=False)
+  args = [inputs[k] for k in NAMES[:7]]
+  kernel = lambda *a: selective_scan_gpu.selective_scan_pallas(
+      *a[:5], a[5], None, a[6], delta_softplus=True, chunk=chunk,
+      checkpoint_every=checkpoint_every, interpret=True)
+  _, vjp_fn = jax.eval_shape(lambda *a: jax.vjp(kernel, *a), *args)
+  states = [leaf for leaf in jax.tree.leaves(vjp_fn) if leaf.shape[-2:] == (16, 4)
+            and leaf.ndim == 4]
+  assert [s.shape for s in states] == [(2, expected_segments, 16, 4)]
+
+
 def test_dispatch_and_errors():
   # "auto" uses the kernel only on a GPU; the CPU keeps the pure-JAX path.
   assert resolve_impl("auto", kernel_supported=True) == (
@@ -158,6 +184,9 @@ def test_dispatch_and_errors():
                                              bc, interpret=True)
   with pytest.raises(ValueError, match="power of two"):
     selective_scan_gpu.selective_scan_pallas(x, x, a[:, :12], bc[..., :12], bc[..., :12],
+                                             interpret=True)
+  with pytest.raises(ValueError, match="multiple of chunk"):
+    selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, chunk=2, checkpoint_every=3,
                                              interpret=True)
   with pytest.raises(ValueError, match="exactly once"):
     selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, read_index=np.array([[0, 0, 1, 2]]),

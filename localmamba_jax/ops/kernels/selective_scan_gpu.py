@@ -8,9 +8,12 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
   * forward: a loop over chunks of `chunk` steps, each chunk unrolled so that the loads of
     its steps do not wait on the recurrence; the state h [tile, N] stays in registers in fp32;
     exp(Delta * A) is computed as exp2(Delta * A * log2(e)) with A pre-scaled once. The state
-    at the start of every chunk is written out (`checkpoints`, [batch, chunks, C, N] fp32).
-  * backward: chunks in reverse; each chunk reloads its checkpoint, recomputes its `chunk`
-    states into registers (a Python-unrolled list), then runs the adjoint recurrence
+    at the start of every `checkpoint_every` steps is written out (`checkpoints`,
+    [batch, segments, C, N] fp32). A chunk's loads are all issued before its first store.
+  * backward: segments in reverse; each reloads its checkpoint, rebuilds the states at its
+    chunk starts in registers (only when checkpoint_every > chunk), and per chunk in reverse
+    recomputes the `chunk` states into registers (a Python-unrolled list), then runs the
+    adjoint recurrence
         g_t = C_t dy_t + exp(Delta_{t+1} A) g_{t+1}
     backwards through them. Since a_t h_{t-1} = h_t - Delta_t B_t u_t, only h_t is needed.
     dB/dC (summed over the channels of a group) are written as one partial per channel tile,
@@ -57,10 +60,14 @@ except ImportError:  # pragma: no cover
 
 LOG2_E = math.log2(math.e)
 LN_2 = math.log(2.0)
-# Defaults from the H100 sweep at LocalVMamba-T stage 1 (BENCHMARKS.md): forward 64-channel
+# Defaults from the H100 sweeps at LocalVMamba-T stage 1 (BENCHMARKS.md): forward 64-channel
 # tiles on 2 warps; backward 16-channel tiles on 1 warp (the chunk's states live in registers:
-# larger tiles/chunks spill or cut occupancy); checkpoints every 8 steps.
+# larger tiles/chunks spill or cut occupancy); checkpoints every 8 steps. Saving states less
+# often (checkpoint_every 16 with sub-checkpoints rebuilt in registers) was measured 1.4-2.7x
+# slower in the backward, and keeping the decays gained nothing: both stay opt-in.
 DEFAULT_CHUNK = 8
+DEFAULT_CHECKPOINT_EVERY = 8
+DEFAULT_KEEP_DECAY = False
 DEFAULT_TILE = 64
 DEFAULT_BWD_TILE = 16
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
@@ -94,6 +101,23 @@ def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
   return all(jnp.dtype(d) in map(jnp.dtype, _SUPPORTED_DTYPES) for d in dtypes)
 
 
+def _chunking(chunk, checkpoint_every, seq_len):
+  """(chunk, checkpoint_every) checked and shrunk to the sequence (same results, less unrolling)."""
+  if checkpoint_every is None:
+    checkpoint_every = chunk
+  for name, value in (("chunk", chunk), ("checkpoint_every", checkpoint_every)):
+    if not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"selective_scan_pallas: {name} must be an integer >= 1, got {value!r}.")
+  if checkpoint_every % chunk:
+    raise ValueError(f"selective_scan_pallas: checkpoint_every ({checkpoint_every}) must be a "
+                     f"multiple of chunk ({chunk}); e.g. checkpoint_every="
+                     f"{chunk * max(1, checkpoint_every // chunk)}.")
+  chunk_ = max(1, min(int(chunk), seq_len))
+  ratio = checkpoint_every // chunk if chunk_ == chunk else 1
+  ratio = max(1, min(ratio, -(-seq_len // chunk_)))
+  return chunk_, chunk_ * ratio
+
+
 class _StaticIndex:
   """A numpy int32 index array usable as a static (hashable) argument."""
 
@@ -111,7 +135,8 @@ class _StaticIndex:
 @dataclasses.dataclass(frozen=True)
 class _Config:
   seq_len: int                 # L_seq: steps of the recurrence
-  chunk: int                   # steps per checkpoint (unrolled in the kernels)
+  chunk: int                   # steps per unrolled chunk (the backward's recompute unit)
+  checkpoint_every: int        # steps per saved state (a multiple of chunk)
   tile: int                    # forward channel tile
   bwd_tile: int                # backward channel tile (holds `chunk` states in registers)
   softplus: bool
@@ -120,6 +145,7 @@ class _Config:
   write_at_tokens: bool        # outputs at the read token (True) or at the step (False)
   num_warps: int
   bwd_num_warps: int
+  keep_decay: bool             # backward keeps exp(Delta A) of the recompute for the adjoint
   interpret: bool
 
 
@@ -146,34 +172,54 @@ def _sigmoid(x):
   return 1.0 / (1.0 + jnp.exp(-x))
 
 
-def _step_inputs(cfg, refs, b, group, c0, cu0, cz0, tile, t):
-  """Loads step t of one program's tile; returns the per-step values (fp32)."""
-  u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref, bias = refs
+def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None):
+  """Issues the loads of step t of one program's tile; returns them raw (unmasked).
+
+  Loading is kept apart from use (`_derive`) so that a whole chunk's loads can be issued
+  before any of the chunk's stores: the compiler cannot move a load above a store to another
+  buffer (it cannot prove they do not alias), so a load placed after a store costs one full
+  memory latency on the critical path of every step.
+  """
+  u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
+  t_safe = jnp.minimum(jnp.asarray(t, jnp.int32), jnp.int32(cfg.seq_len - 1))
+  raw_token = t_safe if index_ref is None else index_ref[group, t_safe]
+  token = jnp.maximum(raw_token, 0).astype(jnp.int32)
+  raw = dict(raw_token=raw_token,
+             u=plt.load(u_ref.at[b, token, pl.ds(cu0, tile)]),
+             draw=plt.load(delta_ref.at[b, token, pl.ds(c0, tile)]),
+             bt=plt.load(b_ref.at[b, token, group, :]))
+  if need_c:
+    raw["ct"] = plt.load(c_ref.at[b, token, group, :])
+    if cfg.has_z:
+      raw["zt"] = plt.load(z_ref.at[b, token, pl.ds(cz0, tile)])
+  if dout_ref is not None:
+    write_pos = token if cfg.write_at_tokens else t_safe
+    raw["dout"] = plt.load(dout_ref.at[b, write_pos, pl.ds(c0, tile)])
+  return raw
+
+
+def _derive(cfg, raw, t, bias):
+  """Per-step values (fp32) from the raw loads of step t: pads and past-the-end steps masked."""
   t = jnp.asarray(t, jnp.int32)
   in_range = t < cfg.seq_len
-  t_safe = jnp.minimum(t, jnp.int32(cfg.seq_len - 1))
-  if index_ref is None:
-    token, real = t_safe, in_range
-  else:
-    raw_token = index_ref[group, t_safe]
-    real = jnp.logical_and(raw_token >= 0, in_range)
-    token = jnp.maximum(raw_token, 0).astype(jnp.int32)
+  raw_token = raw["raw_token"]
+  real = in_range if cfg.read_index is None else jnp.logical_and(raw_token >= 0, in_range)
+  token = jnp.maximum(raw_token, 0).astype(jnp.int32)
   zero = jnp.float32(0.0)
-  u = jnp.where(real, plt.load(u_ref.at[b, token, pl.ds(cu0, tile)]).astype(jnp.float32), zero)
-  draw = jnp.where(real, plt.load(delta_ref.at[b, token, pl.ds(c0, tile)]).astype(jnp.float32),
-                   zero)
-  bt = jnp.where(real, plt.load(b_ref.at[b, token, group, :]).astype(jnp.float32), zero)
-  ct = jnp.where(real, plt.load(c_ref.at[b, token, group, :]).astype(jnp.float32), zero)
-  pre = draw + bias
+  f32 = lambda name: jnp.where(real, raw[name].astype(jnp.float32), zero)
+  pre = f32("draw") + bias
   dl = _softplus(pre) if cfg.softplus else pre
   dl = jnp.where(in_range, dl, zero)  # steps past the sequence end are identities
-  zt = None
-  if cfg.has_z:
-    zt = plt.load(z_ref.at[b, token, pl.ds(cz0, tile)]).astype(jnp.float32)
-  write_pos = token if cfg.write_at_tokens else t_safe
   write_ok = real if cfg.write_at_tokens else in_range
-  return dict(u=u, pre=pre, dl=dl, bt=bt, ct=ct, zt=zt, token=token, real=real,
-              in_range=in_range, write_pos=write_pos, write_ok=write_ok)
+  s = dict(u=f32("u"), pre=pre, dl=dl, bt=f32("bt"), token=token, real=real, in_range=in_range,
+           write_pos=token if cfg.write_at_tokens else jnp.minimum(t, cfg.seq_len - 1),
+           write_ok=write_ok)
+  if "ct" in raw:
+    s["ct"] = f32("ct")
+    s["zt"] = raw["zt"].astype(jnp.float32) if cfg.has_z else None
+  if "dout" in raw:
+    s["dout"] = jnp.where(write_ok, raw["dout"].astype(jnp.float32), zero)
+  return s
 
 
 def _program_coords(cfg, tile, per_group, u_channels, z_channels):
@@ -190,33 +236,46 @@ def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = refs[:7]
   z_ref = refs[7] if cfg.has_z else None
   out_ref, ckpt_ref, last_ref = refs[-3:]
-  tile = cfg.tile
+  tile, chunk = cfg.tile, cfg.chunk
+  seg_len = cfg.checkpoint_every
   b, _, c0, group, cu0, cz0 = _program_coords(cfg, tile, per_group, u_channels, z_channels)
   a2 = a_ref[pl.ds(c0, tile), :]                    # A * log2(e), [tile, N] fp32
   d = d_ref[pl.ds(c0, tile)]
   bias = bias_ref[pl.ds(c0, tile)]
-  step_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref, bias)
+  load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
 
-  def chunk_body(ci, h):
-    ckpt_ref[b, ci, pl.ds(c0, tile), :] = h
-    for i in range(cfg.chunk):
-      s = _step_inputs(cfg, step_refs, b, group, c0, cu0, cz0, tile, ci * cfg.chunk + i)
-      decay = _exp2(s["dl"][:, None] * a2, cfg)
-      h = decay * h + (s["dl"] * s["u"])[:, None] * s["bt"][None, :]
-      y = jnp.sum(h * s["ct"][None, :], axis=1) + d * s["u"]
-      if cfg.has_z:
-        y = y * s["zt"] * _sigmoid(s["zt"])
-      mask = jnp.broadcast_to(s["write_ok"], (tile,))
-      plt.store(out_ref.at[b, s["write_pos"], pl.ds(c0, tile)], y.astype(out_ref.dtype),
-                mask=mask)
+  def segment_body(seg, h):
+    ckpt_ref[b, seg, pl.ds(c0, tile), :] = h        # the state at every segment start
+    for r in range(seg_len // chunk):
+      first = seg * seg_len + r * chunk
+      raws = [_load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, first + i)
+              for i in range(chunk)]                # a chunk's loads before its first store
+      for i in range(chunk):
+        s = _derive(cfg, raws[i], first + i, bias)
+        decay = _exp2(s["dl"][:, None] * a2, cfg)
+        h = decay * h + (s["dl"] * s["u"])[:, None] * s["bt"][None, :]
+        y = jnp.sum(h * s["ct"][None, :], axis=1) + d * s["u"]
+        if cfg.has_z:
+          y = y * s["zt"] * _sigmoid(s["zt"])
+        mask = jnp.broadcast_to(s["write_ok"], (tile,))
+        plt.store(out_ref.at[b, s["write_pos"], pl.ds(c0, tile)], y.astype(out_ref.dtype),
+                  mask=mask)
     return h
 
   h0 = jnp.zeros((tile, a2.shape[1]), jnp.float32)
-  h = jax.lax.fori_loop(0, num_chunks, chunk_body, h0)
-  last_ref[b, pl.ds(c0, tile), :] = h
+  num_segments = num_chunks * chunk // seg_len
+  last_ref[b, pl.ds(c0, tile), :] = jax.lax.fori_loop(0, num_segments, segment_body, h0)
 
 
 def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
+  """Reverse pass over segments of `checkpoint_every` = ratio * chunk steps.
+
+  Per segment: reload its checkpoint; run forward through its first ratio - 1 chunks keeping
+  only the state at each chunk start (sub-checkpoints, in registers); then, chunk by chunk in
+  reverse, recompute the chunk's `chunk` states (and, with keep_decay, their decays) from the
+  sub-checkpoint and run the adjoint recurrence through them. The next chunk's loads are
+  issued before the current chunk's stores (see `_load_step`).
+  """
   refs = list(refs)
   index_ref = refs.pop(0) if cfg.read_index is not None else None
   u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = refs[:7]
@@ -228,71 +287,96 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   refs = refs[2:]
   dz_ref = refs.pop(0) if cfg.has_z else None
   db_ref, dc_ref, da_ref, dd_ref, dbias_ref = refs
-  tile = cfg.bwd_tile
+  tile, chunk = cfg.bwd_tile, cfg.chunk
+  seg_len = cfg.checkpoint_every
+  ratio = seg_len // chunk
+  num_segments = num_chunks // ratio
   b, j, c0, group, cu0, cz0 = _program_coords(cfg, tile, per_group, u_channels, z_channels)
   a2 = a_ref[pl.ds(c0, tile), :]
   a_nat = a2 * LN_2
   d = d_ref[pl.ds(c0, tile)]
   bias = bias_ref[pl.ds(c0, tile)]
-  step_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref, bias)
+  load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
   num_state = a2.shape[1]
 
-  def chunk_body(ci, carry):
-    g_next, da_acc, dd_acc, dbias_acc = carry   # g_next = exp(Delta_{t+1} A) g_{t+1}
-    chunk_index = num_chunks - 1 - ci
-    h = ckpt_ref[b, chunk_index, pl.ds(c0, tile), :]
-    steps, states = [], []
-    for i in range(cfg.chunk):                   # recompute the chunk's states
-      s = _step_inputs(cfg, step_refs, b, group, c0, cu0, cz0, tile,
-                       chunk_index * cfg.chunk + i)
-      h = _exp2(s["dl"][:, None] * a2, cfg) * h + (s["dl"] * s["u"])[:, None] * s["bt"][None, :]
-      steps.append(s)
-      states.append(h)
-    for i in reversed(range(cfg.chunk)):         # adjoint recurrence through them
-      s, h = steps[i], states[i]
-      u, dl, bt, ct = s["u"], s["dl"], s["bt"], s["ct"]
-      dout = plt.load(dout_ref.at[b, s["write_pos"], pl.ds(c0, tile)]).astype(jnp.float32)
-      dout = jnp.where(s["write_ok"], dout, 0.0)
-      store_mask = jnp.broadcast_to(s["real"], (tile,))
-      if cfg.has_z:
-        zt = s["zt"]
-        sig = _sigmoid(zt)
-        y = jnp.sum(h * ct[None, :], axis=1) + d * u
-        dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
-        plt.store(dz_ref.at[b, s["token"], pl.ds(c0, tile)], dz.astype(dz_ref.dtype),
-                  mask=store_mask)
-        dy = dout * zt * sig
-      else:
-        dy = dout
-      g = g_next + dy[:, None] * ct[None, :]
-      dlu = dl * u
-      # dL/dDelta_t = sum_n g (B u + A exp(Delta A) h_{t-1}), dL/dA = sum_t g Delta exp(..) h_{t-1},
-      # with exp(Delta_t A) h_{t-1} = h_t - Delta_t B_t u_t: one product serves both.
-      g_decayed_prev = g * (h - dlu[:, None] * bt[None, :])
-      da_acc = da_acc + dl[:, None] * g_decayed_prev
-      gb = jnp.sum(g * bt[None, :], axis=1)
-      ddl = u * gb + jnp.sum(a_nat * g_decayed_prev, axis=1)
-      du = gb * dl + d * dy
-      dd_acc = dd_acc + dy * u
-      dpre = ddl * _sigmoid(s["pre"]) if cfg.softplus else ddl
-      dpre = jnp.where(s["in_range"], dpre, 0.0)
-      dbias_acc = dbias_acc + dpre
-      plt.store(du_ref.at[b, s["token"], pl.ds(c0, tile)], du.astype(du_ref.dtype),
+  def load_chunk(first, full):
+    return [_load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, first + i, need_c=full,
+                       dout_ref=dout_ref if full else None) for i in range(chunk)]
+
+  def step_state(h, s):
+    decay = _exp2(s["dl"][:, None] * a2, cfg)
+    return decay * h + (s["dl"] * s["u"])[:, None] * s["bt"][None, :], decay
+
+  def adjoint_step(s, h, decay, g_next, accs):
+    da_acc, dd_acc, dbias_acc = accs
+    u, dl, bt, ct, dout = s["u"], s["dl"], s["bt"], s["ct"], s["dout"]
+    store_mask = jnp.broadcast_to(s["real"], (tile,))
+    if cfg.has_z:
+      zt = s["zt"]
+      sig = _sigmoid(zt)
+      y = jnp.sum(h * ct[None, :], axis=1) + d * u
+      dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
+      plt.store(dz_ref.at[b, s["token"], pl.ds(c0, tile)], dz.astype(dz_ref.dtype),
                 mask=store_mask)
-      plt.store(ddelta_ref.at[b, s["token"], pl.ds(c0, tile)], dpre.astype(ddelta_ref.dtype),
-                mask=store_mask)
-      n_mask = jnp.broadcast_to(s["real"], (num_state,))
-      plt.store(db_ref.at[b, s["token"], j, :], jnp.sum(g * dlu[:, None], axis=0),
-                mask=n_mask)
-      plt.store(dc_ref.at[b, s["token"], j, :], jnp.sum(dy[:, None] * h, axis=0), mask=n_mask)
-      g_next = g * _exp2(dl[:, None] * a2, cfg)
-    return g_next, da_acc, dd_acc, dbias_acc
+      dy = dout * zt * sig
+    else:
+      dy = dout
+    g = g_next + dy[:, None] * ct[None, :]
+    dlu = dl * u
+    # dL/dDelta_t = sum_n g (B u + A exp(Delta A) h_{t-1}), dL/dA = sum_t g Delta exp(..) h_{t-1},
+    # with exp(Delta_t A) h_{t-1} = h_t - Delta_t B_t u_t: one product serves both.
+    g_decayed_prev = g * (h - dlu[:, None] * bt[None, :])
+    da_acc = da_acc + dl[:, None] * g_decayed_prev
+    gb = jnp.sum(g * bt[None, :], axis=1)
+    ddl = u * gb + jnp.sum(a_nat * g_decayed_prev, axis=1)
+    du = gb * dl + d * dy
+    dd_acc = dd_acc + dy * u
+    dpre = ddl * _sigmoid(s["pre"]) if cfg.softplus else ddl
+    dpre = jnp.where(s["in_range"], dpre, 0.0)
+    dbias_acc = dbias_acc + dpre
+    plt.store(du_ref.at[b, s["token"], pl.ds(c0, tile)], du.astype(du_ref.dtype),
+              mask=store_mask)
+    plt.store(ddelta_ref.at[b, s["token"], pl.ds(c0, tile)], dpre.astype(ddelta_ref.dtype),
+              mask=store_mask)
+    n_mask = jnp.broadcast_to(s["real"], (num_state,))
+    plt.store(db_ref.at[b, s["token"], j, :], jnp.sum(g * dlu[:, None], axis=0), mask=n_mask)
+    plt.store(dc_ref.at[b, s["token"], j, :], jnp.sum(dy[:, None] * h, axis=0), mask=n_mask)
+    if decay is None:
+      decay = _exp2(dl[:, None] * a2, cfg)
+    return g * decay, (da_acc, dd_acc, dbias_acc)   # g_next = exp(Delta_t A) g_t
+
+  def segment_body(si, carry):
+    g_next, accs = carry
+    seg = num_segments - 1 - si
+    first = seg * seg_len
+    h = ckpt_ref[b, seg, pl.ds(c0, tile), :]
+    # the last chunk's loads first: they fly during the sub-checkpoint pass below
+    full_raws = load_chunk(first + (ratio - 1) * chunk, True)
+    sub_ckpts = [h]
+    for r in range(ratio - 1):                 # sub-checkpoints (no stores: loads move freely)
+      raws = load_chunk(first + r * chunk, False)
+      for i in range(chunk):
+        h, _ = step_state(h, _derive(cfg, raws[i], first + r * chunk + i, bias))
+      sub_ckpts.append(h)
+    for r in reversed(range(ratio)):
+      steps = [_derive(cfg, raws_i, first + r * chunk + i, bias)
+               for i, raws_i in enumerate(full_raws)]
+      if r:                                    # prefetch the previous chunk before our stores
+        full_raws = load_chunk(first + (r - 1) * chunk, True)
+      h, states, decays = sub_ckpts[r], [], []
+      for s in steps:                          # recompute this chunk's states
+        h, decay = step_state(h, s)
+        states.append(h)
+        decays.append(decay if cfg.keep_decay else None)
+      for i in reversed(range(chunk)):         # adjoint recurrence through them
+        g_next, accs = adjoint_step(steps[i], states[i], decays[i], g_next, accs)
+    return g_next, accs
 
   zeros_tn = jnp.zeros((tile, num_state), jnp.float32)
   zeros_t = jnp.zeros((tile,), jnp.float32)
   g0 = dlast_ref[b, pl.ds(c0, tile), :]
-  _, da_acc, dd_acc, dbias_acc = jax.lax.fori_loop(
-      0, num_chunks, chunk_body, (g0, zeros_tn, zeros_t, zeros_t))
+  _, (da_acc, dd_acc, dbias_acc) = jax.lax.fori_loop(
+      0, num_segments, segment_body, (g0, (zeros_tn, zeros_t, zeros_t)))
   da_ref[b, pl.ds(c0, tile), :] = da_acc
   dd_ref[b, pl.ds(c0, tile)] = dd_acc
   dbias_ref[b, pl.ds(c0, tile)] = dbias_acc
@@ -309,7 +393,8 @@ def _common(cfg, u, delta, B, z):
   channels = delta.shape[2]
   groups, num_state = B.shape[2], B.shape[3]
   z_channels = z.shape[2] if z is not None else channels
-  num_chunks = -(-cfg.seq_len // cfg.chunk)
+  num_segments = -(-cfg.seq_len // cfg.checkpoint_every)
+  num_chunks = num_segments * (cfg.checkpoint_every // cfg.chunk)
   index = () if cfg.read_index is None else (jnp.asarray(cfg.read_index.array),)
   return batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index
 
@@ -322,7 +407,8 @@ def _forward_call(cfg, u, delta, a2, B, C, D, bias, z):
                              u_channels=u_channels, z_channels=z_channels,
                              num_chunks=num_chunks)
   out_shape = (jax.ShapeDtypeStruct((batch, out_len, channels), u.dtype),
-               jax.ShapeDtypeStruct((batch, num_chunks, channels, num_state), jnp.float32),
+               jax.ShapeDtypeStruct((batch, num_chunks * cfg.chunk // cfg.checkpoint_every,
+                                     channels, num_state), jnp.float32),
                jax.ShapeDtypeStruct((batch, channels, num_state), jnp.float32))
   args = index + (u, delta, a2, B, C, D, bias) + ((z,) if cfg.has_z else ())
   return pl.pallas_call(kernel, out_shape=out_shape, grid=(batch, channels // cfg.tile),
@@ -417,8 +503,10 @@ def _check_index(read_index: np.ndarray, groups: int, tokens: int):
 
 def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           delta_softplus=False, read_index=None, write_at_tokens=True,
-                          return_last_state=False, chunk=DEFAULT_CHUNK, tile=None,
-                          bwd_tile=None, num_warps=None, bwd_num_warps=None, interpret=None):
+                          return_last_state=False, chunk=DEFAULT_CHUNK,
+                          checkpoint_every=DEFAULT_CHECKPOINT_EVERY, tile=None, bwd_tile=None,
+                          num_warps=None, bwd_num_warps=None, keep_decay=DEFAULT_KEEP_DECAY,
+                          interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -428,6 +516,11 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      -1 for a pad (decay-only) step. None = identity (L_seq = T).
   write_at_tokens: with read_index, write outputs at the token read (True) or in scan
      order [b, L_seq, C] (False, for a non-inverse merge done by the caller).
+  chunk: steps unrolled per loop iteration (the backward recomputes `chunk` states at a time
+     in registers). checkpoint_every: steps between the states saved for the backward
+     (b * ceil(L_seq / checkpoint_every) * C * N fp32); a multiple of chunk (None = chunk).
+     keep_decay: the backward keeps exp(Delta A) of its recompute for the adjoint (one exp
+     per element-step less, chunk x [tile, N] more registers; BENCHMARKS.md).
   interpret: None = interpret mode unless the default backend is a GPU.
   Returns out (and the last state [b, C, N] fp32 if return_last_state).
   """
@@ -459,14 +552,15 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
       raise ValueError(f"selective_scan_pallas: {name} has {x.shape[2]} channels; it must have "
                        f"the {channels} channels of delta or a divisor of them shared by groups "
                        f"of channels.")
+  chunk, checkpoint_every = _chunking(chunk, checkpoint_every, seq_len)
   if interpret is None:
     interpret = not on_gpu()
-  cfg = _Config(seq_len=seq_len, chunk=max(1, min(int(chunk), seq_len)), tile=fwd_tile,
+  cfg = _Config(seq_len=seq_len, chunk=chunk, checkpoint_every=checkpoint_every, tile=fwd_tile,
                 bwd_tile=bwd_t, softplus=bool(delta_softplus), has_z=z is not None,
                 read_index=static_index, write_at_tokens=bool(write_at_tokens),
                 num_warps=num_warps or (1 if fwd_tile <= 32 else 2),
                 bwd_num_warps=bwd_num_warps or (1 if bwd_t <= 16 else 2),
-                interpret=bool(interpret))
+                keep_decay=bool(keep_decay), interpret=bool(interpret))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
@@ -482,7 +576,8 @@ def merge_is_inverse(gather: np.ndarray, merge: np.ndarray) -> bool:
 
 
 def multi_direction_scan_pallas(u, delta, A, B, C, D, delta_bias, z, *, gather, merge,
-                                delta_softplus=True, chunk=DEFAULT_CHUNK, interpret=None,
+                                delta_softplus=True, chunk=DEFAULT_CHUNK,
+                                checkpoint_every=DEFAULT_CHECKPOINT_EVERY, interpret=None,
                                 **kernel_options):
   """LocalVMamba's multi-direction scan with the scan order fused into the kernel.
 
@@ -502,7 +597,7 @@ def multi_direction_scan_pallas(u, delta, A, B, C, D, delta_bias, z, *, gather, 
   out = selective_scan_pallas(
       flat(u), flat(delta), A.reshape(num_dirs * channels, num_state), B, C, vec(D), flat(z),
       vec(delta_bias), delta_softplus=delta_softplus, read_index=gather, write_at_tokens=exact,
-      chunk=chunk, interpret=interpret, **kernel_options)
+      chunk=chunk, checkpoint_every=checkpoint_every, interpret=interpret, **kernel_options)
   if exact:
     return out.reshape(batch, tokens, num_dirs, channels)
   out = out.reshape(batch, out.shape[1], num_dirs, channels)
