@@ -183,16 +183,25 @@ def model_config_of(directory, **overrides):
                    f"train.py config); was it written by localmamba_jax.convert or train.py?")
 
 
-def restore_params(directory, abstract_params, *, ema: bool = False) -> dict:
+def _concrete_sharding(x):
+  sharding = getattr(x, "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if sharding is None or isinstance(mesh, jax.sharding.AbstractMesh):
+    return None          # e.g. traced under jax.set_mesh: no devices to restore onto
+  return sharding
+
+
+def restore_params(directory, abstract_params, *, ema: bool = False,
+                   as_numpy: bool = False) -> dict:
   """The checkpoint's parameters restored onto `abstract_params` (a pure dict of arrays or
-  jax.ShapeDtypeStructs, with shardings where wanted). Shapes must match exactly."""
+  jax.ShapeDtypeStructs, with shardings where wanted; default: the first device), or as
+  host numpy arrays with `as_numpy`. Shapes must match exactly."""
   ocp = _ocp()
   located = locate(directory)
-  target = jax.tree.map(
-      lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(
-          x.shape, x.dtype, sharding=getattr(x, "sharding", None)), abstract_params)
-  target = jax.tree.map(lambda x: x if x.sharding is not None else jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), target)
+  default = None if as_numpy else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=None if as_numpy else (_concrete_sharding(x) or default)),
+      abstract_params)
   if located.kind == "converted":
     if ema:
       raise ValueError(f"{str(located.path)!r} is a converted checkpoint, which has no EMA "
@@ -290,7 +299,7 @@ def init_params_from_pretrained(directory, init_params: Mapping, *,
   from localmamba_jax.models.registry import build_model
   _, source_config = model_config_of(directory)
   source_model = nnx.eval_shape(lambda: build_model(source_config, rngs=nnx.Rngs(0)))
-  source = flatten(jax.device_get(restore_params(directory, model_params(source_model), ema=ema)))
+  source = flatten(restore_params(directory, model_params(source_model), ema=ema, as_numpy=True))
   target = flatten(init_params)
   out, problems, kept_fresh = {}, [], []
   for path, fresh in target.items():
