@@ -1,14 +1,17 @@
 """train_and_evaluate: the whole training run, in big_vision's order of sections.
 
 logging -> mesh -> input -> model & optimizer -> shard & init -> update step -> load checkpoint
--> evals -> loop. No trainer class, no hooks: read top to bottom.
+-> evals -> loop. No trainer class: read top to bottom. Runs that need a little more (search.py's
+architecture search) pass `LoopHooks`: three optional, explicit extension points.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +33,36 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopContext:
+  """What `LoopHooks.after_step` may use: the run's config, mesh, writer and model bridge."""
+  config: object
+  mesh: object
+  writer: MetricWriter
+  bridge: ModelBridge
+  num_classes: int
+  steps_per_epoch: int
+  total_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopHooks:
+  """Optional extension points of `train_and_evaluate` (all default to "do nothing").
+
+  wrap_optimizer(tx) -> tx:   replaces the AdamW of the recipe, e.g. to freeze a parameter group
+                              (search.py's alternating mode trains the architecture weights with
+                              their own optimizer).
+  extra_state(params) -> dict: further entries of the train state; they are born sharded, saved
+                              in every checkpoint and restored on resume like the rest.
+  after_step(step, state, context) -> state: called on the host after every train step (with the
+                              state after that step). It may log, or run its own jitted update and
+                              return a new state, which is put back on the train state's shardings.
+  """
+  wrap_optimizer: Callable | None = None
+  extra_state: Callable | None = None
+  after_step: Callable | None = None
+
+
 def _total_steps(config, steps_per_epoch):
   if config.total_steps > 0:
     return int(config.total_steps)
@@ -48,12 +81,15 @@ def evaluate(eval_fn, params, config, mesh, split=None):
           "loss": float(sums["loss_sum"]) / count, "count": int(sums["count"])}
 
 
-def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None) -> dict | None:
+def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
+                       hooks: LoopHooks | None = None) -> dict | None:
   """Trains `config` in `workdir` (resuming from its checkpoints) and returns the final eval.
 
   `stop_at_step`: checkpoint and return None at that step, as a preempted run would (tests of
   exact resume; the schedule still follows the config's total steps).
+  `hooks`: optional extension points (see LoopHooks).
   """
+  hooks = hooks or LoopHooks()
   validate_config(config)  # keys and types first: nothing is built for a bad config
   function_start = time.time()
   if config.sharding.distributed:
@@ -96,6 +132,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
                          min_lr=config.optim.min_lr, warmup_epochs=config.optim.warmup_epochs,
                          steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   tx = make_optimizer(config.optim, schedule)
+  if hooks.wrap_optimizer is not None:
+    tx = hooks.wrap_optimizer(tx)
   abstract_model = nnx.eval_shape(
       lambda: build_model(config, num_classes, nnx.Rngs(config.seed)))
 
@@ -107,6 +145,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
              "rng": jax.random.PRNGKey(config.seed + 1)}
     if config.optim.ema_decay > 0:
       state["ema"] = jax.tree.map(jnp.copy, params)
+    if hooks.extra_state is not None:
+      state.update(hooks.extra_state(params))
     return state
 
   # ---- shard & init: shapes first, then parameters are born sharded ------------------------
@@ -180,6 +220,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
 
     # ---- loop -------------------------------------------------------------------------------
     eval_every = int(round(config.eval_every_epochs * steps_per_epoch))
+    context = LoopContext(config, mesh, writer, bridge, num_classes, steps_per_epoch, total_steps)
     pending = None  # (step, metrics) of the last dispatched step, checked one step later
     bad_images = 0
     window_start, window_images, window_wait = time.time(), 0, 0.0
@@ -198,6 +239,13 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
             f"loss became {float(values['loss'])} at step {step} (grad_norm "
             f"{float(values['grad_norm'])}); stopping. {where}. Lower config.optim.lr or set "
             f"config.optim.clip_grad_norm, then rerun with the same workdir to resume.")
+      bad = int(values["bad_images"])
+      if bad > config.input.max_bad_fraction * config.input.batch_size:
+        raise ValueError(
+            f"{bad} of the {config.input.batch_size} images of step {step} could not be read "
+            f"(more than config.input.max_bad_fraction={config.input.max_bad_fraction}); the "
+            f"dataset ({config.input.source}: {config.input.folder or config.input.tfds_name}) "
+            f"looks corrupt or mis-configured")
       return values
 
     try:
@@ -206,6 +254,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
         local_batch = next(data_iter)
         window_wait += time.time() - t0
         state, metrics = train_step(state, shd.to_global_batch(local_batch, mesh))
+        if hooks.after_step is not None:
+          state = jax.device_put(hooks.after_step(step, state, context), state_sharding)
         if pending is not None:
           values = check(*pending)
           bad_images += int(values["bad_images"])

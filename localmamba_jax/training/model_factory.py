@@ -4,6 +4,11 @@
 'local_vssm_tiny', with `config.model` as overrides such as drop_path_rate), or one of the
 custom names below, which build the architecture straight from `config.model` (every field of
 the model's config class); the CPU demo uses 'custom_local_vmamba'.
+
+`config.model.directions` may name a direction file (search.py's export, read with
+`models.registry.load_directions`): `--config.model.directions=WORKDIR/directions.json`. On the
+command line a tuple-valued key turns the path into a 1-tuple; both forms are accepted. ""
+means the registered model's own lists.
 """
 from __future__ import annotations
 
@@ -19,6 +24,14 @@ def model_kwargs(config) -> dict:
     if isinstance(value, list):
       kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
   kwargs["dtype"] = _DTYPES[config.model_dtype]
+  directions = kwargs.get("directions")
+  if isinstance(directions, tuple) and len(directions) == 1 and isinstance(directions[0], str):
+    directions = directions[0]  # a path given on the command line for a tuple-valued key
+  if directions == "":
+    del kwargs["directions"]
+  elif isinstance(directions, str):
+    from localmamba_jax.models.registry import load_directions
+    kwargs["directions"] = load_directions(directions)
   return kwargs
 
 

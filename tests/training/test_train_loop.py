@@ -68,6 +68,10 @@ def test_resume_is_bitwise_exact(straight_run, tmp_path):
   assert len(leaves) == len(jax.tree.leaves(got)) > 10
   for (path, a), b in zip(leaves, jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  # steps 3-4 really trained (the comparison above is not between two untouched states)
+  moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(want["params"]),
+                                               jax.tree.leaves(restored_state(straight_dir, 2)["params"]))]
+  assert max(moved) > 1e-3
   # the resumed run logged steps 3 and 4 only after its restart
   steps = [json.loads(l)["step"] for l in open(os.path.join(resumed_dir, "metrics.jsonl"))
            if "train/loss" in l]

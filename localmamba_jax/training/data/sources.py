@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 import numpy as np
 
@@ -124,9 +125,47 @@ class TfdsSource:
     return {"image": record["image"], "label": int(record["label"])}
 
 
+class SplitSlice:
+  """Records [start%, stop%) of a fixed seeded shuffle of `source` (split syntax 'train[:50%]').
+
+  tfds slices its (already shuffled) records itself; for the digits and image folders, which
+  are sorted by class, a contiguous slice would drop classes, so the slice is taken from a
+  permutation with a fixed seed: 'train[:50%]' and 'train[50%:]' are disjoint and cover the
+  split (search.py's held-out split for the architecture weights).
+  """
+
+  def __init__(self, source, split: str, start: int, stop: int):
+    order = np.random.default_rng(0).permutation(len(source))
+    self._indices = np.sort(order[len(source) * start // 100:len(source) * stop // 100])
+    self._source, self._split = source, split
+    self.num_classes = getattr(source, "num_classes", None)
+
+  def __len__(self):
+    return len(self._indices)
+
+  def __repr__(self):
+    return f"SplitSlice({self._source!r}, {self._split!r})"
+
+  def __getitem__(self, index):
+    return self._source[int(self._indices[index])]
+
+
+_PERCENT_SLICE = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<start>\d*)%?:(?P<stop>\d*)%?\]$")
+
+
 def build_source(input_config, split: str):
+  if input_config.source != "tfds" and "[" in split:
+    match = _PERCENT_SLICE.match(split)
+    start = int(match["start"] or 0) if match else -1
+    stop = int(match["stop"] or 100) if match else -1
+    if not match or not 0 <= start < stop <= 100:
+      raise ValueError(f"split {split!r}: slices are written '<split>[<start>%:<stop>%]' with "
+                       f"0 <= start < stop <= 100, e.g. 'train[:50%]' or 'train[50%:]'")
+    whole = build_source(input_config, match["name"])
+    return SplitSlice(whole, split, start, stop)
   if input_config.source == "digits":
     return DigitsSource(split)
   if input_config.source == "image_folder":
-    return ImageFolderSource(input_config.folder, split, class_split=input_config.train_split)
+    return ImageFolderSource(input_config.folder, split,
+                             class_split=input_config.train_split.split("[")[0])
   return TfdsSource(input_config.tfds_name, split, input_config.tfds_data_dir)
