@@ -1,0 +1,435 @@
+"""Throughput benchmark: the real training (or eval) step on synthetic data.
+
+    python -m localmamba_jax.benchmark --model local_vssm_tiny --batch 128 [--mode train|infer|both]
+        [--dtype bf16|fp32] [--steps N] [--warmup W] [--scan-impl auto] [--results FILE]
+        [--profile DIR] [--model all|name,name|'glob*'] [--timeout S]
+
+What is timed is the step `train.py` runs, built from the same pieces as
+`training.loop.train_and_evaluate`: the recipe config (`training.recipes.imagenet_config`),
+`model_factory.build_model`, the AdamW of `optim.make_optimizer` with its schedule,
+`train_step.make_train_step` (on-device normalisation, random erasing, mixup/cutmix, drop
+path, loss, grads, update), the mesh and shardings of `training.sharding`, and the same
+`jax.jit(..., in_shardings, out_shardings, donate_argnums=(0,))` wrapper as the loop. Infer
+mode times the loop's `make_eval_step` (forward + loss + top-5) on parameters alone.
+
+Method: the step is lowered and compiled ahead of time (trace+lower and compile times are
+reported apart, not counted in the step time); `--warmup` steps run first and are excluded;
+then each of `--steps` steps is dispatched and synchronised with `jax.block_until_ready` on
+all its outputs, and the median of those per-step times is the step time (img/s = batch /
+median). One synthetic uint8 batch (random pixels, labels) is placed on the devices once, so
+no input pipeline is timed. Peak memory is the device allocator's `peak_bytes_in_use` since
+the process started: `--mode both` runs infer first (reported peak = the eval step's), then
+train (peak = the larger of the two, i.e. the train step's). `--model` with several names
+runs each in its own subprocess, so every peak is the model's own.
+
+Each finished measurement appends one JSON line to `--results` (written as soon as it is
+known, so a run cut short keeps what it measured). Needs jax, flax, optax, numpy and
+ml_collections (the training config); not grain, tfds or clu.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import fnmatch
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+# The headline models of the paper (and of issue 9); `--model all` runs these.
+ALL_MODELS = ("local_vssm_tiny", "local_vssm_small", "local_vim_tiny", "local_vim_small")
+_DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
+DEFAULT_RESULTS = os.path.join("benchmarks", "results", "throughput.jsonl")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m localmamba_jax.benchmark",
+      description="img/s of the real train (or eval) step on synthetic data.")
+  parser.add_argument("--model", default="local_vssm_tiny",
+                      help="a registered name, a comma list, a glob pattern or 'all' "
+                           f"({', '.join(ALL_MODELS)})")
+  parser.add_argument("--batch", type=int, default=128, help="global batch size")
+  parser.add_argument("--mode", default="train", choices=("train", "infer", "both"))
+  parser.add_argument("--dtype", default="bf16", choices=tuple(_DTYPES),
+                      help="compute dtype (parameters and the scan state stay fp32)")
+  parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  parser.add_argument("--image-size", type=int, default=224)
+  parser.add_argument("--num-classes", type=int, default=1000)
+  parser.add_argument("--scan-impl", default="auto",
+                      help="selective-scan implementation passed to the model "
+                           "(auto | associative | reference | pallas_gpu | pallas_tpu)")
+  parser.add_argument("--strategy", default="data", choices=("data", "fsdp"),
+                      help="parameter sharding over the devices (training.sharding)")
+  parser.add_argument("--num-devices", type=int, default=0, help="0 = every device")
+  parser.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
+                      help="model config override, e.g. --override 'depths=[1,1]' (repeatable)")
+  parser.add_argument("--results", default=DEFAULT_RESULTS,
+                      help="JSON-lines file the results are appended to ('' = none)")
+  parser.add_argument("--time-budget", type=float, default=0.0,
+                      help="stop timing once this many seconds of timed steps have run (at "
+                           "least 3 steps); 0 = no limit")
+  parser.add_argument("--profile", default="",
+                      help="after timing, trace --profile-steps train steps into this directory "
+                           "(jax.profiler, with a Perfetto JSON trace)")
+  parser.add_argument("--profile-steps", type=int, default=3)
+  parser.add_argument("--timeout", type=float, default=0.0,
+                      help="with several models: seconds allowed per model subprocess (0 = none)")
+  parser.add_argument("--device-lock", default="",
+                      help="a file locked (flock) around warm-up, timing and profiling, so that "
+                           "several benchmark processes can compile at once but time one at a "
+                           "time on a shared device")
+  parser.add_argument("--tag", default="", help="free text stored in the JSON line")
+  args = parser.parse_args(argv)
+  for name in ("batch", "steps", "image_size", "num_classes", "profile_steps"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+  if args.warmup < 0:
+    parser.error(f"--warmup must be >= 0, got {args.warmup}")
+  return args
+
+
+def resolve_models(spec: str) -> list[str]:
+  """'all', a comma list, or glob patterns over the registry -> registered names."""
+  from localmamba_jax.models import registry
+  if spec == "all":
+    return list(ALL_MODELS)
+  names = []
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    if any(ch in part for ch in "*?["):
+      matched = [n for n in registry.list_models() if fnmatch.fnmatch(n, part)]
+      if not matched:
+        raise ValueError(f"--model pattern {part!r} matches no registered model; registered: "
+                         f"{', '.join(registry.list_models())}")
+      names += matched
+    else:
+      registry.model_spec(part)  # ValueError with close matches for a typo
+      names.append(part)
+  if not names:
+    raise ValueError(f"--model {spec!r} names no model; give a registered name or 'all'")
+  return list(dict.fromkeys(names))
+
+
+def _tuples(value):
+  """JSON lists -> tuples (the model configs take tuples; ConfigDict mangles nested lists)."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+  overrides = {}
+  for item in items:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--override {item!r} is not KEY=VALUE; e.g. --override 'depths=[1,1]'")
+    try:
+      overrides[key] = _tuples(json.loads(text))
+    except json.JSONDecodeError:
+      overrides[key] = text  # a bare string such as scan_impl=associative
+  return overrides
+
+
+def build_config(args, model_name: str):
+  """The paper recipe's training config for `model_name`, resized for the benchmark."""
+  from localmamba_jax.training.recipes import imagenet_config
+  # drop path 0.1: every configs/local*.py uses it; it only changes a per-sample mask
+  config = imagenet_config(model_name, drop_path_rate=0.1, model_dtype=_DTYPES[args.dtype])
+  config.num_classes = args.num_classes
+  config.input.batch_size = args.batch
+  config.input.image_size = args.image_size
+  config.total_steps = 100_000  # fixes the lr schedule's length; the value is not timed
+  config.sharding.strategy = args.strategy
+  config.sharding.num_devices = args.num_devices
+  model = config.model.to_dict()
+  if args.scan_impl != "auto":
+    model["scan_impl"] = args.scan_impl
+  # rebuilt rather than assigned key by key: ConfigDict keeps each key's first type (the
+  # recipe's `directions` is the string "" = registered lists), and overrides may change it
+  model.update(parse_overrides(args.override))
+  config.model = type(config.model)(model)
+  return config
+
+
+def peak_memory_bytes(devices) -> int | None:
+  """Largest `peak_bytes_in_use` over the devices (None where the backend has no stats)."""
+  peaks = []
+  for device in devices:
+    try:
+      stats = device.memory_stats() or {}
+    except Exception:  # some backends raise instead of returning None
+      stats = {}
+    if "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
+
+
+def time_steps(run_step, *, steps: int, warmup: int, time_budget: float):
+  """Runs `run_step()` (which must block until its outputs are ready) `warmup` times, then
+  times up to `steps` calls; returns the per-step seconds."""
+  for _ in range(warmup):
+    run_step()
+  times = []
+  start = time.perf_counter()
+  for i in range(steps):
+    t0 = time.perf_counter()
+    run_step()
+    times.append(time.perf_counter() - t0)
+    if time_budget and i >= 2 and time.perf_counter() - start > time_budget:
+      break
+  return times
+
+
+def _git_commit() -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         timeout=5, cwd=os.path.dirname(os.path.abspath(__file__)))
+    return out.stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _scan_impl_used(requested: str, platform_name: str) -> str:
+  """What 'auto' resolves to for these models (the kernels cover N = 16 and their shapes)."""
+  if requested != "auto":
+    return requested
+  return {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}.get(platform_name, "associative")
+
+
+def _xla_flops(compiled) -> float | None:
+  """XLA's own FLOP estimate of the compiled step (custom kernels such as Pallas calls are
+  not counted by XLA)."""
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+  except Exception:
+    return None
+
+
+def benchmark_model(args, model_name: str) -> list[dict]:
+  """Builds, compiles and times one model; appends and returns the result records."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from localmamba_jax.training import sharding as shd
+  from localmamba_jax.training.config_schema import validate_config
+  from localmamba_jax.training.model_factory import build_model
+  from localmamba_jax.training.optim import lr_schedule, make_optimizer
+  from localmamba_jax.training.train_step import ModelBridge, make_eval_step, make_train_step
+
+  config = build_config(args, model_name)
+  devices = jax.devices()
+  if args.num_devices:
+    if args.num_devices > len(devices):
+      raise ValueError(f"--num-devices {args.num_devices} but only {len(devices)} devices exist")
+    devices = devices[:args.num_devices]
+  mesh = shd.make_mesh(devices)
+  validate_config(config, num_devices=mesh.size)
+  num_classes = config.num_classes
+
+  # ---- model, optimizer and state: as training.loop.train_and_evaluate ----------------------
+  schedule = lr_schedule(lr=config.optim.lr, warmup_lr=config.optim.warmup_lr,
+                         min_lr=config.optim.min_lr, warmup_epochs=config.optim.warmup_epochs,
+                         steps_per_epoch=1000, total_steps=config.total_steps)
+  tx = make_optimizer(config.optim, schedule)
+  make_model = lambda: build_model(config, num_classes, nnx.Rngs(config.seed))
+  abstract_model = nnx.eval_shape(make_model)
+
+  def init_params():
+    return nnx.to_pure_dict(nnx.state(make_model(), nnx.Param))
+
+  def init():
+    params = init_params()
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "rng": jax.random.PRNGKey(config.seed + 1)}
+    if config.optim.ema_decay > 0:
+      state["ema"] = jax.tree.map(jnp.copy, params)
+    return state
+
+  abstract_state = jax.eval_shape(init)
+  state_sharding = shd.state_shardings(abstract_state, mesh, config.sharding.strategy)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state["params"]))
+  rng = np.random.default_rng(0)
+  size, batch_size = config.input.image_size, config.input.batch_size
+  host_batch = {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+                "label": rng.integers(0, num_classes, (batch_size,), dtype=np.int32),
+                "valid": np.ones((batch_size,), np.bool_)}
+
+  base = {
+      "model": model_name, "batch": batch_size, "image_size": size, "dtype": args.dtype,
+      "scan_impl": args.scan_impl,
+      "scan_impl_used": _scan_impl_used(config.model.get("scan_impl", "auto"),
+                                        devices[0].platform),
+      "strategy": config.sharding.strategy, "num_devices": mesh.size,
+      "device": devices[0].device_kind, "platform": devices[0].platform,
+      "jax": jax.__version__, "python": platform.python_version(),
+      "params_m": round(num_params / 1e6, 3),
+      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+      "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S"),
+      "commit": _git_commit(), "tag": args.tag or None,
+      "overrides": parse_overrides(args.override) or None,
+  }
+  modes = ("infer", "train") if args.mode == "both" else (args.mode,)
+  records = []
+  with jax.set_mesh(mesh):
+    rest = jax.jit(lambda: nnx.to_pure_dict(nnx.state(make_model(), nnx.Not(nnx.Param))),
+                   out_shardings=shd.replicated(mesh))()
+    bridge = ModelBridge.from_model(abstract_model, rest=rest)
+    batch = shd.to_global_batch(host_batch, mesh)
+    for mode in modes:
+      if mode == "train":
+        step_fn = jax.jit(make_train_step(bridge, tx, schedule, config, num_classes),
+                          in_shardings=(state_sharding, shd.batch_sharding(mesh)),
+                          out_shardings=(state_sharding, shd.replicated(mesh)),
+                          donate_argnums=(0,))
+        abstract_input = abstract_state
+        make_input = jax.jit(init, out_shardings=state_sharding)
+      else:
+        step_fn = jax.jit(make_eval_step(bridge, config),
+                          in_shardings=(state_sharding["params"], shd.batch_sharding(mesh)),
+                          out_shardings=shd.replicated(mesh))
+        abstract_input = abstract_state["params"]
+        make_input = jax.jit(init_params, out_shardings=state_sharding["params"])
+      t0 = time.perf_counter()
+      lowered = step_fn.lower(abstract_input, batch)
+      lower_s = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      compiled = lowered.compile()
+      compile_s = time.perf_counter() - t0
+      print(f"[{model_name} {mode} {args.dtype}] traced+lowered in {lower_s:.1f} s, compiled in "
+            f"{compile_s:.1f} s", flush=True)
+      holder = {"input": make_input()}
+
+      def run_step():
+        if mode == "train":  # the state is donated: carry the new one forward
+          holder["input"], holder["metrics"] = compiled(holder["input"], batch)
+          jax.block_until_ready((holder["input"], holder["metrics"]))
+        else:
+          jax.block_until_ready(compiled(holder["input"], batch))
+
+      with device_lock(args.device_lock) as waited_s:
+        times = time_steps(run_step, steps=args.steps, warmup=args.warmup,
+                           time_budget=args.time_budget)
+        peak = peak_memory_bytes(devices)
+        if args.profile and mode == "train":
+          trace_steps(run_step, args.profile, args.profile_steps)
+      median = statistics.median(times)
+      record = dict(base, mode=mode, steps_timed=len(times), warmup=args.warmup,
+                    step_ms=round(1e3 * median, 3), step_ms_min=round(1e3 * min(times), 3),
+                    step_ms_max=round(1e3 * max(times), 3),
+                    img_per_s=round(batch_size / median, 1),
+                    peak_gib=None if peak is None else round(peak / 2**30, 3),
+                    lower_s=round(lower_s, 2), compile_s=round(compile_s, 2),
+                    xla_flops_per_step=_xla_flops(compiled))
+      if mode == "train":  # the last timed step's loss (a NaN here would void the timing)
+        record["loss"] = round(float(jax.device_get(holder["metrics"]["loss"])), 4)
+      if args.device_lock:
+        record["lock_wait_s"] = round(waited_s, 1)
+      print_record(record)
+      append_record(args.results, record)
+      records.append(record)
+      del holder
+  return records
+
+
+@contextlib.contextmanager
+def device_lock(path: str):
+  """Holds an exclusive flock on `path` ('' = no lock); yields the seconds spent waiting."""
+  if not path:
+    yield 0.0
+    return
+  import fcntl
+  t0 = time.perf_counter()
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield time.perf_counter() - t0
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def trace_steps(run_step, directory: str, steps: int) -> None:
+  """A jax.profiler trace of `steps` already-compiled steps (Perfetto JSON for
+  benchmarks/profile_summary.py; TensorBoard's xplane beside it)."""
+  import jax
+  os.makedirs(directory, exist_ok=True)
+  with jax.profiler.trace(directory, create_perfetto_trace=True):
+    for _ in range(steps):
+      run_step()
+  print(f"profile of {steps} steps written under {directory}", flush=True)
+
+
+def print_record(r: dict) -> None:
+  peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
+  print(f"{r['model']:<18} {r['mode']:<5} {r['dtype']:<4} batch {r['batch']:<4} "
+        f"scan {r['scan_impl_used']:<11} {r['img_per_s']:>9.1f} img/s  step {r['step_ms']:.2f} ms "
+        f"(min {r['step_ms_min']:.2f}, max {r['step_ms_max']:.2f}, n={r['steps_timed']})  "
+        f"peak {peak}  compile {r['compile_s']:.1f} s (+ lower {r['lower_s']:.1f} s)  "
+        f"{r['num_devices']} x {r['device']}  jax {r['jax']}", flush=True)
+
+
+def append_record(path: str, record: dict) -> None:
+  if not path:
+    return
+  directory = os.path.dirname(path)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _subprocess_argv(argv: Sequence[str], model: str) -> list[str]:
+  """The same command line for one model (drops --model/--timeout and their values)."""
+  out, skip = [], False
+  for item in argv:
+    if skip:
+      skip = False
+      continue
+    if item in ("--model", "--timeout"):
+      skip = True
+      continue
+    if item.startswith(("--model=", "--timeout=")):
+      continue
+    out.append(item)
+  return [sys.executable, "-m", "localmamba_jax.benchmark", "--model", model, *out]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = parse_args(argv)
+  try:
+    models = resolve_models(args.model)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if len(models) == 1:
+    benchmark_model(args, models[0])
+    return 0
+  # several models: one subprocess each, so that each peak memory is the model's own and a
+  # model that fails or runs past --timeout does not stop the others
+  failed = []
+  for model in models:
+    try:
+      code = subprocess.run(_subprocess_argv(argv, model),
+                            timeout=args.timeout or None).returncode
+    except subprocess.TimeoutExpired:
+      print(f"{model}: stopped after --timeout {args.timeout} s", flush=True)
+      code = "timeout"
+    if code != 0:
+      failed.append(f"{model} ({code})")
+  if failed:
+    print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
