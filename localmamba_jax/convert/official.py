@@ -208,6 +208,12 @@ def resolve_model(name: str | None, state_dict: Mapping[str, Any], **overrides) 
   taken = {k: shapes[k] for k in ("num_classes", "img_size") if k in shapes
            and getattr(base, k) != shapes[k]}
   taken.update(overrides)
+  differ = {k: (v, getattr(base, k)) for k, v in shapes.items()
+            if k not in taken and getattr(base, k) != v}
+  if differ:
+    listed = ", ".join(f"{k}={v!r} (model: {m!r})" for k, (v, m) in differ.items())
+    raise ValueError(f"the state dict does not have {name!r}'s architecture: {listed}. Leave "
+                     f"the name out (--model) to infer the model, or pass these as overrides.")
   return Inferred(name, taken)
 
 

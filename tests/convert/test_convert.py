@@ -355,3 +355,8 @@ def test_resize_pos_embed_keeps_the_middle_cls_entry():
   np.testing.assert_array_equal(out[0, 8], pos[0, 24])
   same = np.asarray(convert.resize_pos_embed(pos, 50, middle_cls_token=True))
   np.testing.assert_allclose(same, pos, rtol=0, atol=1e-6)
+
+
+def test_named_model_with_another_architecture(golden_npz):
+  with pytest.raises(ValueError, match=r"embed_dim=64 \(model: 192\), depth=4 \(model: 20\)"):
+    convert.from_torch_state_dict("local_vim_tiny", golden_npz("vim_mini/state_dict.npz"))

@@ -136,6 +136,9 @@ def test_train_from_pretrained_with_new_head_and_resolution(tmp_path, capsys):
   assert flat["head.kernel"].shape == (16, 10)
   np.testing.assert_allclose(flat["layers.0.mixer.in_proj.kernel"],
                              flat_source["layers.0.mixer.in_proj.kernel"], rtol=0, atol=1e-6)
+  run_model = convert.load_pretrained(workdir)      # a train.py workdir reads back as a model
+  assert run_model.config.img_size == 16 and run_model.config.num_classes == 10
+  np.testing.assert_array_equal(run_model.pos_embed[...], flat["pos_embed"])
   printed = capsys.readouterr().out
   assert "init: new classifier head" in printed
   assert "init: pos_embed resized (1, 16, 16) -> (1, 4, 16)" in printed
