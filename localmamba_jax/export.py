@@ -1,0 +1,242 @@
+r"""Serialized inference: a checkpoint -> one StableHLO file that runs without this package.
+
+  python -m localmamba_jax.export --checkpoint ckpt/local_vssm_tiny --model local_vssm_tiny \
+      --output local_vssm_tiny.jaxexport
+  python -m localmamba_jax.export --checkpoint workdir/demo --output demo.jaxexport
+  python -m localmamba_jax.export --checkpoint ckpt/local_vim_tiny --output lvim_t.jaxexport \
+      --platforms cpu,cuda,tpu --uint8-input
+
+--checkpoint is anything `convert.load_pretrained` reads: a converted official checkpoint
+(`python -m localmamba_jax.convert`) or a train.py workdir (its latest checkpoint's params;
+`--ema` for the EMA weights). The file is `jax.export` output (`Exported.serialize()`: the
+StableHLO module with the weights inside as constants) for a symbolic batch dimension, so
+one file serves every batch size. Loading needs only jax (no flax, no localmamba_jax):
+
+  import jax, numpy as np
+  exported = jax.export.deserialize(bytearray(open("lvm_t.jaxexport", "rb").read()))
+  logits = exported.call(images)   # images: float32 [batch, R, R, 3], see below
+
+Input: NHWC, [batch, R, R, 3] with R = --resolution, as the evaluation preprocessing leaves
+it (shorter side resized to R / crop_pct bicubic, center crop R; crop_pct 0.875 for ImageNet
+models). By default the function takes float32 pixels already normalised,
+(x / 255 - mean) / std; with --uint8-input it takes the uint8 crop and normalises inside.
+mean/std are the training run's (`config.input.mean/std`) for a workdir, ImageNet's for a
+converted checkpoint, or --mean/--std. Output: float32 logits [batch, num_classes].
+FILE.json, written next to FILE, records all of this (and the class count, platforms, jax
+version) for the consumer.
+
+The selective scan is exported on its XLA path ("reference" or "associative"), which lowers
+for every platform; the Pallas kernels are chosen per backend at trace time, so they are not
+what a multi-platform file should carry.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import sys
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORMAT = "localmamba_jax.exported"
+FORMAT_VERSION = 1
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+SCAN_IMPLS = ("reference", "associative")      # the XLA paths: portable across platforms
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CROP_PCT = 0.875                       # resize 256 + center crop 224 (reference §6)
+
+
+def _check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+  if isinstance(platforms, str):
+    platforms = [p for p in platforms.split(",") if p]
+  platforms = tuple(p.strip().lower() for p in platforms)
+  unknown = [p for p in platforms if p not in PLATFORMS]
+  if not platforms or unknown or len(set(platforms)) != len(platforms):
+    raise ValueError(f"platforms={list(platforms)!r}: give one or more distinct names of "
+                     f"{list(PLATFORMS)}, e.g. --platforms cpu,cuda.")
+  return platforms
+
+
+def _check_stats(name: str, values) -> tuple[float, float, float]:
+  values = tuple(float(v) for v in values)
+  if len(values) != 3 or (name == "std" and min(values) <= 0):
+    raise ValueError(f"{name}={list(values)!r}: give 3 per-channel values (R, G, B)"
+                     + (", all positive" if name == "std" else "") + ".")
+  return values
+
+
+def export_model(model, *, resolution: int, platforms: Sequence[str] = ("cpu",),
+                 uint8_input: bool = False, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+  """`jax.export.Exported` of `model`'s eval-mode forward for images [b, R, R, 3], b symbolic.
+
+  The parameters become constants of the module. With `uint8_input` the function takes uint8
+  pixels and applies (x / 255 - mean) / std itself (the training step's normalisation);
+  otherwise it takes float32 pixels already normalised and `mean`/`std` are unused.
+  """
+  from flax import nnx
+  if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
+      or resolution < 1:
+    raise ValueError(f"resolution={resolution!r}: give the square input size in pixels, "
+                     f"e.g. 224.")
+  platforms = _check_platforms(platforms)
+  mean, std = _check_stats("mean", mean), _check_stats("std", std)
+  model.eval()                            # drop path off: inference is deterministic
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(jnp.asarray, state)
+
+  def infer(images):
+    if uint8_input:
+      images = (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) \
+          / jnp.asarray(std, jnp.float32)
+    logits = nnx.merge(graphdef, state)(images)
+    return logits.astype(jnp.float32)
+
+  batch, = jax.export.symbolic_shape("batch")
+  spec = jax.ShapeDtypeStruct((batch, int(resolution), int(resolution), 3),
+                              jnp.uint8 if uint8_input else jnp.float32)
+  return jax.export.export(jax.jit(infer), platforms=platforms)(spec)
+
+
+def _run_input_config(meta: dict) -> dict | None:
+  """config.input of a train.py checkpoint (None for a converted checkpoint)."""
+  if meta.get("format") == "localmamba_jax.pretrained":
+    return None
+  config = meta.get("config")
+  config = json.loads(config) if isinstance(config, str) else (config or {})
+  return config.get("input")
+
+
+def export_checkpoint(checkpoint, output, *, model_name: str | None = None,
+                      resolution: int | None = None, platforms: Sequence[str] = ("cpu",),
+                      uint8_input: bool = False, mean=None, std=None,
+                      scan_impl: str | None = None, dtype: str = "float32",
+                      ema: bool = False) -> dict:
+  """Writes the serialized inference function of `checkpoint` to `output` and its description
+  to `output`.json; returns that description (a dict)."""
+  from localmamba_jax.convert import pretrained
+  located = pretrained.locate(checkpoint)
+  meta = pretrained.read_meta(checkpoint)
+  stored_name, config = pretrained.model_config_of(checkpoint)
+  if model_name is not None and model_name != stored_name:
+    raise ValueError(f"--model {model_name!r} does not match the checkpoint, which holds "
+                     f"{stored_name!r} ({str(located.path)}); drop --model or pass "
+                     f"--model {stored_name}.")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype={dtype!r}: allowed {list(DTYPES)}.")
+  if scan_impl is None:
+    scan_impl = config.scan_impl if config.scan_impl in SCAN_IMPLS else "associative"
+  if scan_impl not in SCAN_IMPLS:
+    raise ValueError(f"scan_impl={scan_impl!r}: an exported file runs the XLA path, one of "
+                     f"{list(SCAN_IMPLS)} ('associative' is the fast one on accelerators).")
+  run_input = _run_input_config(meta)
+  if resolution is None:
+    resolution = (run_input or {}).get("image_size") or getattr(config, "img_size", 224)
+  default_mean, default_std, crop_pct = IMAGENET_MEAN, IMAGENET_STD, IMAGENET_CROP_PCT
+  if run_input:
+    default_mean = run_input.get("mean", default_mean)
+    default_std = run_input.get("std", default_std)
+    crop_pct = run_input.get("eval_crop_pct", crop_pct)
+  mean = _check_stats("mean", default_mean if mean is None else mean)
+  std = _check_stats("std", default_std if std is None else std)
+  platforms = _check_platforms(platforms)
+
+  model = pretrained.load_pretrained(checkpoint, ema=ema, scan_impl=scan_impl,
+                                     dtype=DTYPES[dtype])
+  exported = export_model(model, resolution=resolution, platforms=platforms,
+                          uint8_input=uint8_input, mean=mean, std=std)
+  data = exported.serialize()
+  output = pathlib.Path(output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  output.write_bytes(data)
+  description = {
+      "format": FORMAT, "version": FORMAT_VERSION,
+      "model_name": stored_name, "num_classes": int(model.config.num_classes),
+      "checkpoint": str(located.path), "checkpoint_kind": located.kind, "ema": ema,
+      "input": {
+          "shape": ["batch", int(resolution), int(resolution), 3], "layout": "NHWC",
+          "dtype": "uint8" if uint8_input else "float32",
+          "normalization": {"mean": list(mean), "std": list(std),
+                            "applied_inside": uint8_input,
+                            "formula": "(x / 255 - mean) / std"},
+          "preprocessing": (f"shorter side resized to floor({resolution} / {crop_pct}) "
+                            f"(bicubic), center crop {resolution}x{resolution}, RGB"),
+          "crop_pct": crop_pct},
+      "output": {"shape": ["batch", int(model.config.num_classes)], "dtype": "float32",
+                 "meaning": "logits (apply softmax for probabilities)"},
+      "platforms": list(exported.platforms), "scan_impl": scan_impl, "compute_dtype": dtype,
+      "jax_version": jax.__version__,
+      "calling_convention_version": int(exported.calling_convention_version),
+      "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+  }
+  pathlib.Path(str(output) + ".json").write_text(json.dumps(description, indent=2) + "\n")
+  return description
+
+
+def load_exported(path):
+  """The `jax.export.Exported` stored in `path` (what a consumer does; needs only jax)."""
+  return jax.export.deserialize(bytearray(pathlib.Path(path).read_bytes()))
+
+
+def _floats(text: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(v) for v in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, "
+                                     f"e.g. 0.485,0.456,0.406") from None
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m localmamba_jax.export",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--checkpoint", required=True,
+                      help="a converted checkpoint (python -m localmamba_jax.convert) or a "
+                           "train.py workdir")
+  parser.add_argument("--output", required=True, help="file to write (FILE.json goes beside)")
+  parser.add_argument("--model", default=None,
+                      help="expected model name (checked against the checkpoint's; default: "
+                           "whatever the checkpoint holds)")
+  parser.add_argument("--resolution", type=int, default=None,
+                      help="square input size (default: the run's image_size, else the "
+                           "model's img_size, else 224)")
+  parser.add_argument("--platforms", default="cpu",
+                      help=f"comma-separated, of {', '.join(PLATFORMS)} (default: cpu)")
+  parser.add_argument("--uint8-input", action="store_true",
+                      help="take uint8 pixels and normalise inside (default: float32, "
+                           "normalised outside)")
+  parser.add_argument("--mean", type=_floats, default=None, help="3 values, e.g. 0.5,0.5,0.5")
+  parser.add_argument("--std", type=_floats, default=None, help="3 values")
+  parser.add_argument("--scan-impl", default=None, choices=SCAN_IMPLS,
+                      help="selective scan in the file (default: the checkpoint's if it is "
+                           "an XLA path, else associative)")
+  parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                      help="compute dtype (parameters stay float32)")
+  parser.add_argument("--ema", action="store_true", help="a train.py run's EMA weights")
+  args = parser.parse_args(argv)
+  try:
+    description = export_checkpoint(
+        args.checkpoint, args.output, model_name=args.model, resolution=args.resolution,
+        platforms=args.platforms, uint8_input=args.uint8_input, mean=args.mean, std=args.std,
+        scan_impl=args.scan_impl, dtype=args.dtype, ema=args.ema)
+  except (ValueError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  spec = description["input"]
+  print(f"model: {description['model_name']} ({description['num_classes']} classes) from "
+        f"{description['checkpoint']}")
+  print(f"input: {spec['dtype']} {spec['shape']} NHWC, "
+        + ("normalised inside" if spec["normalization"]["applied_inside"] else
+           f"normalised outside with mean {spec['normalization']['mean']} std "
+           f"{spec['normalization']['std']}"))
+  print(f"platforms: {', '.join(description['platforms'])}; scan: {description['scan_impl']}")
+  print(f"wrote {args.output} ({description['bytes']:,} bytes) and {args.output}.json")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
