@@ -1,16 +1,22 @@
-"""The benchmark command on a tiny LocalVMamba (2 stages, 16x16 images), CPU: the JSON line.
+"""The benchmark command on a tiny LocalVMamba (1 block, 8x8 images), CPU: the JSON line;
+and the profile summary's kernel categories.
 
-One train run of 2 timed steps (compiles the real train step: ~15-40 s on 2 CPU cores).
+One train run of 2 timed steps (compiles the real train step on 2 shared CPU cores).
 """
+import importlib.util
 import json
+import pathlib
 
 import pytest
 
 from localmamba_jax import benchmark
 
-TINY = ["--override", "dims=[8,16]", "--override", "depths=[1,1]",
-        "--override", 'directions=[["h","v_flip","w2","w2_flip"],["h","h_flip","v","v_flip"]]',
-        "--image-size", "16", "--num-classes", "10", "--batch", "4", "--scan-impl", "associative"]
+_SUMMARY = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "profile_summary.py"
+
+# one stage, one block, four directions (two of them local 2x2 windows) on a 2x2 grid
+TINY = ["--override", "dims=[8]", "--override", "depths=[1]",
+        "--override", 'directions=[["h","v_flip","w2","w2_flip"]]',
+        "--image-size", "8", "--num-classes", "10", "--batch", "4", "--scan-impl", "associative"]
 
 
 def test_train_run_appends_a_json_line(tmp_path, capsys):
@@ -23,7 +29,7 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   assert len(lines) == 2 and json.loads(lines[0]) == {"earlier": "line"}
   record = json.loads(lines[1])
   assert record["model"] == "local_vssm_tiny" and record["mode"] == "train"
-  assert record["batch"] == 4 and record["image_size"] == 16 and record["dtype"] == "fp32"
+  assert record["batch"] == 4 and record["image_size"] == 8 and record["dtype"] == "fp32"
   assert record["steps_timed"] == 2 and record["warmup"] == 1
   assert record["scan_impl_used"] == "associative"
   assert record["step_ms_min"] <= record["step_ms"] <= record["step_ms_max"]
@@ -56,3 +62,29 @@ def test_subprocess_argv_drops_model_and_timeout():
   argv = ["--model", "all", "--timeout=30", "--batch", "8", "--timeout", "5", "--model=x"]
   assert benchmark._subprocess_argv(argv, "local_vim_tiny")[-4:] == [
       "--model", "local_vim_tiny", "--batch", "8"]
+
+
+def test_profile_categories():
+  spec = importlib.util.spec_from_file_location("profile_summary", _SUMMARY)
+  ps = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(ps)
+  assert ps.categorize("selective_scan_bwd__4") == "scan"
+  assert ps.categorize("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+  assert ps.categorize("nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NTN") == "matmul"
+  assert ps.categorize("conv2d_c1_k1_nhwc_specialized") == "conv"
+  assert ps.categorize("loop_convert_fusion_10") == "elementwise"  # a cast, not a conv
+  assert ps.categorize("loop_gather_fusion_3") == "gather/scatter"
+  assert ps.categorize("input_reduce_fusion_211") == "reduce/norm"
+  assert ps.categorize("fusion_3509") == "fusion (unnamed)"
+  events = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "pid": 1, "tid": 7, "name": "thread_name",
+             "args": {"name": "Stream #7(Compute)"}},
+            {"ph": "M", "pid": 1, "tid": 8, "name": "thread_name", "args": {"name": "XLA Ops"}},
+            {"ph": "X", "pid": 1, "tid": 7, "ts": 0.0, "dur": 3000.0, "name": "selective_scan_fwd"},
+            {"ph": "X", "pid": 1, "tid": 7, "ts": 3000.0, "dur": 1000.0, "name": "nvjet_x"},
+            # the op line spans the same kernels: must not be counted again
+            {"ph": "X", "pid": 1, "tid": 8, "ts": 0.0, "dur": 4000.0, "name": "fusion.1"}]
+  summary = ps.summarize(events, steps=2)
+  assert summary["kernel_ms_per_step"] == pytest.approx(2.0)
+  assert summary["categories"]["scan"]["share"] == pytest.approx(0.75)
+  assert summary["busy_fraction"] == pytest.approx(1.0)
