@@ -103,13 +103,22 @@ def export_model(model, *, resolution: int, platforms: Sequence[str] = ("cpu",),
   return jax.export.export(jax.jit(infer), platforms=platforms)(spec)
 
 
-def _run_input_config(meta: dict) -> dict | None:
-  """config.input of a train.py checkpoint (None for a converted checkpoint)."""
-  if meta.get("format") == "localmamba_jax.pretrained":
-    return None
+def eval_preprocessing(checkpoint) -> dict:
+  """How images reach the model of `checkpoint` at evaluation: {'image_size', 'crop_pct',
+  'mean', 'std'} from a train.py run's config.input, or ImageNet's (224, 0.875) for a
+  converted checkpoint (LocalVim: its img_size). Pixels: (x / 255 - mean) / std."""
+  from localmamba_jax.convert import pretrained
+  meta = pretrained.read_meta(checkpoint)
+  if meta.get("format") == pretrained.FORMAT:
+    _, config = pretrained.model_config_of(checkpoint)
+    return {"image_size": int(getattr(config, "img_size", 224)), "crop_pct": IMAGENET_CROP_PCT,
+            "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
   config = meta.get("config")
-  config = json.loads(config) if isinstance(config, str) else (config or {})
-  return config.get("input")
+  run_input = (json.loads(config) if isinstance(config, str) else (config or {})).get("input", {})
+  return {"image_size": int(run_input.get("image_size", 224)),
+          "crop_pct": float(run_input.get("eval_crop_pct", IMAGENET_CROP_PCT)),
+          "mean": tuple(run_input.get("mean", IMAGENET_MEAN)),
+          "std": tuple(run_input.get("std", IMAGENET_STD))}
 
 
 def export_checkpoint(checkpoint, output, *, model_name: str | None = None,
@@ -121,7 +130,6 @@ def export_checkpoint(checkpoint, output, *, model_name: str | None = None,
   to `output`.json; returns that description (a dict)."""
   from localmamba_jax.convert import pretrained
   located = pretrained.locate(checkpoint)
-  meta = pretrained.read_meta(checkpoint)
   stored_name, config = pretrained.model_config_of(checkpoint)
   if model_name is not None and model_name != stored_name:
     raise ValueError(f"--model {model_name!r} does not match the checkpoint, which holds "
@@ -134,14 +142,10 @@ def export_checkpoint(checkpoint, output, *, model_name: str | None = None,
   if scan_impl not in SCAN_IMPLS:
     raise ValueError(f"scan_impl={scan_impl!r}: an exported file runs the XLA path, one of "
                      f"{list(SCAN_IMPLS)} ('associative' is the fast one on accelerators).")
-  run_input = _run_input_config(meta)
-  if resolution is None:
-    resolution = (run_input or {}).get("image_size") or getattr(config, "img_size", 224)
-  default_mean, default_std, crop_pct = IMAGENET_MEAN, IMAGENET_STD, IMAGENET_CROP_PCT
-  if run_input:
-    default_mean = run_input.get("mean", default_mean)
-    default_std = run_input.get("std", default_std)
-    crop_pct = run_input.get("eval_crop_pct", crop_pct)
+  preprocessing = eval_preprocessing(checkpoint)
+  resolution = preprocessing["image_size"] if resolution is None else resolution
+  crop_pct = preprocessing["crop_pct"]
+  default_mean, default_std = preprocessing["mean"], preprocessing["std"]
   mean = _check_stats("mean", default_mean if mean is None else mean)
   std = _check_stats("std", default_std if std is None else std)
   platforms = _check_platforms(platforms)

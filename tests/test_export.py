@@ -68,6 +68,9 @@ def test_converted_checkpoint_runs_without_the_model_code(converted, tmp_path, c
   assert description["output"]["shape"] == ["batch", 10]
   assert description["platforms"] == ["cpu"] and description["scan_impl"] == "reference"
   assert description["checkpoint_kind"] == "converted"
+  assert export.eval_preprocessing(converted) == {      # ImageNet's, as the official eval
+      "image_size": 224, "crop_pct": 0.875, "mean": export.IMAGENET_MEAN,
+      "std": export.IMAGENET_STD}
 
   rng = np.random.default_rng(0)
   inputs = {f"batch{n}": rng.standard_normal((n, 16, 16, 3)).astype(np.float32) for n in (1, 3)}
