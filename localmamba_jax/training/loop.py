@@ -23,6 +23,7 @@ from localmamba_jax.training import sharding as shd
 from localmamba_jax.training.checkpointing import Checkpointer, abstract_with_shardings
 from localmamba_jax.training.config_schema import validate_config
 from localmamba_jax.training.data import pipeline
+from localmamba_jax.training.data.prefetch import DevicePrefetcher
 from localmamba_jax.training.metric_writer import MetricWriter, format_duration, parameter_table
 from localmamba_jax.training.model_factory import build_model
 from localmamba_jax.training.optim import lr_schedule, make_optimizer
@@ -187,7 +188,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 keep=config.keep_checkpoints,
                                 async_save=config.async_checkpointing)
-    data_iter = iter(train_input.dataset)
+    # placed on the devices by a background thread, overlapping the running step; the
+    # prefetcher's state is that of the last batch handed out (exact resume)
+    data_iter = DevicePrefetcher(iter(train_input.dataset),
+                                 lambda local: shd.to_global_batch(local, mesh))
     latest = checkpointer.latest_step()
     if latest is not None:
       state, meta = checkpointer.restore(
@@ -251,9 +255,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     try:
       for step in range(start_step + 1, total_steps + 1):
         t0 = time.time()
-        local_batch = next(data_iter)
+        batch = next(data_iter)
         window_wait += time.time() - t0
-        state, metrics = train_step(state, shd.to_global_batch(local_batch, mesh))
+        state, metrics = train_step(state, batch)
         if hooks.after_step is not None:
           state = jax.device_put(hooks.after_step(step, state, context), state_sharding)
         if pending is not None:
@@ -282,12 +286,14 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
           if eval_now and not stop_now:
             results = run_evals(step)
         if stop_now:
+          data_iter.close()
           checkpointer.wait()
           checkpointer.close()
           writer.info(f"stopped at step {step} (stop_at_step); rerun to resume")
           writer.close()
           return None
 
+      data_iter.close()
       if results is None:  # nothing left to train (resumed a finished run): evaluate anyway
         results = run_evals(int(jax.device_get(state["step"])))
       checkpointer.wait()
@@ -302,6 +308,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
       writer.close()
       return results
     except BaseException:
+      data_iter.close()
       # finish in-flight async saves so the last good checkpoint is complete on disk
       checkpointer.wait()
       checkpointer.close()
