@@ -75,12 +75,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding.strategy = "data"      # data (replicated parameters) | fsdp (parameters + optimizer sharded)
   c.sharding.distributed = False    # call jax.distributed.initialize() (multi-host)
   c.sharding.num_devices = 0        # 0 = every device; n = the first n (tests, debugging)
+  # explicit cluster (no SLURM/TPU/MPI auto-detection), e.g. several processes on one machine:
+  c.sharding.coordinator_address = ""  # host:port of process 0 ("" = auto-detect)
+  c.sharding.num_processes = 0
+  c.sharding.process_id = -1
 
   c.log_every_steps = 50
   c.eval_every_epochs = 10.0        # 0 = only at the end
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.async_checkpointing = True
+  c.on_nonfinite = "stop"           # NaN/inf loss or gradients: stop (naming the step and the last
+                                    # good checkpoint) | skip (keep the previous weights, count it)
   c.param_table = True
   c.tensorboard = True
   return c
@@ -91,7 +97,8 @@ _TUPLES = {"input.rrc_scale": (2, _NUM), "input.rrc_ratio": (2, _NUM), "input.me
            "input.std": (3, _NUM)}
 _CHOICES = {"input.source": ("tfds", "image_folder", "digits"),
             "model_dtype": ("float32", "bfloat16"),
-            "sharding.strategy": ("data", "fsdp")}
+            "sharding.strategy": ("data", "fsdp"),
+            "on_nonfinite": ("stop", "skip")}
 _FREE_FORM = ("model",)  # model overrides are checked by the model's own config class
 
 

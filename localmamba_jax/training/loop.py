@@ -7,9 +7,12 @@ architecture search) pass `LoopHooks`: three optional, explicit extension points
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Callable
 
@@ -20,7 +23,8 @@ from absl import logging
 from flax import nnx
 
 from localmamba_jax.training import sharding as shd
-from localmamba_jax.training.checkpointing import Checkpointer, abstract_with_shardings
+from localmamba_jax.training.checkpointing import (Checkpointer, CheckpointError,
+                                                   abstract_with_shardings)
 from localmamba_jax.training.config_schema import validate_config
 from localmamba_jax.training.data import pipeline
 from localmamba_jax.training.data.prefetch import DevicePrefetcher
@@ -32,6 +36,65 @@ from localmamba_jax.training.train_step import ModelBridge, make_eval_step, make
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+class WorkdirError(OSError):
+  pass
+
+
+def _initialize_distributed(sharding_config):
+  """jax.distributed.initialize: explicit coordinator/process count/id when given (several
+  processes on one machine, clusters without auto-detection), else SLURM/TPU/MPI auto-detect."""
+  if sharding_config.coordinator_address:
+    jax.distributed.initialize(coordinator_address=sharding_config.coordinator_address,
+                               num_processes=sharding_config.num_processes,
+                               process_id=sharding_config.process_id)
+  else:
+    jax.distributed.initialize()
+
+
+def _check_workdir_writable(workdir):
+  """Creates workdir and writes a probe file (os.access says yes to root on a read-only or full
+  disk): an unusable workdir fails here, before anything is compiled or trained."""
+  probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "wb") as f:
+      f.write(b"\0" * 4096)
+      f.flush()
+      os.fsync(f.fileno())
+    os.remove(probe)
+  except OSError as e:
+    why = ("the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "it is not writable")
+    raise WorkdirError(e.errno, f"workdir {workdir!r} cannot be used: {why} ({e.strerror or e}"
+                       f"). Pass --workdir=<a writable directory> or free disk space") from e
+
+
+class _PreemptionNotice:
+  """SIGTERM (the usual preemption notice) sets a flag; the loop checks it after each step,
+  saves a checkpoint at that step and returns. Multi-process runs use JAX's preemption sync
+  point instead, so that every process stops at the same step."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.received = True
+
+  def reached(self, step) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,14 +157,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   validate_config(config)  # keys and types first: nothing is built for a bad config
   function_start = time.time()
   if config.sharding.distributed:
-    jax.distributed.initialize()
+    _initialize_distributed(config.sharding)
 
   # ---- logging ------------------------------------------------------------------------------
   workdir = os.path.abspath(workdir)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    if not os.access(workdir, os.W_OK):
-      raise PermissionError(f"workdir {workdir!r} is not writable; pass --workdir=<dir>")
+    _check_workdir_writable(workdir)
   writer = MetricWriter(workdir, tensorboard=config.tensorboard)
 
   # ---- mesh ---------------------------------------------------------------------------------
@@ -118,6 +179,11 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
 
   # ---- input --------------------------------------------------------------------------------
   train_input = pipeline.build_train_input(config)
+  unreadable_dirs = list(getattr(train_input.source, "unreadable_dirs", []))
+  if unreadable_dirs:
+    writer.info(f"skipped {len(unreadable_dirs)} unreadable director"
+                f"{'y' if len(unreadable_dirs) == 1 else 'ies'} of the train split: "
+                + ", ".join(unreadable_dirs[:10]))
   num_classes = config.num_classes
   if train_input.num_classes is not None and train_input.num_classes != num_classes:
     raise ValueError(f"config.num_classes={num_classes} but the train split has "
@@ -192,10 +258,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     # prefetcher's state is that of the last batch handed out (exact resume)
     data_iter = DevicePrefetcher(iter(train_input.dataset),
                                  lambda local: shd.to_global_batch(local, mesh))
-    latest = checkpointer.latest_step()
+    # a damaged newest step is reported by name and the previous good one is used
+    state, meta, latest = checkpointer.restore_latest(
+        abstract_with_shardings(abstract_state, state_sharding), data_iter, log=writer.info)
     if latest is not None:
-      state, meta = checkpointer.restore(
-          latest, abstract_with_shardings(abstract_state, state_sharding), data_iter)
       writer.info(f"resumed from {checkpointer.directory}/{latest} (written at step "
                   f"{meta.get('step')})")
     else:
@@ -226,7 +292,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
     eval_every = int(round(config.eval_every_epochs * steps_per_epoch))
     context = LoopContext(config, mesh, writer, bridge, num_classes, steps_per_epoch, total_steps)
     pending = None  # (step, metrics) of the last dispatched step, checked one step later
-    bad_images = 0
+    bad_images = skipped_steps = 0
+    preemption = _PreemptionNotice()
     window_start, window_images, window_wait = time.time(), 0, 0.0
     run_start, run_start_step = time.time(), start_step
     results = None
@@ -235,14 +302,20 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
       """Fetches a step's metrics; stops the run on a NaN/inf loss (after the fact: the state
       of that step is never checkpointed)."""
       values = jax.device_get(metrics)
-      if not math.isfinite(float(values["loss"])):
+      bad_metric = next((k for k in ("loss", "grad_norm") if not math.isfinite(float(values[k]))),
+                        None)
+      if bad_metric is not None and config.on_nonfinite == "stop":
         where = (f"the last good checkpoint is step {last_good_checkpoint} in "
                  f"{checkpointer.directory}" if last_good_checkpoint is not None
                  else "no checkpoint was written yet")
         raise NonFiniteLossError(
-            f"loss became {float(values['loss'])} at step {step} (grad_norm "
-            f"{float(values['grad_norm'])}); stopping. {where}. Lower config.optim.lr or set "
-            f"config.optim.clip_grad_norm, then rerun with the same workdir to resume.")
+            f"{bad_metric} became {float(values[bad_metric])} at step {step} (loss "
+            f"{float(values['loss'])}, grad_norm {float(values['grad_norm'])}); stopping. "
+            f"{where}. Lower config.optim.lr or set config.optim.clip_grad_norm (or "
+            f"config.on_nonfinite='skip'), then rerun with the same workdir to resume.")
+      if bad_metric is not None:
+        writer.info(f"step {step}: {bad_metric} is {float(values[bad_metric])}; skipped "
+                    f"(config.on_nonfinite='skip'), the weights stay those of step {step - 1}")
       bad = int(values["bad_images"])
       if bad > config.input.max_bad_fraction * config.input.batch_size:
         raise ValueError(
@@ -263,18 +336,21 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
         if pending is not None:
           values = check(*pending)
           bad_images += int(values["bad_images"])
+          skipped_steps += int(values.get("skipped", 0))
           if pending[0] % config.log_every_steps == 0:
             _log_progress(writer, pending[0], total_steps, values, config, window_start,
                           window_images, window_wait, run_start, run_start_step)
             window_start, window_images, window_wait = time.time(), 0, 0.0
         pending = (step, metrics)
         window_images += config.input.batch_size
-        stop_now = step == stop_at_step
+        preempted = preemption.reached(step)
+        stop_now = step == stop_at_step or preempted
         save_now = step % config.checkpoint_every_steps == 0 or step == total_steps or stop_now
         eval_now = (eval_every > 0 and step % eval_every == 0) or step == total_steps
         if save_now or eval_now:
           values = check(*pending)
           bad_images += int(values["bad_images"])
+          skipped_steps += int(values.get("skipped", 0))
           if step % config.log_every_steps == 0 or step == total_steps:
             _log_progress(writer, step, total_steps, values, config, window_start,
                           window_images, window_wait, run_start, run_start_step)
@@ -289,7 +365,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
           data_iter.close()
           checkpointer.wait()
           checkpointer.close()
-          writer.info(f"stopped at step {step} (stop_at_step); rerun to resume")
+          preemption.restore()
+          writer.info(f"stopped at step {step} ("
+                      + ("SIGTERM: preempted, checkpoint saved" if preempted else "stop_at_step")
+                      + f"); rerun with the same workdir to resume")
           writer.close()
           return None
 
@@ -298,7 +377,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
         results = run_evals(int(jax.device_get(state["step"])))
       checkpointer.wait()
       checkpointer.close()
+      preemption.restore()
       results["bad_images_seen"] = bad_images
+      results["unreadable_dirs"] = len(unreadable_dirs)
+      results["skipped_steps"] = skipped_steps
       results["train_time_s"] = round(time.time() - run_start, 2)  # loop + evals of this run
       results["wall_time_s"] = round(time.time() - function_start, 2)  # incl. setup, compiles
       if jax.process_index() == 0:
@@ -309,8 +391,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
       return results
     except BaseException:
       data_iter.close()
+      preemption.restore()
       # finish in-flight async saves so the last good checkpoint is complete on disk
-      checkpointer.wait()
+      try:
+        checkpointer.wait()
+      except CheckpointError as save_error:  # reported too, but the first error stays raised
+        writer.info(str(save_error))
       checkpointer.close()
       writer.close()
       raise

@@ -53,6 +53,7 @@ def global_norm(tree):
 def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int):
   aug, inp = config.augment, config.input
   ema_decay = config.optim.ema_decay
+  skip_nonfinite = config.get("on_nonfinite", "stop") == "skip"
 
   def train_step(state, batch):
     key = jax.random.fold_in(state["rng"], state["step"])
@@ -72,6 +73,7 @@ def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int)
       return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    grad_norm = global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
@@ -80,10 +82,19 @@ def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int)
                                       state["ema"], params)
     metrics = {
         "loss": loss, "lr": schedule(state["step"]),
-        "grad_norm": global_norm(grads), "param_norm": global_norm(params),
+        "grad_norm": grad_norm, "param_norm": global_norm(params),
         "update_norm": global_norm(updates),
         "bad_images": jnp.sum(~batch["valid"]).astype(jnp.int32),
     }
+    if skip_nonfinite:
+      # a NaN/inf loss or gradient leaves weights, optimizer moments and EMA as they were; the
+      # step counter still advances, so the schedule, the data and the PRNG keys move on
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                          {k: v for k, v in new_state.items() if k != "step"},
+                          {k: v for k, v in state.items() if k != "step"})
+      new_state = dict(kept, step=new_state["step"])
+      metrics["skipped"] = (~finite).astype(jnp.int32)
     return new_state, metrics
 
   return train_step
