@@ -29,12 +29,14 @@ class TrainInput:
   source: object
 
 
-def local_batch_size(global_batch: int) -> int:
-  return global_batch // jax.process_count()
+def local_batch_size(global_batch: int, process_count: int | None = None) -> int:
+  return global_batch // (process_count or jax.process_count())
 
 
-def _host_shard(dataset: grain.MapDataset) -> grain.MapDataset:
-  return dataset[jax.process_index()::jax.process_count()]
+def _host_shard(dataset: grain.MapDataset, shard: tuple[int, int] | None = None
+                ) -> grain.MapDataset:
+  index, count = shard or (jax.process_index(), jax.process_count())
+  return dataset[index::count]
 
 
 def _parallel(dataset: grain.IterDataset, workers: int, buffer_size: int) -> grain.IterDataset:
@@ -44,8 +46,13 @@ def _parallel(dataset: grain.IterDataset, workers: int, buffer_size: int) -> gra
       num_workers=workers, per_worker_buffer_size=buffer_size))
 
 
-def build_train_input(config) -> TrainInput:
+def build_train_input(config, shard: tuple[int, int] | None = None) -> TrainInput:
+  """`shard`: (process index, process count) whose input to build; default this process's.
+  Another host's shard serves to check or reproduce what that host reads (multi-process tests
+  feed one process the concatenated shards of two)."""
   inp = config.input
+  if shard is not None and not 0 <= shard[0] < shard[1]:
+    raise ValueError(f"shard={shard!r}: expected (index, count) with 0 <= index < count")
   source = build_source(inp, inp.train_split)
   steps_per_epoch = len(source) // inp.batch_size
   if steps_per_epoch == 0:
@@ -53,10 +60,10 @@ def build_train_input(config) -> TrainInput:
                      f"(config.input.batch_size={inp.batch_size}); lower the batch size")
   transform = TrainTransform(inp.image_size, inp.rrc_scale, inp.rrc_ratio, inp.hflip,
                              inp.randaugment)
-  dataset = (_host_shard(grain.MapDataset.source(source))
+  dataset = (_host_shard(grain.MapDataset.source(source), shard)
              .seed(inp.shuffle_seed).shuffle().repeat()   # shuffle before repeat: new order per epoch
              .random_map(transform)
-             .batch(local_batch_size(inp.batch_size), drop_remainder=True)
+             .batch(local_batch_size(inp.batch_size, shard and shard[1]), drop_remainder=True)
              .to_iter_dataset())
   dataset = _parallel(dataset, inp.workers, inp.worker_buffer_size)
   return TrainInput(dataset, len(source), getattr(source, "num_classes", None), steps_per_epoch,
