@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from localmamba_jax.ops.kernels.common import StaticIndex, check_read_index, fold_to
+
 try:  # pragma: no cover - availability depends on the installed jax
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import triton as plt
@@ -116,20 +118,6 @@ def _chunking(chunk, checkpoint_every, seq_len):
   ratio = checkpoint_every // chunk if chunk_ == chunk else 1
   ratio = max(1, min(ratio, -(-seq_len // chunk_)))
   return chunk_, chunk_ * ratio
-
-
-class _StaticIndex:
-  """A numpy int32 index array usable as a static (hashable) argument."""
-
-  def __init__(self, array: np.ndarray):
-    self.array = np.ascontiguousarray(array, dtype=np.int32)
-    self._key = (self.array.shape, self.array.tobytes())
-
-  def __hash__(self):
-    return hash(self._key)
-
-  def __eq__(self, other):
-    return isinstance(other, _StaticIndex) and self._key == other._key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,13 +431,6 @@ def _backward_call(cfg, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt):
 
 # ----------------------------------------------------------------------------- custom_vjp
 
-def _fold_to(x_channels: int, grad):
-  """Sums a per-channel gradient [b, T, C] over the groups that share an input of x_channels."""
-  batch, tokens, channels = grad.shape
-  if channels == x_channels:
-    return grad
-  folded = grad.astype(jnp.float32).reshape(batch, tokens, channels // x_channels, x_channels)
-  return folded.sum(axis=2)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -475,9 +456,9 @@ def _scan_bwd(cfg, residuals, cotangents):
   groups = B.shape[2]
   fold_tiles = lambda p: p.reshape(batch, tokens, groups, num_tiles // groups,
                                    num_state).sum(axis=3)
-  du = _fold_to(u.shape[2], du).astype(u.dtype)
+  du = fold_to(u.shape[2], du).astype(u.dtype)
   if dz is not None:
-    dz = _fold_to(z.shape[2], dz).astype(z.dtype)
+    dz = fold_to(z.shape[2], dz).astype(z.dtype)
   return (du, ddelta, da_part.sum(0).astype(A.dtype), fold_tiles(db_part).astype(B.dtype),
           fold_tiles(dc_part).astype(C.dtype), dd_part.sum(0).astype(D.dtype),
           dbias_part.sum(0).astype(bias.dtype), dz)
@@ -488,17 +469,6 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 # ----------------------------------------------------------------------------- public entry
 
-def _check_index(read_index: np.ndarray, groups: int, tokens: int):
-  read_index = np.asarray(read_index)
-  if read_index.ndim != 2 or read_index.shape[0] != groups:
-    raise ValueError(f"selective_scan_pallas: read_index must have shape [groups={groups}, "
-                     f"L_seq], got {read_index.shape}.")
-  for g, row in enumerate(read_index):
-    real = np.sort(row[row >= 0])
-    if not np.array_equal(real, np.arange(tokens)):
-      raise ValueError(
-          f"selective_scan_pallas: read_index row {g} must visit each of the {tokens} tokens "
-          f"exactly once (plus -1 pads); the backward writes each token's gradient once.")
 
 
 def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
@@ -542,9 +512,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     static_index = None
     write_at_tokens = True
   else:
-    _check_index(read_index, groups, tokens)
+    check_read_index(read_index, groups, tokens, "selective_scan_pallas")
     seq_len = int(np.asarray(read_index).shape[1])
-    static_index = _StaticIndex(read_index)
+    static_index = StaticIndex(read_index)
   cap = lambda t, default: _largest_pow2_divisor(per_group, t or default)
   fwd_tile, bwd_t = cap(tile, DEFAULT_TILE), cap(bwd_tile, DEFAULT_BWD_TILE)
   for name, x in (("u", u), ("z", z)):

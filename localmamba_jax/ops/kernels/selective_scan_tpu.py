@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from localmamba_jax.ops.kernels.common import StaticIndex, check_read_index, fold_to
+
 try:  # pragma: no cover - availability depends on the installed jax
   from jax.experimental import pallas as pl
   from jax.experimental.pallas import tpu as pltpu
@@ -106,20 +108,6 @@ def _tile_for(per_group: int, cap: int) -> int:
   while per_group % tile:
     tile -= LANES
   return tile
-
-
-class _StaticIndex:
-  """A numpy int32 index table usable as a static (hashable) argument."""
-
-  def __init__(self, array: np.ndarray):
-    self.array = np.ascontiguousarray(array, dtype=np.int32)
-    self._key = (self.array.shape, self.array.tobytes())
-
-  def __hash__(self):
-    return hash(self._key)
-
-  def __eq__(self, other):
-    return isinstance(other, _StaticIndex) and self._key == other._key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -477,12 +465,6 @@ def _backward_call(cfg, u, delta, a_t, B, C, D, bias, z, dout, dlast, ckpt):
 
 # ----------------------------------------------------------------------------- custom_vjp
 
-def _fold_to(x_channels: int, grad):
-  """Sums a per-channel gradient [b, T, C] over the groups that share an input of x_channels."""
-  batch, tokens, channels = grad.shape
-  if channels == x_channels:
-    return grad
-  return grad.reshape(batch, tokens, channels // x_channels, x_channels).sum(axis=2)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -507,9 +489,9 @@ def _scan_bwd(cfg, residuals, cotangents):
   groups = B.shape[1]
   fold_tiles = lambda p: p.reshape(batch, groups, num_tiles // groups, length,
                                    num_state).sum(axis=2)
-  du = _fold_to(u.shape[2], du)
+  du = fold_to(u.shape[2], du)
   if dz is not None:
-    dz = _fold_to(z.shape[2], dz)
+    dz = fold_to(z.shape[2], dz)
   return (du, ddelta, da_part.sum(0), fold_tiles(db_part), fold_tiles(dc_part),
           dd_part.sum(0), dbias_part.sum(0), dz)
 
@@ -519,16 +501,6 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 # ----------------------------------------------------------------------------- public entry
 
-def _check_index(read_index: np.ndarray, groups: int, tokens: int):
-  read_index = np.asarray(read_index)
-  if read_index.ndim != 2 or read_index.shape[0] != groups:
-    raise ValueError(f"selective_scan_tpu: read_index must have shape [groups={groups}, "
-                     f"L_seq], got {read_index.shape}.")
-  for g, row in enumerate(read_index):
-    if not np.array_equal(np.sort(row[row >= 0]), np.arange(tokens)):
-      raise ValueError(
-          f"selective_scan_tpu: read_index row {g} must visit each of the {tokens} tokens "
-          f"exactly once (plus -1 pads); the backward writes each token's gradient once.")
 
 
 def _pad_group_channels(x, groups, per_group, padded_per_group):
@@ -581,7 +553,7 @@ def selective_scan_pallas_tpu(u, delta, A, B, C, D=None, z=None, delta_bias=None
   if read_index is None:
     seq_len = tokens
   else:
-    _check_index(read_index, groups, tokens)
+    check_read_index(read_index, groups, tokens, "selective_scan_tpu")
     seq_len = int(np.asarray(read_index).shape[1])
   if seq_tile is not None and (seq_tile < 8 or seq_tile % 8):
     raise ValueError(f"selective_scan_pallas_tpu: seq_tile must be a multiple of 8, got "
@@ -632,7 +604,7 @@ def selective_scan_pallas_tpu(u, delta, A, B, C, D=None, z=None, delta_bias=None
   else:
     table = np.full((groups, padded_len), -1, np.int32)
     table[:, :seq_len] = index
-    static_index = _StaticIndex(table)
+    static_index = StaticIndex(table)
   tiles_per_group = padded_per_group // channel_tile
   cfg = _Config(seq_len=seq_len, seq_tile=seq_tile, num_seq_tiles=num_seq_tiles,
                 tile=channel_tile, tiles_per_group=tiles_per_group,
