@@ -13,19 +13,16 @@ The paper's recipe is kept where it helps a 1.4k-image set (AdamW, warm-up + cos
 smoothing, RandomResizedCrop); flips, RandAugment, mixup/cutmix and random erasing are off:
 a flipped "2" is no longer a "2", and the run must finish in minutes on two cores.
 """
-from localmamba_jax.training.config_schema import base_config
+from localmamba_jax.training.recipes import digits_demo_config
 
 
 def get_config(arg=None):
   """`arg`: '' (the demo) or 'tiny' (the smoke-test variant used by tests/training)."""
   if arg not in (None, "", "tiny"):
     raise ValueError(f"configs/demo.py variant {arg!r} is not '' or 'tiny'")
-  c = base_config()
-  c.seed = 0
+  c = digits_demo_config()
   c.total_epochs = 30.0
-  c.num_classes = 10
 
-  c.model_name = "custom_local_vmamba"
   c.model = dict(
       dims=(16, 32, 64), depths=(1, 1, 1), patch_size=4, drop_path_rate=0.0,
       directions=(("h", "v_flip", "w2", "w2_flip"),     # stage 0, 4x4 grid of 4x4 patches
@@ -34,34 +31,11 @@ def get_config(arg=None):
       # the sequential scan is the fastest on CPU for these short sequences (16 tokens)
       scan_impl="reference")
 
-  c.input.source = "digits"
-  c.input.train_split = "train"
-  c.input.eval_split = "test"
-  c.input.image_size = 16
-  c.input.batch_size = 64
-  c.input.workers = 0  # 32x32 images: decoding in the main process is cheaper than IPC
-  c.input.rrc_scale = (0.6, 1.0)
-  c.input.rrc_ratio = (0.8, 1.25)
-  c.input.hflip = False
-  c.input.randaugment = ""
-  c.input.eval_crop_pct = 1.0
-  c.input.mean = (0.5, 0.5, 0.5)
-  c.input.std = (0.5, 0.5, 0.5)
-
-  c.augment.mixup_alpha = 0.0
-  c.augment.cutmix_alpha = 0.0
-  c.augment.random_erase_prob = 0.0
-  c.augment.label_smoothing = 0.1
-
-  c.optim.lr = 2e-3
   c.optim.warmup_epochs = 2.0
-  c.optim.min_lr = 1e-5
-  c.optim.weight_decay = 0.04
 
   c.log_every_steps = 50
   c.eval_every_epochs = 10.0
   c.checkpoint_every_steps = 200
-  c.keep_checkpoints = 2
   return tiny_variant(c) if arg == "tiny" else c
 
 

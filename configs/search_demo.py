@@ -19,51 +19,25 @@ token grids), so the exported file retrains configs/demo.py with `--config.model
 candidates nearly coincide): a demo of the machinery, not of what a search finds on ImageNet.
 """
 from localmamba_jax.search.options import search_defaults
-from localmamba_jax.training.config_schema import base_config
+from localmamba_jax.training.recipes import digits_demo_config
 
 
 def get_config(arg=None):
   """`arg`: '' (the demo) or 'tiny' (4 steps of a one-block supernet, for tests)."""
   if arg not in (None, "", "tiny"):
     raise ValueError(f"configs/search_demo.py variant {arg!r} is not '' or 'tiny'")
-  c = base_config()
-  c.seed = 0
+  c = digits_demo_config()
   c.total_epochs = 4.0
-  c.num_classes = 10
 
-  c.model_name = "custom_local_vmamba"
   c.model = dict(dims=(16, 32), depths=(1, 1), patch_size=4, drop_path_rate=0.0,
                  directions=None,  # None = the supernet: every block scans all candidates
                  scan_impl="reference")
 
-  c.input.source = "digits"
-  c.input.train_split = "train"
-  c.input.eval_split = "test"
-  c.input.image_size = 16
-  c.input.batch_size = 64
-  c.input.workers = 0
-  c.input.rrc_scale = (0.6, 1.0)
-  c.input.rrc_ratio = (0.8, 1.25)
-  c.input.hflip = False
-  c.input.randaugment = ""
-  c.input.eval_crop_pct = 1.0
-  c.input.mean = (0.5, 0.5, 0.5)
-  c.input.std = (0.5, 0.5, 0.5)
-
-  c.augment.mixup_alpha = 0.0
-  c.augment.cutmix_alpha = 0.0
-  c.augment.random_erase_prob = 0.0
-  c.augment.label_smoothing = 0.1
-
-  c.optim.lr = 2e-3
   c.optim.warmup_epochs = 1.0
-  c.optim.min_lr = 1e-5
-  c.optim.weight_decay = 0.04  # on the architecture weights too, as the reference
 
   c.log_every_steps = 20
   c.eval_every_epochs = 0.0  # once, at the end
   c.checkpoint_every_steps = 50
-  c.keep_checkpoints = 2
 
   c.search = search_defaults()
   c.search.log_every_steps = 10

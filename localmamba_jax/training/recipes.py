@@ -32,3 +32,42 @@ def imagenet_config(model_name: str, *, drop_path_rate: float, model_dtype: str 
     c.eval_every_epochs = 0.0  # evaluates once, at the end
     c.checkpoint_every_steps = 10
   return c
+
+
+def digits_demo_config():
+  """The input, augmentation and optimizer settings shared by the CPU demos (configs/demo.py,
+  configs/search_demo.py): scikit-learn's digits, 8x8 upsampled to 16x16 RGB, no download.
+
+  The paper's recipe is kept where it helps a 1.4k-image set (AdamW, warm-up + cosine, label
+  smoothing, RandomResizedCrop); flips, RandAugment, mixup/cutmix and random erasing are off:
+  a flipped "2" is no longer a "2", and the run must finish in minutes on two cores.
+  """
+  c = base_config()
+  c.seed = 0
+  c.num_classes = 10
+  c.model_name = "custom_local_vmamba"
+
+  c.input.source = "digits"
+  c.input.train_split = "train"
+  c.input.eval_split = "test"
+  c.input.image_size = 16
+  c.input.batch_size = 64
+  c.input.workers = 0  # tiny images: decoding in the main process is cheaper than IPC
+  c.input.rrc_scale = (0.6, 1.0)
+  c.input.rrc_ratio = (0.8, 1.25)
+  c.input.hflip = False
+  c.input.randaugment = ""
+  c.input.eval_crop_pct = 1.0
+  c.input.mean = (0.5, 0.5, 0.5)
+  c.input.std = (0.5, 0.5, 0.5)
+
+  c.augment.mixup_alpha = 0.0
+  c.augment.cutmix_alpha = 0.0
+  c.augment.random_erase_prob = 0.0
+  c.augment.label_smoothing = 0.1
+
+  c.optim.lr = 2e-3
+  c.optim.min_lr = 1e-5
+  c.optim.weight_decay = 0.04  # on the search's architecture weights too, as the reference
+  c.keep_checkpoints = 2
+  return c
