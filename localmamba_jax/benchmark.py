@@ -223,7 +223,7 @@ def benchmark_model(args, model_name: str) -> list[dict]:
   from localmamba_jax.training.config_schema import validate_config
   from localmamba_jax.training.model_factory import build_model
   from localmamba_jax.training.optim import lr_schedule, make_optimizer
-  from localmamba_jax.training.train_step import ModelBridge, make_eval_step, make_train_step
+  from localmamba_jax.training.train_step import ModelBridge, jit_eval_step, jit_train_step
 
   config = build_config(args, model_name)
   devices = jax.devices()
@@ -286,16 +286,12 @@ def benchmark_model(args, model_name: str) -> list[dict]:
     batch = shd.to_global_batch(host_batch, mesh)
     for mode in modes:
       if mode == "train":
-        step_fn = jax.jit(make_train_step(bridge, tx, schedule, config, num_classes),
-                          in_shardings=(state_sharding, shd.batch_sharding(mesh)),
-                          out_shardings=(state_sharding, shd.replicated(mesh)),
-                          donate_argnums=(0,))
+        step_fn = jit_train_step(bridge, tx, schedule, config, num_classes, mesh,
+                                 state_sharding)
         abstract_input = abstract_state
         make_input = jax.jit(init, out_shardings=state_sharding)
       else:
-        step_fn = jax.jit(make_eval_step(bridge, config),
-                          in_shardings=(state_sharding["params"], shd.batch_sharding(mesh)),
-                          out_shardings=shd.replicated(mesh))
+        step_fn = jit_eval_step(bridge, config, mesh, state_sharding["params"])
         abstract_input = abstract_state["params"]
         make_input = jax.jit(init_params, out_shardings=state_sharding["params"])
       t0 = time.perf_counter()

@@ -18,8 +18,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from absl import logging
 from flax import nnx
 
 from localmamba_jax.training import sharding as shd
@@ -31,7 +29,7 @@ from localmamba_jax.training.data.prefetch import DevicePrefetcher
 from localmamba_jax.training.metric_writer import MetricWriter, format_duration, parameter_table
 from localmamba_jax.training.model_factory import build_model
 from localmamba_jax.training.optim import lr_schedule, make_optimizer
-from localmamba_jax.training.train_step import ModelBridge, make_eval_step, make_train_step
+from localmamba_jax.training.train_step import ModelBridge, jit_eval_step, jit_train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -229,15 +227,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
       writer.info(parameter_table(abstract_state["params"]))
 
     # ---- update step ------------------------------------------------------------------------
-    metrics_sharding = shd.replicated(mesh)
-    train_step = jax.jit(
-        make_train_step(bridge, tx, schedule, config, num_classes),
-        in_shardings=(state_sharding, shd.batch_sharding(mesh)),
-        out_shardings=(state_sharding, metrics_sharding), donate_argnums=(0,))
+    train_step = jit_train_step(bridge, tx, schedule, config, num_classes, mesh, state_sharding)
     eval_params_sharding = state_sharding["params"]
-    eval_step = jax.jit(make_eval_step(bridge, config),
-                        in_shardings=(eval_params_sharding, shd.batch_sharding(mesh)),
-                        out_shardings=metrics_sharding)
+    eval_step = jit_eval_step(bridge, config, mesh, eval_params_sharding)
     # Compile ahead of time (shapes are known), so compile time is reported on its own and a
     # model that does not fit fails here, before any data is read.
     size = config.input.image_size

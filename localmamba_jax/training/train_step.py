@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from localmamba_jax.training import device_augment
+from localmamba_jax.training import sharding as shd
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,3 +118,19 @@ def make_eval_step(bridge: ModelBridge, config):
     }
 
   return eval_step
+
+
+def jit_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int, mesh,
+                   state_sharding):
+  """The train step as the loop runs it: sharded state and batch in, the state donated,
+  replicated metrics out. train.py, the benchmark and the TPU lowering test share it."""
+  return jax.jit(make_train_step(bridge, tx, schedule, config, num_classes),
+                 in_shardings=(state_sharding, shd.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=(0,))
+
+
+def jit_eval_step(bridge: ModelBridge, config, mesh, params_sharding):
+  """The eval step as the loop runs it (sharded params and batch, replicated metrics)."""
+  return jax.jit(make_eval_step(bridge, config),
+                 in_shardings=(params_sharding, shd.batch_sharding(mesh)),
+                 out_shardings=shd.replicated(mesh))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from localmamba_jax.ops import multi_direction_selective_scan, selective_scan
+from localmamba_jax.ops.kernels import common as kernels_common
 from localmamba_jax.ops.kernels import selective_scan_gpu
 from localmamba_jax.ops.selective_scan import resolve_impl
 
@@ -100,7 +101,7 @@ def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
                                                     checkpoint_every):
   from localmamba_jax.ops.scan_orders import stacked_scan_orders
   orders = stacked_scan_orders(*grid_hw, directions)
-  assert selective_scan_gpu.merge_is_inverse(orders.gather, orders.merge) == exact
+  assert kernels_common.merge_is_inverse(orders.gather, orders.merge) == exact
   rng = np.random.default_rng(1)
   k, e, n = len(directions), 8, 4
   tokens = grid_hw[0] * grid_hw[1]

@@ -21,7 +21,7 @@ from localmamba_jax.ops.kernels import selective_scan_tpu
 from localmamba_jax.training import sharding as shd
 from localmamba_jax.training.model_factory import build_model
 from localmamba_jax.training.optim import lr_schedule, make_optimizer
-from localmamba_jax.training.train_step import ModelBridge, make_train_step
+from localmamba_jax.training.train_step import ModelBridge, jit_train_step
 
 CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "localvmamba_t.py"
 NUM_BLOCKS = 2 + 2 + 9 + 2  # LocalVMamba-T depths
@@ -75,9 +75,7 @@ def test_localvmamba_t_train_step_lowers_for_tpu_with_the_kernel(monkeypatch):
   mesh = shd.make_mesh(jax.devices()[:1])
   state_sharding = shd.state_shardings(abstract_state, mesh, config.sharding.strategy)
   with jax.set_mesh(mesh), selective_scan_tpu.lowering_for_tpu():
-    step = jax.jit(make_train_step(bridge, tx, schedule, config, num_classes),
-                   in_shardings=(state_sharding, shd.batch_sharding(mesh)),
-                   out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=(0,))
+    step = jit_train_step(bridge, tx, schedule, config, num_classes, mesh, state_sharding)
     exported = jax.export.export(step, platforms=["tpu"])(abstract_state, batch)
 
   assert exported.platforms == ("tpu",)

@@ -40,3 +40,34 @@ def check_read_index(read_index: np.ndarray, groups: int, tokens: int, who: str)
       raise ValueError(
           f"{who}: read_index row {g} must visit each of the {tokens} tokens exactly once "
           f"(plus -1 pads); the backward writes each token's gradient once.")
+
+
+def merge_is_inverse(gather: np.ndarray, merge: np.ndarray) -> bool:
+  """True when every direction's merge reads back exactly the position its token was read at."""
+  gather, merge = np.asarray(gather), np.asarray(merge)
+  tokens = np.arange(merge.shape[1])
+  return all(np.array_equal(g[m], tokens) for g, m in zip(gather, merge))
+
+
+def fused_multi_direction_scan(scan, u, delta, A, B, C, D, delta_bias, z, *, gather, merge,
+                               **options):
+  """LocalVMamba's multi-direction scan on a kernel `scan` that reads through `read_index`.
+
+  Shapes as `ops.multi_direction.multi_direction_selective_scan` (validated there):
+  u [b, HW, E] or [b, HW, K, E], delta [b, HW, K, E], A [K, E, N], B/C [b, HW, K, N],
+  D/delta_bias [K, E] or None, z like u or None; gather [K, Lmax], merge [K, HW] (numpy).
+  Returns [b, HW, K, E]. The K directions run as K * E channels with B/C group k.
+  """
+  from localmamba_jax.ops.multi_direction import merge_tokens
+  num_dirs, channels, num_state = A.shape
+  batch, tokens = delta.shape[:2]
+  flat = lambda x: None if x is None else (x.reshape(batch, tokens, -1) if x.ndim == 4 else x)
+  vec = lambda x: None if x is None else x.reshape(-1)
+  # The official v/v_flip merge on a non-square grid is not the inverse of its gather
+  # (reference doc Sec. 2; kept for parity): then the kernel writes in scan order and the
+  # merge runs as an XLA gather. Everywhere else the kernel writes each output at its token.
+  exact = merge_is_inverse(gather, merge)
+  out = scan(flat(u), flat(delta), A.reshape(num_dirs * channels, num_state), B, C, vec(D),
+             flat(z), vec(delta_bias), read_index=gather, write_at_tokens=exact, **options)
+  out = out.reshape(batch, out.shape[1], num_dirs, channels)
+  return out if exact else merge_tokens(out, merge)

@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from localmamba_jax.ops.kernels.common import StaticIndex, check_read_index, fold_to
+from localmamba_jax.ops.kernels.common import (StaticIndex, check_read_index, fold_to,
+                                               fused_multi_direction_scan)
 
 try:  # pragma: no cover - availability depends on the installed jax
   from jax.experimental import pallas as pl
@@ -129,7 +130,7 @@ class _Config:
   bwd_tile: int                # backward channel tile (holds `chunk` states in registers)
   softplus: bool
   has_z: bool
-  read_index: Optional[_StaticIndex]  # [groups, seq_len] token per step, -1 = pad; None = identity
+  read_index: Optional[StaticIndex]  # [groups, seq_len] token per step, -1 = pad; None = identity
   write_at_tokens: bool        # outputs at the read token (True) or at the step (False)
   num_warps: int
   bwd_num_warps: int
@@ -538,13 +539,6 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   return (out, last) if return_last_state else out
 
 
-def merge_is_inverse(gather: np.ndarray, merge: np.ndarray) -> bool:
-  """True when every direction's merge reads back exactly the position its token was read at."""
-  gather, merge = np.asarray(gather), np.asarray(merge)
-  tokens = np.arange(merge.shape[1])
-  return all(np.array_equal(g[m], tokens) for g, m in zip(gather, merge))
-
-
 def multi_direction_scan_pallas(u, delta, A, B, C, D, delta_bias, z, *, gather, merge,
                                 delta_softplus=True, chunk=DEFAULT_CHUNK,
                                 checkpoint_every=DEFAULT_CHECKPOINT_EVERY, interpret=None,
@@ -556,20 +550,7 @@ def multi_direction_scan_pallas(u, delta, A, B, C, D, delta_bias, z, *, gather, 
   D/delta_bias [K, E] or None, z like u or None; gather [K, Lmax], merge [K, HW] (numpy).
   Returns [b, HW, K, E].
   """
-  num_dirs, channels, num_state = A.shape
-  batch, tokens = delta.shape[:2]
-  flat = lambda x: None if x is None else (x.reshape(batch, tokens, -1) if x.ndim == 4 else x)
-  vec = lambda x: None if x is None else x.reshape(-1)
-  # The official v/v_flip merge on a non-square grid is not the inverse of its gather
-  # (reference doc Sec. 2; kept for parity): then the kernel writes in scan order and the
-  # merge runs as an XLA gather. Everywhere else the kernel writes each output at its token.
-  exact = merge_is_inverse(gather, merge)
-  out = selective_scan_pallas(
-      flat(u), flat(delta), A.reshape(num_dirs * channels, num_state), B, C, vec(D), flat(z),
-      vec(delta_bias), delta_softplus=delta_softplus, read_index=gather, write_at_tokens=exact,
-      chunk=chunk, checkpoint_every=checkpoint_every, interpret=interpret, **kernel_options)
-  if exact:
-    return out.reshape(batch, tokens, num_dirs, channels)
-  out = out.reshape(batch, out.shape[1], num_dirs, channels)
-  merge = np.asarray(merge)
-  return out[:, merge.T, np.arange(num_dirs)[None, :]]
+  return fused_multi_direction_scan(
+      selective_scan_pallas, u, delta, A, B, C, D, delta_bias, z, gather=gather, merge=merge,
+      delta_softplus=delta_softplus, chunk=chunk, checkpoint_every=checkpoint_every,
+      interpret=interpret, **kernel_options)

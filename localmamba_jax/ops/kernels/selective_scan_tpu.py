@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from localmamba_jax.ops.kernels.common import StaticIndex, check_read_index, fold_to
+from localmamba_jax.ops.kernels.common import (StaticIndex, check_read_index, fold_to,
+                                               fused_multi_direction_scan)
 
 try:  # pragma: no cover - availability depends on the installed jax
   from jax.experimental import pallas as pl
@@ -121,7 +122,7 @@ class _Config:
   z_tiles: int
   softplus: bool
   has_z: bool
-  read_index: Optional[_StaticIndex]  # [groups, seq_len] token per step, -1 = pad
+  read_index: Optional[StaticIndex]  # [groups, seq_len] token per step, -1 = pad
   write_at_tokens: bool        # gathered mode: outputs at the read token, else in scan order
   interpret: bool
 
@@ -631,20 +632,6 @@ def multi_direction_scan_pallas_tpu(u, delta, A, B, C, D, delta_bias, z, *, gath
   D/delta_bias [K, E] or None, z like u or None; gather [K, Lmax], merge [K, HW] (numpy).
   Returns [b, HW, K, E].
   """
-  from localmamba_jax.ops.kernels.selective_scan_gpu import merge_is_inverse
-  num_dirs, channels, num_state = A.shape
-  batch, tokens = delta.shape[:2]
-  flat = lambda x: None if x is None else (x.reshape(batch, tokens, -1) if x.ndim == 4 else x)
-  vec = lambda x: None if x is None else x.reshape(-1)
-  # The official v/v_flip merge on a non-square grid is not the inverse of its gather
-  # (reference doc Sec. 2; kept for parity): then outputs come in scan order, merged by XLA.
-  exact = merge_is_inverse(gather, merge)
-  out = selective_scan_pallas_tpu(
-      flat(u), flat(delta), A.reshape(num_dirs * channels, num_state), B, C, vec(D), flat(z),
-      vec(delta_bias), delta_softplus=delta_softplus, read_index=gather, write_at_tokens=exact,
-      interpret=interpret, **kernel_options)
-  if exact:
-    return out.reshape(batch, tokens, num_dirs, channels)
-  out = out.reshape(batch, out.shape[1], num_dirs, channels)
-  merge = np.asarray(merge)
-  return out[:, merge.T, np.arange(num_dirs)[None, :]]
+  return fused_multi_direction_scan(
+      selective_scan_pallas_tpu, u, delta, A, B, C, D, delta_bias, z, gather=gather,
+      merge=merge, delta_softplus=delta_softplus, interpret=interpret, **kernel_options)
