@@ -44,7 +44,6 @@ def evaluate_pretrained(checkpoint, config, *, ema: bool = False, progress: bool
   """Evaluates the checkpoint in `checkpoint` (converted or a train.py run) with the eval input
   of `config` (a training config: config.input.*, config.model_dtype, config.sharding.*).
   Returns {'top1', 'top5' (percent), 'loss', 'count', ...}."""
-  from flax import nnx
   from localmamba_jax.convert import pretrained
   from localmamba_jax.training import sharding as shd
   from localmamba_jax.training.config_schema import validate_config

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,6 @@ from flax import nnx
 
 from localmamba_jax.models import registry
 from localmamba_jax.models.local_vim import LocalVimConfig
-from localmamba_jax.models.local_vmamba import LocalVMambaConfig
 
 SCAN_CALL_NAME = "selective_scan_core"    # the jitted scan in ops/selective_scan.py
 NORM_FLOPS_PER_ELEMENT = 5               # fvcore's LayerNorm rule (affine)

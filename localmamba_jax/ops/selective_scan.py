@@ -39,7 +39,6 @@ Implementations (`impl=`):
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
