@@ -25,7 +25,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from localmamba_jax.training import loop
+from localmamba_jax.training import train_step as train_step_lib
 from localmamba_jax.training.checkpointing import Checkpointer, CheckpointError
 from localmamba_jax.training.data import sources
 from localmamba_jax.training.loop import (LoopHooks, NonFiniteLossError, WorkdirError,
@@ -214,9 +214,9 @@ _poison_gradient.defvjp(_poison_fwd, _poison_bwd)
 
 
 def poisoned_step_factory(nan_loss_at, inf_grad_at):
-  """Wraps loop.make_train_step: NaN logits at update `nan_loss_at` (1-based), inf gradients
-  (finite loss) at update `inf_grad_at`; every other step is the real one."""
-  original = loop.make_train_step
+  """Wraps train_step_lib.make_train_step: NaN logits at update `nan_loss_at` (1-based), inf
+  gradients (finite loss) at update `inf_grad_at`; every other step is the real one."""
+  original = train_step_lib.make_train_step
 
   def factory(bridge, tx, schedule, config, num_classes):
     current = {}
@@ -238,7 +238,7 @@ def poisoned_step_factory(nan_loss_at, inf_grad_at):
 
 
 def test_nan_loss_stops_naming_step_metric_and_last_checkpoint(tmp_path, monkeypatch):
-  monkeypatch.setattr(loop, "make_train_step", poisoned_step_factory(3, 0))
+  monkeypatch.setattr(train_step_lib, "make_train_step", poisoned_step_factory(3, 0))
   with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3 .*last good "
                      r"checkpoint is step 2 in .*checkpoints"):
     train_and_evaluate(tiny_config(), str(tmp_path), stop_at_step=4)
@@ -246,7 +246,7 @@ def test_nan_loss_stops_naming_step_metric_and_last_checkpoint(tmp_path, monkeyp
 
 
 def test_nonfinite_steps_are_skipped_and_counted_when_configured(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(loop, "make_train_step", poisoned_step_factory(2, 3))
+  monkeypatch.setattr(train_step_lib, "make_train_step", poisoned_step_factory(2, 3))
   config = tiny_config()
   config.on_nonfinite = "skip"
   config.checkpoint_every_steps = 1
