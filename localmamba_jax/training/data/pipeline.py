@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import grain
 import jax
@@ -24,7 +25,7 @@ from localmamba_jax.training.data.transforms import EvalTransform, TrainTransfor
 class TrainInput:
   dataset: grain.IterDataset  # iter() it for a checkpointable iterator
   num_records: int            # whole train split (all hosts)
-  num_classes: int | None     # known for digits / image folders; None for tfds
+  num_classes: int | None     # the source's class count (tfds: its label feature's)
   steps_per_epoch: int        # global: num_records // global batch (drop_last, as the reference)
   source: object
 
@@ -37,6 +38,21 @@ def _host_shard(dataset: grain.MapDataset, shard: tuple[int, int] | None = None
                 ) -> grain.MapDataset:
   index, count = shard or (jax.process_index(), jax.process_count())
   return dataset[index::count]
+
+
+def read_options(workers: int) -> grain.ReadOptions:
+  """Threads and read-ahead of `to_iter_dataset`, in elements of the wrapped dataset: here whole
+  batches. grain's default (16 threads, 500 elements) would make every process (the main one,
+  or each worker) decode up to 500 batches ahead (77 GB at a batch of 1024 of 224 px images)
+  and keep 16 batches in flight per worker process at once (the first batch comes late, then
+  a burst). Instead: with worker processes, one thread each computes the next batch while the
+  worker hands over the previous one (workers ~ cores); without, one thread per core (PIL
+  releases the GIL). The data and the iterator state do not depend on these settings."""
+  if workers > 0:
+    return grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  threads = min(16, cores or 1)
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
 
 
 def _parallel(dataset: grain.IterDataset, workers: int, buffer_size: int) -> grain.IterDataset:
@@ -64,7 +80,7 @@ def build_train_input(config, shard: tuple[int, int] | None = None) -> TrainInpu
              .seed(inp.shuffle_seed).shuffle().repeat()   # shuffle before repeat: new order per epoch
              .random_map(transform)
              .batch(local_batch_size(inp.batch_size, shard and shard[1]), drop_remainder=True)
-             .to_iter_dataset())
+             .to_iter_dataset(read_options(inp.workers)))
   dataset = _parallel(dataset, inp.workers, inp.worker_buffer_size)
   return TrainInput(dataset, len(source), getattr(source, "num_classes", None), steps_per_epoch,
                     source)
@@ -80,7 +96,8 @@ def eval_batches(config, split=None):
   shard = _host_shard(grain.MapDataset.source(source))
   num_batches = math.ceil(math.ceil(len(source) / jax.process_count()) / size)
   dataset = _parallel(shard.map(EvalTransform(inp.image_size, inp.eval_crop_pct))
-                      .batch(size, drop_remainder=False).to_iter_dataset(),
+                      .batch(size, drop_remainder=False)
+                      .to_iter_dataset(read_options(inp.workers)),
                       inp.workers, inp.worker_buffer_size)
   template = None
   emitted = 0
