@@ -6,8 +6,8 @@ each host stage, on generated ImageNet-like JPEGs (no ImageNet needed).
 The first run writes the images (`--num-train` / `--num-val`, 10 classes, 400-500 x 330-375
 pixels, quality 90, ~110 KB each: smooth colour fields, shapes, stripes and noise, so JPEG
 sizes and decode cost are close to ImageNet's) into `<data>/{train,val}/<class>/*.JPEG`, plus
-`<data>/large/` (1000-1200 x 750-900, where reduced-size decoding applies). Later runs reuse
-them.
+`<data>/large/` (1000-1200 x 750-900, where reduced-size decoding applies), one process per
+core. Later runs reuse them.
 
 Reported (one JSON line per measurement, also appended to `--results`):
 - `stages`: mean CPU ms (this thread's CPU time) per image of read, JPEG decode, RandomResizedCrop, flip, RandAugment,
@@ -15,10 +15,14 @@ Reported (one JSON line per measurement, also appended to `--results`):
   batching (np.stack of a batch) and host->device (jax.device_put of a uint8 batch, blocked;
   wall time) per batch. `img_per_s_one_core` = 1000 / the CPU ms of all stages. The staged computation is checked to equal the real transform's output.
 - `pipeline`: wall-clock img/s of the real grain pipelines (`pipeline.build_train_input` /
-  `pipeline.eval_batches`, image_folder source) with N worker processes (0 = in this process;
-  grain maps records on a thread pool either way, and PIL releases the GIL, so one process
-  can use several cores), batches placed on the device with `sharding.to_global_batch`; the
-  first batch (worker start-up) is not timed.
+  `pipeline.eval_batches`) with N worker processes (0 = in this process, on one thread per
+  core: PIL releases the GIL; see `pipeline.read_options`), batches placed on the device with
+  `sharding.to_global_batch`; the first batch (worker start-up) is not timed, and
+  `img_per_s_second_half` is the steady-state rate (see `pipeline_rate`).
+- `--sources image_folder,tfds` also writes the train/val JPEGs once as a tfds dataset in
+  array_record files under `<data>/tfds/` (`write_tfds`, no TensorFlow needed; imagenet2012's
+  features and split names) and times the same pipelines from it (`config.input.source='tfds'`,
+  as train.py reads ImageNet), plus the CPU cost of reading one record from it.
 `--full-decode` turns reduced-size decoding off (the "before" of BENCHMARKS.md). The load
 average is printed with every line: on shared machines it says how much of the CPUs was free.
 """
@@ -35,6 +39,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 CLASSES = 10
+
+
+def usable_cores() -> int:
+  """Cores this process may run on (the affinity mask: a container's share, not the host's)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def _clock():
@@ -60,32 +71,102 @@ def synthetic_photo(rng: np.random.Generator, width: int, height: int) -> Image.
   return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def make_dataset(root: str, num_train: int, num_val: int, num_large: int = 60, seed: int = 0):
-  """Writes the image folder once (skipped when `root/done` exists); returns mean KB/image."""
+def _write_image(task) -> int:
+  """One generated JPEG; its pixels depend only on (seed, split, index), not on the process."""
+  path, seed, split_index, i, (w_range, h_range) = task
+  rng = np.random.default_rng([seed, split_index, i])
+  synthetic_photo(rng, int(rng.integers(*w_range)), int(rng.integers(*h_range))).save(
+      path, "JPEG", quality=90)
+  return os.path.getsize(path)
+
+
+def make_dataset(root: str, num_train: int, num_val: int, num_large: int = 60, seed: int = 0,
+                 processes: int | None = None):
+  """Writes the image folder once (skipped when `root/done` exists), in `processes` processes
+  (default: one per core; ~25 CPU ms per image); returns its summary (with mean KB/image)."""
   root_path = pathlib.Path(root)
   if (root_path / "done").exists():
     return json.loads((root_path / "done").read_text())
-  rng = np.random.default_rng(seed)
-  sizes = []
-  for split, count, (w_range, h_range) in (
+  tasks, kb_counted = [], set()
+  for split_index, (split, count, size_ranges) in enumerate((
       ("train", num_train, ((400, 501), (330, 376))), ("val", num_val, ((400, 501), (330, 376))),
-      ("large", num_large, ((1000, 1201), (750, 901)))):
+      ("large", num_large, ((1000, 1201), (750, 901))))):
     for c in range(CLASSES):
       (root_path / split / f"c{c:02d}").mkdir(parents=True, exist_ok=True)
     for i in range(count):
-      img = synthetic_photo(rng, int(rng.integers(*w_range)), int(rng.integers(*h_range)))
-      path = root_path / split / f"c{i % CLASSES:02d}" / f"{i:06d}.JPEG"
-      img.save(path, "JPEG", quality=90)
+      path = str(root_path / split / f"c{i % CLASSES:02d}" / f"{i:06d}.JPEG")
+      tasks.append((path, seed, split_index, i, size_ranges))
       if split != "large":
-        sizes.append(path.stat().st_size)
-  info = {"num_train": num_train, "num_val": num_val, "num_large": num_large,
-          "mean_kb": round(float(np.mean(sizes)) / 1e3, 1)}
+        kb_counted.add(path)
+  processes = processes or usable_cores()
+  if processes > 1 and len(tasks) > 4 * processes:
+    import multiprocessing  # spawn: the caller may have started threads (jax) already
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+      sizes = pool.map(_write_image, tasks, chunksize=8)
+  else:
+    sizes = [_write_image(task) for task in tasks]
+  info = {"num_train": num_train, "num_val": num_val, "num_large": num_large, "mean_kb": round(
+      float(np.mean([n for t, n in zip(tasks, sizes) if t[0] in kb_counted])) / 1e3, 1)}
   (root_path / "done").write_text(json.dumps(info))
   return info
 
 
 def _paths(root, split):
   return sorted(str(p) for p in pathlib.Path(root, split).glob("*/*.JPEG"))
+
+
+TFDS_NAME = "lm_input_bench"
+TFDS_SPLITS = {"train": "train", "validation": "val"}  # tfds split -> image-folder split
+
+
+def write_tfds(root: str, name: str = TFDS_NAME) -> str:
+  """Writes `root/{train,val}/<class>/*.JPEG` once as a tfds dataset in array_record files
+  under `root/tfds/<name>/1.0.0/`, with imagenet2012's features (`image`: the JPEG bytes
+  unchanged, `label`: ClassLabel of the sorted class folders, `file_name`) and split names
+  (train, validation); returns the tfds data_dir (`root/tfds`).
+
+  No TensorFlow: tfds serialises tf.Example protos and writes array_record files without it
+  (checked with tensorflow_datasets 4.9.10 without TensorFlow installed; its
+  `store_as_tfds_dataset` helper is no way around it: it checks its inputs against
+  `tf.data.Dataset`). Records are shuffled by key, as tfds' ImageNet."""
+  import tensorflow_datasets as tfds
+  data_dir = pathlib.Path(root, "tfds")
+  classes = sorted(p.name for p in pathlib.Path(root, "train").iterdir() if p.is_dir())
+  label_of = {name: i for i, name in enumerate(classes)}
+
+  class FolderAsTfds(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """An image folder as a tfds builder (not registered: read back by name from files)."""
+    VERSION = tfds.core.Version("1.0.0")
+    # No source file holds checksums or metadata for this builder; without this, tfds looks
+    # for them through `importlib_resources`, which etils[epath] lists but may be absent.
+    code_path = None
+
+    def __init__(self, **kwargs):
+      self.name = name
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(encoding_format="jpeg"),
+          "label": tfds.features.ClassLabel(names=classes),
+          "file_name": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(folder_split)
+              for split, folder_split in TFDS_SPLITS.items()}
+
+    def _generate_examples(self, folder_split):
+      for path in _paths(root, folder_split):
+        file_name = os.path.relpath(path, os.path.join(root, folder_split))
+        yield file_name, {"image": path, "label": label_of[pathlib.Path(path).parent.name],
+                          "file_name": file_name}
+
+  builder = FolderAsTfds(data_dir=str(data_dir), file_format="array_record")
+  if not builder.is_prepared():
+    tfds.disable_progress_bar()
+    builder.download_and_prepare()
+  return str(data_dir)
 
 
 def train_stage_costs(paths, size, randaugment, reduced_decode, seed=0):
@@ -169,47 +250,85 @@ def batch_costs(batch_size, size, repeats=5):
           "device": str(jax.devices()[0].device_kind)}
 
 
-def _config(root, batch_size, size, workers, randaugment):
+def _config(root, batch_size, size, workers, randaugment, source="image_folder"):
   from localmamba_jax.training.config_schema import base_config
   c = base_config()
-  c.input.source, c.input.folder = "image_folder", root
-  c.input.train_split, c.input.eval_split = "train", "val"
+  if source == "tfds":  # as train.py reads tfds' imagenet2012, from write_tfds's files
+    c.input.source, c.input.tfds_name = "tfds", TFDS_NAME
+    c.input.tfds_data_dir = str(pathlib.Path(root, "tfds"))
+    c.input.train_split, c.input.eval_split = "train", "validation"
+  else:
+    c.input.source, c.input.folder = "image_folder", root
+    c.input.train_split, c.input.eval_split = "train", "val"
   c.input.image_size, c.input.batch_size, c.input.workers = size, batch_size, workers
   c.input.randaugment = randaugment
   return c
 
 
+def tfds_read_cost(data_dir, count):
+  """CPU ms per record of reading one record (JPEG bytes + label) from the array_record
+  files through TfdsSource: the tfds source's "read" stage (a file read for image folders)."""
+  from localmamba_jax.training.data.sources import TfdsSource
+  source = TfdsSource(TFDS_NAME, "train", data_dir)
+  count = min(count, len(source))
+  order = np.random.default_rng(0).permutation(len(source))[:count]  # random access, as grain
+  t0 = _clock()
+  for i in order:
+    source[int(i)]
+  return round(1e3 * (_clock() - t0) / count, 3)
+
+
 def pipeline_rate(root, mode, batch_size, size, workers, num_batches, randaugment,
-                  reduced_decode):
-  """img/s of the real grain pipeline, batches placed on the device; first batch untimed."""
+                  reduced_decode, source="image_folder", max_seconds=0.0):
+  """img/s of the real grain pipeline, batches placed on the device.
+
+  The first batch (worker start-up) is not timed: `first_batch_s`. While it is awaited, the
+  other threads / worker processes fill their read-ahead (up to ~`workers` x 4 batches, see
+  `pipeline.read_options`), so the rate over all later batches (`img_per_s`) overstates a short
+  run; `img_per_s_second_half` counts only the second half of the timed batches, after that
+  backlog is drained: the steady-state rate, once the first half is longer than the backlog.
+  `max_seconds` > 0 stops a slow run early (fewer batches, reported in `images`)."""
   import jax
   from localmamba_jax.training import sharding as shd
   from localmamba_jax.training.data import pipeline, transforms
-  config = _config(root, batch_size, size, workers, randaugment)
+  config = _config(root, batch_size, size, workers, randaugment, source)
   mesh = shd.make_mesh(jax.devices()[:1])
   patched = {name: getattr(pipeline, name) for name in ("TrainTransform", "EvalTransform")}
   for name, cls in patched.items():  # --full-decode: the same pipeline without draft decoding
     setattr(pipeline, name, functools.partial(getattr(transforms, name),
                                               reduced_decode=reduced_decode))
+  batches = None
   try:
+    start = time.perf_counter()
     if mode == "train":
       batches = iter(pipeline.build_train_input(config).dataset)
     else:
       batches = (batch for batch, _ in pipeline.eval_batches(config))
     jax.block_until_ready(shd.to_global_batch(next(batches), mesh))
-    t0 = time.perf_counter()
-    count = 0
+    arrivals = [time.perf_counter()]
     for _ in range(num_batches):
       batch = next(batches, None)
       if batch is None:
         break
       jax.block_until_ready(shd.to_global_batch(batch, mesh))
-      count += batch_size
-    elapsed = time.perf_counter() - t0
+      arrivals.append(time.perf_counter())
+      if max_seconds and arrivals[-1] - arrivals[0] > max_seconds:
+        break
   finally:
     for name, cls in patched.items():
       setattr(pipeline, name, cls)
-  return {"images": count, "seconds": round(elapsed, 2), "img_per_s": round(count / elapsed, 1)}
+    if batches is not None and hasattr(batches, "close"):  # stop the workers before the next run
+      batches.close()
+  timed = len(arrivals) - 1
+  elapsed = arrivals[-1] - arrivals[0]
+  half = len(arrivals) // 2
+  out = {"images": timed * batch_size, "seconds": round(elapsed, 2),
+         "img_per_s": round(timed * batch_size / elapsed, 1) if timed else None,
+         "first_batch_s": round(arrivals[0] - start, 2)}
+  if timed >= 4:
+    second = arrivals[-1] - arrivals[half]
+    out["img_per_s_second_half"] = round((len(arrivals) - 1 - half) * batch_size / second, 1)
+  return out
 
 
 def main(argv=None):
@@ -222,8 +341,14 @@ def main(argv=None):
   parser.add_argument("--randaugment", default="rand-m9-mstd0.5")
   parser.add_argument("--stage-images", type=int, default=300)
   parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
-  parser.add_argument("--train-batches", type=int, default=30)  # > grain's read-ahead
+  parser.add_argument("--train-batches", type=int, default=30,
+                      help="timed train batches; with N workers, keep it above ~8 N (the "
+                           "second half is the steady-state rate)")
+  parser.add_argument("--max-seconds", type=float, default=0.0,
+                      help="stop a pipeline measurement after this long (0: no limit)")
   parser.add_argument("--modes", default="stages,train,eval")
+  parser.add_argument("--sources", default="image_folder",
+                      help="comma-separated: image_folder, tfds (written once under <data>/tfds)")
   parser.add_argument("--full-decode", action="store_true", help="no reduced-size decoding")
   parser.add_argument("--results", default="", help="append JSON lines here")
   args = parser.parse_args(argv)
@@ -231,9 +356,20 @@ def main(argv=None):
   if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
     flags.FLAGS.mark_as_parsed()
   info = make_dataset(args.data, args.num_train, args.num_val)
+  sources = args.sources.split(",")
+  unknown = set(sources) - {"image_folder", "tfds"}
+  if unknown:
+    raise ValueError(f"--sources {args.sources!r}: unknown {sorted(unknown)}; use image_folder "
+                     f"and/or tfds, comma-separated")
+  if "tfds" in sources:
+    t0 = time.perf_counter()
+    write_tfds(args.data)
+    print(f"tfds dataset under {args.data}/tfds ready after {time.perf_counter() - t0:.1f} s",
+          flush=True)
   reduced = not args.full_decode
   modes = args.modes.split(",")
-  common = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "image_size":
+  common = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+            "usable_cores": usable_cores(), "image_size":
             args.image_size, "batch": args.batch, "reduced_decode": reduced, "data": info}
 
   def emit(record):
@@ -258,13 +394,18 @@ def main(argv=None):
           "total_ms_per_image": round(per_image, 3),
           "img_per_s_one_core": round(1e3 / per_image, 1)})
     emit({"what": "stages", "pipeline": "batch", **batch_costs(args.batch, args.image_size)})
-  for workers in (int(w) for w in args.workers.split(",")):
-    for mode in ("train", "eval"):
-      if mode in modes:
-        batches = args.train_batches if mode == "train" else args.num_val // args.batch
-        rate = pipeline_rate(args.data, mode, args.batch, args.image_size, workers, batches,
-                             args.randaugment, reduced)
-        emit({"what": "pipeline", "pipeline": mode, "workers": workers, **rate})
+    if "tfds" in sources:
+      emit({"what": "stages", "pipeline": "read", "source": "tfds", "ms_per_image":
+            {"read": tfds_read_cost(str(pathlib.Path(args.data, "tfds")), args.stage_images)}})
+  for source in sources:
+    for workers in (int(w) for w in args.workers.split(",")):
+      for mode in ("train", "eval"):
+        if mode in modes:
+          batches = args.train_batches if mode == "train" else args.num_val // args.batch
+          rate = pipeline_rate(args.data, mode, args.batch, args.image_size, workers, batches,
+                               args.randaugment, reduced, source, args.max_seconds)
+          emit({"what": "pipeline", "pipeline": mode, "source": source, "workers": workers,
+                **rate})
 
 
 if __name__ == "__main__":

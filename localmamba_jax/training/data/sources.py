@@ -99,7 +99,8 @@ class ImageFolderSource:
 class TfdsSource:
   """`tfds.data_source` over array_record files; images stay encoded (decoded with PIL later).
 
-  Reading needs no TensorFlow; preparing the dataset once does (see docs/training.md).
+  Reading needs no TensorFlow; preparing the dataset once does for tfds' own builders
+  (imagenet2012; see docs/training.md), not for a builder of our own (`bench.write_tfds`).
   """
 
   def __init__(self, name: str, split: str, data_dir: str = ""):
@@ -113,6 +114,10 @@ class TfdsSource:
           f"{data_dir or '$TFDS_DATA_DIR / ~/tensorflow_datasets'}: {e}. Set config.input."
           f"tfds_data_dir to the prepared array_record dataset (docs/training.md), or use "
           f"config.input.source='image_folder' with config.input.folder") from e
+    # the label feature's class count, so the loop checks it against config.num_classes as
+    # for image folders (a 1000-class head on a 10-class dataset would train without error)
+    label = self._source.dataset_info.features["label"]
+    self.num_classes = getattr(label, "num_classes", None)
 
   def __len__(self):
     return len(self._source)
