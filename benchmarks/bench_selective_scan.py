@@ -140,12 +140,14 @@ def check(report):
     ref = lambda *a: selective_scan(a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6],
                                     delta_softplus=True, impl="reference")
     cases.append(("plain", dtype, kern, ref, args, w, tol_out, tol_grad))
-    # the non-default kernel options: sparse checkpoints, kept decays
-    opts = dict(chunk=8, checkpoint_every=32, keep_decay=True)
-    kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
-        a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
-    cases.append(("plain c8 s32 keep", dtype, kern_opts, ref, args, w, tol_out,
-                  tol_grad))
+    # the non-default kernel options: sparse checkpoints, kept decays, lean backward, fma
+    # (sparse checkpoints are checked in interpret mode by the tests: their unrolled backward
+    # takes minutes to compile on the GPU)
+    for label, opts in (("plain batched no-fma keep", dict(lean=False, fma=False,
+                                                           keep_decay=True)),):
+      kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
+          a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
+      cases.append((label, dtype, kern_opts, ref, args, w, tol_out, tol_grad))
     # fused multi-direction: 7x9 grid, exact merges with window pads, and the v fallback
     for directions in (("h", "h_flip", "w2", "w2_flip"), ("v", "w7_flip", "v_flip", "h")):
       hw, k, e = (7, 9), 4, 32
@@ -192,17 +194,18 @@ def check(report):
 # ----------------------------------------------------------------------------- timings
 
 def parse_variant(text):
-  """'c8s32k1t16w1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
-  bwd_num_warps); letters may be omitted (kernel default)."""
+  """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
+  bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma);
+  letters may be omitted (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
-              w="bwd_num_warps", f="tile", v="num_warps")
+              w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma")
   options, i = {}, 0
   while i < len(text):
     j = i + 1
     while j < len(text) and text[j].isdigit():
       j += 1
     key, value = keys[text[i]], int(text[i + 1:j])
-    options[key] = bool(value) if key == "keep_decay" else value
+    options[key] = bool(value) if key in ("keep_decay", "lean", "fma") else value
     i = j
   return options
 

@@ -67,13 +67,15 @@ def random_inputs(rng, batch, length, channels, groups, num_state, with_z):
       z=f32(rng.standard_normal((batch, length, channels))) if with_z else None)
 
 
-@pytest.mark.parametrize("checkpoint_every,keep_decay", [
-    (2, False),   # one saved state per chunk (recompute straight from it)
-    (6, True),    # 3 chunks per saved state: sub-checkpoints rebuilt in the backward;
-                  # decays kept for the adjoint
+@pytest.mark.parametrize("checkpoint_every,keep_decay,lean", [
+    (2, False, False),  # one saved state per chunk (recompute straight from it)
+    (6, True, False),   # 3 chunks per saved state: sub-checkpoints rebuilt in the backward;
+                        # decays kept for the adjoint
+    (2, False, True),   # lean backward schedule: the adjoint reloads each step
+    (6, True, True),
 ])
 def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_every,
-                                                                    keep_decay):
+                                                                    keep_decay, lean):
   # L = 11 is not a multiple of the chunk (2) nor of the checkpoint interval: the tail steps
   # must be identities.
   rng = np.random.default_rng(0)
@@ -84,7 +86,7 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
   def kernel(u, delta, A, B, C, D, bias, z):
     return selective_scan_gpu.selective_scan_pallas(
         u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
-        checkpoint_every=checkpoint_every, keep_decay=keep_decay, interpret=True)
+        checkpoint_every=checkpoint_every, keep_decay=keep_decay, lean=lean, interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
@@ -93,12 +95,13 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
   assert_matches(kernel, reference, args, weight, NAMES)
 
 
-@pytest.mark.parametrize("grid_hw,directions,exact,checkpoint_every", [
-    ((3, 5), ("h_flip", "w2"), True, 2),     # interior window pads, merge == inverse: fused write
-    ((3, 5), ("v", "w2_flip"), False, 4),    # official v merge is not the inverse for H != W
+@pytest.mark.parametrize("grid_hw,directions,exact,checkpoint_every,lean", [
+    ((3, 5), ("h_flip", "w2"), True, 2, True),   # interior window pads, merge == inverse:
+                                                 # fused write (lean backward)
+    ((3, 5), ("v", "w2_flip"), False, 4, False), # official v merge is not the inverse for H != W
 ])
 def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
-                                                    checkpoint_every):
+                                                    checkpoint_every, lean):
   from localmamba_jax.ops.scan_orders import stacked_scan_orders
   orders = stacked_scan_orders(*grid_hw, directions)
   assert kernels_common.merge_is_inverse(orders.gather, orders.merge) == exact
@@ -114,7 +117,7 @@ def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
   def kernel(u, delta, A, B, C, D, bias):
     return selective_scan_gpu.multi_direction_scan_pallas(
         u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge, chunk=2,
-        checkpoint_every=checkpoint_every, keep_decay=True, interpret=True)
+        checkpoint_every=checkpoint_every, keep_decay=True, lean=lean, interpret=True)
 
   def reference(u, delta, A, B, C, D, bias):
     return multi_direction_selective_scan(u, delta, A, B, C, D, bias, grid_hw=grid_hw,

@@ -12,7 +12,9 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     [batch, segments, C, N] fp32). A chunk's loads are all issued before its first store.
   * backward: segments in reverse; each reloads its checkpoint, rebuilds the states at its
     chunk starts in registers (only when checkpoint_every > chunk), and per chunk in reverse
-    recomputes the `chunk` states into registers (a Python-unrolled list), then runs the
+    recomputes the `chunk` states into registers (a Python-unrolled list; the recompute loads
+    only u, delta, B, and the adjoint reloads each step's inputs one step ahead of its stores,
+    so that no more than two steps' loads are live: the "lean" schedule), then runs the
     adjoint recurrence
         g_t = C_t dy_t + exp(Delta_{t+1} A) g_{t+1}
     backwards through them. Since a_t h_{t-1} = h_t - Delta_t B_t u_t, only h_t is needed.
@@ -44,13 +46,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from localmamba_jax.ops.kernels.common import (StaticIndex, check_read_index, fold_to,
+from localmamba_jax.ops.kernels.common import (check_read_index, fold_to,
                                                fused_multi_direction_scan)
 
 try:  # pragma: no cover - availability depends on the installed jax
@@ -67,10 +68,14 @@ LN_2 = math.log(2.0)
 # tiles on 2 warps; backward 16-channel tiles on 1 warp (the chunk's states live in registers:
 # larger tiles/chunks spill or cut occupancy); checkpoints every 8 steps. Saving states less
 # often (checkpoint_every 16 with sub-checkpoints rebuilt in registers) was measured 1.4-2.7x
-# slower in the backward, and keeping the decays gained nothing: both stay opt-in.
+# slower in the backward, and keeping the decays gained nothing: both stay opt-in. The lean
+# backward schedule with written-out FMAs: fwd+bwd 22.1 vs 26.6 ms in the same run (spill
+# requests 21 M -> 0.3 M per batch-8 call under ncu).
 DEFAULT_CHUNK = 8
 DEFAULT_CHECKPOINT_EVERY = 8
 DEFAULT_KEEP_DECAY = False
+DEFAULT_LEAN = True
+DEFAULT_FMA = True
 DEFAULT_TILE = 64
 DEFAULT_BWD_TILE = 16
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
@@ -130,11 +135,16 @@ class _Config:
   bwd_tile: int                # backward channel tile (holds `chunk` states in registers)
   softplus: bool
   has_z: bool
-  read_index: Optional[StaticIndex]  # [groups, seq_len] token per step, -1 = pad; None = identity
+  # Whether a read_index [groups, seq_len] (token per step, -1 = pad) is passed. The table
+  # itself is kernel DATA, not part of this static config: blocks that differ only in their
+  # scan directions then share one traced and compiled kernel (compile time, issue 9).
+  indexed: bool
   write_at_tokens: bool        # outputs at the read token (True) or at the step (False)
   num_warps: int
   bwd_num_warps: int
   keep_decay: bool             # backward keeps exp(Delta A) of the recompute for the adjoint
+  lean: bool                   # backward holds one step's loads at a time (see _backward_kernel)
+  fma: bool                    # fused multiply-adds written out (see _fma)
   interpret: bool
 
 
@@ -154,6 +164,23 @@ def _exp2(x, cfg):
     return jnp.exp2(x)
   [y] = plt.elementwise_inline_asm("ex2.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f",
                                    pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct.like(x)])
+  return y
+
+
+def _fma(a, b, c, cfg):
+  """a * b + c as one fused multiply-add (broadcast to a common shape).
+
+  The Triton lowering emits separate multiplies and adds (ncu on the H100: 277 M unfused vs
+  48 M fused FP32 instructions in the backward), so the recurrences' multiply-adds are written
+  as fma.rn.f32: half the instructions on the critical path and one rounding instead of two.
+  """
+  if cfg.interpret or not cfg.fma:
+    return a * b + c
+  shape = jnp.broadcast_shapes(jnp.shape(a), jnp.shape(b), jnp.shape(c))
+  a, b, c = (jnp.broadcast_to(x, shape).astype(jnp.float32) for x in (a, b, c))
+  [y] = plt.elementwise_inline_asm("fma.rn.f32 $0, $1, $2, $3;", args=[a, b, c],
+                                   constraints="=f,f,f,f", pack=1,
+                                   result_shape_dtypes=[jax.ShapeDtypeStruct(shape, jnp.float32)])
   return y
 
 
@@ -192,7 +219,7 @@ def _derive(cfg, raw, t, bias):
   t = jnp.asarray(t, jnp.int32)
   in_range = t < cfg.seq_len
   raw_token = raw["raw_token"]
-  real = in_range if cfg.read_index is None else jnp.logical_and(raw_token >= 0, in_range)
+  real = jnp.logical_and(raw_token >= 0, in_range) if cfg.indexed else in_range
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
   zero = jnp.float32(0.0)
   f32 = lambda name: jnp.where(real, raw[name].astype(jnp.float32), zero)
@@ -221,7 +248,7 @@ def _program_coords(cfg, tile, per_group, u_channels, z_channels):
 
 def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   refs = list(refs)
-  index_ref = refs.pop(0) if cfg.read_index is not None else None
+  index_ref = refs.pop(0) if cfg.indexed else None
   u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = refs[:7]
   z_ref = refs[7] if cfg.has_z else None
   out_ref, ckpt_ref, last_ref = refs[-3:]
@@ -242,8 +269,8 @@ def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
       for i in range(chunk):
         s = _derive(cfg, raws[i], first + i, bias)
         decay = _exp2(s["dl"][:, None] * a2, cfg)
-        h = decay * h + (s["dl"] * s["u"])[:, None] * s["bt"][None, :]
-        y = jnp.sum(h * s["ct"][None, :], axis=1) + d * s["u"]
+        h = _fma(decay, h, (s["dl"] * s["u"])[:, None] * s["bt"][None, :], cfg)
+        y = _fma(d, s["u"], jnp.sum(h * s["ct"][None, :], axis=1), cfg)
         if cfg.has_z:
           y = y * s["zt"] * _sigmoid(s["zt"])
         mask = jnp.broadcast_to(s["write_ok"], (tile,))
@@ -266,7 +293,7 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   issued before the current chunk's stores (see `_load_step`).
   """
   refs = list(refs)
-  index_ref = refs.pop(0) if cfg.read_index is not None else None
+  index_ref = refs.pop(0) if cfg.indexed else None
   u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = refs[:7]
   refs = refs[7:]
   z_ref = refs.pop(0) if cfg.has_z else None
@@ -294,7 +321,7 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
 
   def step_state(h, s):
     decay = _exp2(s["dl"][:, None] * a2, cfg)
-    return decay * h + (s["dl"] * s["u"])[:, None] * s["bt"][None, :], decay
+    return _fma(decay, h, (s["dl"] * s["u"])[:, None] * s["bt"][None, :], cfg), decay
 
   def adjoint_step(s, h, decay, g_next, accs):
     da_acc, dd_acc, dbias_acc = accs
@@ -310,12 +337,12 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
       dy = dout * zt * sig
     else:
       dy = dout
-    g = g_next + dy[:, None] * ct[None, :]
+    g = _fma(dy[:, None], ct[None, :], g_next, cfg)
     dlu = dl * u
     # dL/dDelta_t = sum_n g (B u + A exp(Delta A) h_{t-1}), dL/dA = sum_t g Delta exp(..) h_{t-1},
     # with exp(Delta_t A) h_{t-1} = h_t - Delta_t B_t u_t: one product serves both.
-    g_decayed_prev = g * (h - dlu[:, None] * bt[None, :])
-    da_acc = da_acc + dl[:, None] * g_decayed_prev
+    g_decayed_prev = g * _fma(-dlu[:, None], bt[None, :], h, cfg)
+    da_acc = _fma(dl[:, None], g_decayed_prev, da_acc, cfg)
     gb = jnp.sum(g * bt[None, :], axis=1)
     ddl = u * gb + jnp.sum(a_nat * g_decayed_prev, axis=1)
     du = gb * dl + d * dy
@@ -339,8 +366,8 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
     seg = num_segments - 1 - si
     first = seg * seg_len
     h = ckpt_ref[b, seg, pl.ds(c0, tile), :]
-    # the last chunk's loads first: they fly during the sub-checkpoint pass below
-    full_raws = load_chunk(first + (ratio - 1) * chunk, True)
+    if not cfg.lean:  # the last chunk's loads first: they fly during the sub-checkpoint pass
+      full_raws = load_chunk(first + (ratio - 1) * chunk, True)
     sub_ckpts = [h]
     for r in range(ratio - 1):                 # sub-checkpoints (no stores: loads move freely)
       raws = load_chunk(first + r * chunk, False)
@@ -348,7 +375,31 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
         h, _ = step_state(h, _derive(cfg, raws[i], first + r * chunk + i, bias))
       sub_ckpts.append(h)
     for r in reversed(range(ratio)):
-      steps = [_derive(cfg, raws_i, first + r * chunk + i, bias)
+      chunk_first = first + r * chunk
+      if cfg.lean:
+        # Lean schedule: the recompute loads only u, delta, B (and drops them step by step);
+        # the adjoint reloads each step's values (L1/L2 hits) one step ahead of its stores.
+        # Live registers: the chunk's states plus two steps' loads, instead of all the
+        # chunk's loads and derived values at once (ncu: 255 registers and 21 M spill
+        # requests per batch-8 call with the batched schedule).
+        raws = load_chunk(chunk_first, False)
+        h, states, decays = sub_ckpts[r], [], []
+        for i in range(chunk):
+          h, decay = step_state(h, _derive(cfg, raws[i], chunk_first + i, bias))
+          states.append(h)
+          decays.append(decay if cfg.keep_decay else None)
+        del raws
+        ahead = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, chunk_first + chunk - 1,
+                           dout_ref=dout_ref)
+        for i in reversed(range(chunk)):
+          current = ahead
+          if i:                                # issued before this step's stores
+            ahead = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile,
+                               chunk_first + i - 1, dout_ref=dout_ref)
+          s = _derive(cfg, current, chunk_first + i, bias)
+          g_next, accs = adjoint_step(s, states[i], decays[i], g_next, accs)
+        continue
+      steps = [_derive(cfg, raws_i, chunk_first + i, bias)
                for i, raws_i in enumerate(full_raws)]
       if r:                                    # prefetch the previous chunk before our stores
         full_raws = load_chunk(first + (r - 1) * chunk, True)
@@ -377,20 +428,20 @@ def _compiler_params(num_warps):
   return plt.CompilerParams(num_warps=num_warps, num_stages=1)
 
 
-def _common(cfg, u, delta, B, z):
+def _common(cfg, index, u, delta, B, z):
   batch, _, u_channels = u.shape
   channels = delta.shape[2]
   groups, num_state = B.shape[2], B.shape[3]
   z_channels = z.shape[2] if z is not None else channels
   num_segments = -(-cfg.seq_len // cfg.checkpoint_every)
   num_chunks = num_segments * (cfg.checkpoint_every // cfg.chunk)
-  index = () if cfg.read_index is None else (jnp.asarray(cfg.read_index.array),)
+  index = (index,) if cfg.indexed else ()
   return batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index
 
 
-def _forward_call(cfg, u, delta, a2, B, C, D, bias, z):
+def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
   batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index = _common(
-      cfg, u, delta, B, z)
+      cfg, index, u, delta, B, z)
   out_len = delta.shape[1] if cfg.write_at_tokens else cfg.seq_len
   kernel = functools.partial(_forward_kernel, cfg=cfg, per_group=channels // groups,
                              u_channels=u_channels, z_channels=z_channels,
@@ -405,9 +456,9 @@ def _forward_call(cfg, u, delta, a2, B, C, D, bias, z):
                         compiler_params=_compiler_params(cfg.num_warps))(*args)
 
 
-def _backward_call(cfg, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt):
+def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt):
   batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index = _common(
-      cfg, u, delta, B, z)
+      cfg, index, u, delta, B, z)
   tokens = delta.shape[1]
   num_tiles = channels // cfg.bwd_tile
   kernel = functools.partial(_backward_kernel, cfg=cfg, per_group=channels // groups,
@@ -435,20 +486,20 @@ def _backward_call(cfg, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scan(cfg, u, delta, A, B, C, D, bias, z):
-  out, _, last = _forward_call(cfg, u, delta, A * LOG2_E, B, C, D, bias, z)
+def _scan(cfg, index, u, delta, A, B, C, D, bias, z):
+  out, _, last = _forward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z)
   return out, last
 
 
-def _scan_fwd(cfg, u, delta, A, B, C, D, bias, z):
-  out, ckpt, last = _forward_call(cfg, u, delta, A * LOG2_E, B, C, D, bias, z)
-  return (out, last), (u, delta, A, B, C, D, bias, z, ckpt)
+def _scan_fwd(cfg, index, u, delta, A, B, C, D, bias, z):
+  out, ckpt, last = _forward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z)
+  return (out, last), (index, u, delta, A, B, C, D, bias, z, ckpt)
 
 
 def _scan_bwd(cfg, residuals, cotangents):
-  u, delta, A, B, C, D, bias, z, ckpt = residuals
+  index, u, delta, A, B, C, D, bias, z, ckpt = residuals
   dout, dlast = cotangents
-  grads = list(_backward_call(cfg, u, delta, A * LOG2_E, B, C, D, bias, z,
+  grads = list(_backward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z,
                               dout.astype(u.dtype), dlast.astype(jnp.float32), ckpt))
   du, ddelta = grads[:2]
   dz = grads[2] if cfg.has_z else None
@@ -460,7 +511,8 @@ def _scan_bwd(cfg, residuals, cotangents):
   du = fold_to(u.shape[2], du).astype(u.dtype)
   if dz is not None:
     dz = fold_to(z.shape[2], dz).astype(z.dtype)
-  return (du, ddelta, da_part.sum(0).astype(A.dtype), fold_tiles(db_part).astype(B.dtype),
+  # index: an integer table, no cotangent (None = zero).
+  return (None, du, ddelta, da_part.sum(0).astype(A.dtype), fold_tiles(db_part).astype(B.dtype),
           fold_tiles(dc_part).astype(C.dtype), dd_part.sum(0).astype(D.dtype),
           dbias_part.sum(0).astype(bias.dtype), dz)
 
@@ -477,7 +529,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           return_last_state=False, chunk=DEFAULT_CHUNK,
                           checkpoint_every=DEFAULT_CHECKPOINT_EVERY, tile=None, bwd_tile=None,
                           num_warps=None, bwd_num_warps=None, keep_decay=DEFAULT_KEEP_DECAY,
-                          interpret=None):
+                          lean=DEFAULT_LEAN, fma=DEFAULT_FMA, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -492,6 +544,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      (b * ceil(L_seq / checkpoint_every) * C * N fp32); a multiple of chunk (None = chunk).
      keep_decay: the backward keeps exp(Delta A) of its recompute for the adjoint (one exp
      per element-step less, chunk x [tile, N] more registers; BENCHMARKS.md).
+     lean: backward schedule that reloads each step's inputs in the adjoint one step ahead
+     instead of holding the whole chunk's loads in registers (default; False = the earlier
+     batched schedule). fma: the recurrences' multiply-adds as fma.rn.f32 (default).
   interpret: None = interpret mode unless the default backend is a GPU.
   Returns out (and the last state [b, C, N] fp32 if return_last_state).
   """
@@ -510,12 +565,12 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   per_group = channels // groups
   if read_index is None:
     seq_len = tokens
-    static_index = None
+    index = None
     write_at_tokens = True
   else:
     check_read_index(read_index, groups, tokens, "selective_scan_pallas")
     seq_len = int(np.asarray(read_index).shape[1])
-    static_index = StaticIndex(read_index)
+    index = jnp.asarray(np.asarray(read_index), jnp.int32)
   cap = lambda t, default: _largest_pow2_divisor(per_group, t or default)
   fwd_tile, bwd_t = cap(tile, DEFAULT_TILE), cap(bwd_tile, DEFAULT_BWD_TILE)
   for name, x in (("u", u), ("z", z)):
@@ -528,14 +583,15 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     interpret = not on_gpu()
   cfg = _Config(seq_len=seq_len, chunk=chunk, checkpoint_every=checkpoint_every, tile=fwd_tile,
                 bwd_tile=bwd_t, softplus=bool(delta_softplus), has_z=z is not None,
-                read_index=static_index, write_at_tokens=bool(write_at_tokens),
+                indexed=index is not None, write_at_tokens=bool(write_at_tokens),
                 num_warps=num_warps or (1 if fwd_tile <= 32 else 2),
                 bwd_num_warps=bwd_num_warps or (1 if bwd_t <= 16 else 2),
-                keep_decay=bool(keep_decay), interpret=bool(interpret))
+                keep_decay=bool(keep_decay), lean=bool(lean), fma=bool(fma),
+                interpret=bool(interpret))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
-  out, last = _scan(cfg, u, delta, A.astype(f32), B, C, D, bias, z)
+  out, last = _scan(cfg, index, u, delta, A.astype(f32), B, C, D, bias, z)
   return (out, last) if return_last_state else out
 
 
