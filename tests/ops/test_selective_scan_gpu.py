@@ -195,3 +195,11 @@ def test_dispatch_and_errors():
   with pytest.raises(ValueError, match="exactly once"):
     selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, read_index=np.array([[0, 0, 1, 2]]),
                                              interpret=True)
+
+
+def test_lean_schedule_default_follows_the_measurements():
+  """Lean backward for plain-order scans and long indexed scans; the batched schedule for
+  short scans through a read_index (the in-model H100 profile in BENCHMARKS.md)."""
+  lean = selective_scan_gpu._lean_default
+  assert lean(197, indexed=False) and lean(3136, indexed=True) and lean(784, indexed=True)
+  assert not lean(196, indexed=True) and not lean(64, indexed=True)

@@ -74,7 +74,12 @@ LN_2 = math.log(2.0)
 DEFAULT_CHUNK = 8
 DEFAULT_CHECKPOINT_EVERY = 8
 DEFAULT_KEEP_DECAY = False
-DEFAULT_LEAN = True
+DEFAULT_LEAN = None  # None = _lean_default(): lean except short scans through a read_index
+# In LocalVMamba-T's train step (jax.profiler, H100, bf16) the lean schedule cut the stage-1/2
+# backward from 30.2 / 14.9 to 24.4 / 11.9 ms per call but slowed the stage-3 one (L = 196,
+# read through the scan-order table) from 7.2 to 9.1 ms; plain-order short scans (LocalVim,
+# L = 197) gained (1.63 -> 1.30 ms fwd+bwd).
+LEAN_MIN_INDEXED_SEQ = 512
 DEFAULT_FMA = True
 DEFAULT_TILE = 64
 DEFAULT_BWD_TILE = 16
@@ -107,6 +112,10 @@ def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
   if channels % groups or _largest_pow2_divisor(channels // groups, DEFAULT_TILE) < 8:
     return False
   return all(jnp.dtype(d) in map(jnp.dtype, _SUPPORTED_DTYPES) for d in dtypes)
+
+
+def _lean_default(seq_len: int, indexed: bool) -> bool:
+  return not indexed or seq_len >= LEAN_MIN_INDEXED_SEQ
 
 
 def _chunking(chunk, checkpoint_every, seq_len):
@@ -546,7 +555,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      per element-step less, chunk x [tile, N] more registers; BENCHMARKS.md).
      lean: backward schedule that reloads each step's inputs in the adjoint one step ahead
      instead of holding the whole chunk's loads in registers (default; False = the earlier
-     batched schedule). fma: the recurrences' multiply-adds as fma.rn.f32 (default).
+     batched schedule; None = lean except for scans shorter than LEAN_MIN_INDEXED_SEQ that
+     read through a read_index, where the batched schedule measured faster). fma: the recurrences' multiply-adds as fma.rn.f32 (default).
   interpret: None = interpret mode unless the default backend is a GPU.
   Returns out (and the last state [b, C, N] fp32 if return_last_state).
   """
@@ -586,7 +596,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 indexed=index is not None, write_at_tokens=bool(write_at_tokens),
                 num_warps=num_warps or (1 if fwd_tile <= 32 else 2),
                 bwd_num_warps=bwd_num_warps or (1 if bwd_t <= 16 else 2),
-                keep_decay=bool(keep_decay), lean=bool(lean), fma=bool(fma),
+                keep_decay=bool(keep_decay),
+                lean=_lean_default(seq_len, index is not None) if lean is None else bool(lean),
+                fma=bool(fma),
                 interpret=bool(interpret))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
