@@ -39,6 +39,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.<key>=<value>")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  from localmamba_jax.training.compile_cache import enable_for_config
+  enable_for_config(_CONFIG.value, log=print)  # before anything compiles
   from localmamba_jax.convert.evaluate import evaluate_pretrained, write_results
   results = evaluate_pretrained(_CHECKPOINT.value, _CONFIG.value, ema=_EMA.value,
                                 progress=_PROGRESS.value)

@@ -36,6 +36,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.<key>=<value>")
   if not flags.FLAGS["verbosity"].present:  # Orbax/grain INFO lines would drown the progress
     logging.set_verbosity(logging.WARNING)
+  from localmamba_jax.training.compile_cache import enable_for_config
+  enable_for_config(_CONFIG.value, log=print)  # before anything compiles
   from localmamba_jax.search.run import export_and_draw, run_search
   if _EXPORT.value:
     if not _WORKDIR.value:

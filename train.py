@@ -26,6 +26,8 @@ def main(argv):
   from localmamba_jax.training.loop import train_and_evaluate
   if not flags.FLAGS["verbosity"].present:  # Orbax/grain INFO lines would drown the progress
     logging.set_verbosity(logging.WARNING)
+  from localmamba_jax.training.compile_cache import enable_for_config
+  enable_for_config(_CONFIG.value, log=print)  # before anything compiles
   workdir = _WORKDIR.value or os.path.join(
       "workdir", os.path.splitext(os.path.basename(_config_file()))[0])
   train_and_evaluate(_CONFIG.value, workdir)

@@ -2,7 +2,7 @@
 
     python -m localmamba_jax.benchmark --model local_vssm_tiny --batch 128 [--mode train|infer|both]
         [--dtype bf16|fp32] [--steps N] [--warmup W] [--scan-impl auto] [--results FILE]
-        [--profile DIR] [--model all|name,name|'glob*'] [--timeout S]
+        [--profile DIR] [--model all|name,name|'glob*'] [--timeout S] [--no-compilation-cache]
 
 What is timed is the step `train.py` runs, built from the same pieces as
 `training.loop.train_and_evaluate`: the recipe config (`training.recipes.imagenet_config`),
@@ -13,7 +13,10 @@ path, loss, grads, update), the mesh and shardings of `training.sharding`, and t
 mode times the loop's `make_eval_step` (forward + loss + top-5) on parameters alone.
 
 Method: the step is lowered and compiled ahead of time (trace+lower and compile times are
-reported apart, not counted in the step time); `--warmup` steps run first and are excluded;
+reported apart, not counted in the step time; on accelerators JAX's persistent compilation
+cache is on (`training.compile_cache`), so a repeated run's compile time is a cache hit: the
+JSON line's "compilation_cache" names the cache directory, and `--no-compilation-cache` gives
+cold compile times); `--warmup` steps run first and are excluded;
 then each of `--steps` steps is dispatched and synchronised with `jax.block_until_ready` on
 all its outputs, and the median of those per-step times is the step time (img/s = batch /
 median). One synthetic uint8 batch (random pixels, labels) is placed on the devices once, so
@@ -85,6 +88,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="a file locked (flock) around warm-up, timing and profiling, so that "
                            "several benchmark processes can compile at once but time one at a "
                            "time on a shared device")
+  parser.add_argument("--no-compilation-cache", dest="compilation_cache", action="store_false",
+                      help="compile from scratch (a cold compile time): no persistent "
+                           "compilation cache, not even one set by JAX_COMPILATION_CACHE_DIR")
   parser.add_argument("--tag", default="", help="free text stored in the JSON line")
   args = parser.parse_args(argv)
   for name in ("batch", "steps", "image_size", "num_classes", "profile_steps"):
@@ -225,6 +231,7 @@ def benchmark_model(args, model_name: str) -> list[dict]:
   from localmamba_jax.training.optim import lr_schedule, make_optimizer
   from localmamba_jax.training.train_step import ModelBridge, jit_eval_step, jit_train_step
 
+  cache_dir = compilation_cache(args.compilation_cache)
   config = build_config(args, model_name)
   devices = jax.devices()
   if args.num_devices:
@@ -276,6 +283,8 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S"),
       "commit": _git_commit(), "tag": args.tag or None,
       "overrides": parse_overrides(args.override) or None,
+      # a compile served by the cache is not a cold compile time
+      "compilation_cache": cache_dir,
   }
   modes = ("infer", "train") if args.mode == "both" else (args.mode,)
   records = []
@@ -301,7 +310,7 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       compiled = lowered.compile()
       compile_s = time.perf_counter() - t0
       print(f"[{model_name} {mode} {args.dtype}] traced+lowered in {lower_s:.1f} s, compiled in "
-            f"{compile_s:.1f} s", flush=True)
+            f"{compile_s:.1f} s (persistent compilation cache: {cache_dir or 'off'})", flush=True)
       holder = {"input": make_input()}
 
       def run_step():
@@ -334,6 +343,17 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       records.append(record)
       del holder
   return records
+
+
+def compilation_cache(enabled: bool) -> str | None:
+  """The persistent compilation cache in effect (training.compile_cache) or None; `enabled`
+  False switches it off outright, so that compile_s is a cold compile time."""
+  import jax
+  from localmamba_jax.training.compile_cache import enable_compilation_cache
+  if not enabled:
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  return enable_compilation_cache()
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import pathlib
 
+import jax
 import pytest
 
 from localmamba_jax import benchmark
@@ -36,6 +37,8 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   assert record["img_per_s"] == pytest.approx(4 / (record["step_ms"] / 1e3), rel=1e-2)
   assert record["compile_s"] > 0 and record["lower_s"] > 0
   assert record["jax"] and record["device"] and record["num_devices"] >= 1
+  # CPU: no cache of ours; one the user set for JAX would be named
+  assert record["compilation_cache"] == jax.config.jax_compilation_cache_dir
   # the tiny model's parameter count (not the full LocalVMamba-T's 25.5M): overrides applied
   assert 0 < record["params_m"] < 0.1
   assert record["loss"] == pytest.approx(record["loss"]) and 0 < record["loss"] < 10

@@ -89,6 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
                                     # good checkpoint) | skip (keep the previous weights, count it)
   c.param_table = True
   c.tensorboard = True
+  c.compilation_cache = True        # JAX's persistent compilation cache on accelerators (a restart
+                                    # skips compiling; training/compile_cache.py says where)
   return c
 
 
