@@ -101,6 +101,7 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
       raise ValueError(f"multi_direction_selective_scan: {name} must have shape "
                        f"[K={num_dirs}, E={channels}], got {getattr(value, 'shape', None)}.")
 
+  from localmamba_jax.ops.kernels import common as kernels_common
   from localmamba_jax.ops.kernels import selective_scan_gpu
   kernel_ok = selective_scan_gpu.is_supported(
       num_dirs * channels, num_dirs, num_state,
@@ -110,17 +111,20 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
       num_dirs * channels, num_dirs, num_state,
       [x.dtype for x in (u, delta, B, C, z) if x is not None])
   resolved = resolve_impl(impl, kernel_ok, tpu_ok)
-  if resolved == "pallas_tpu":
-    # Same fusion on TPU: scalar-prefetched gather tables drive the kernel's row reads.
-    return selective_scan_tpu.multi_direction_scan_pallas_tpu(
-        u, delta, A, B, C, D, delta_bias, z, gather=orders.gather, merge=orders.merge,
-        delta_softplus=delta_softplus)
-  if resolved == "pallas_gpu":
-    # The kernel reads each direction's tokens through orders.gather and writes outputs
+  if resolved in ("pallas_tpu", "pallas_gpu"):
+    # GPU: the kernel reads each direction's tokens through orders.gather and writes outputs
     # (and gradients) back at their tokens: no gathered copies of the inputs in memory.
-    return selective_scan_gpu.multi_direction_scan_pallas(
-        u, delta, A, B, C, D, delta_bias, z, gather=orders.gather, merge=orders.merge,
-        delta_softplus=delta_softplus)
+    # TPU: the same fusion, with scalar-prefetched gather tables driving the row reads.
+    kernel = (selective_scan_tpu.multi_direction_scan_pallas_tpu if resolved == "pallas_tpu"
+              else selective_scan_gpu.multi_direction_scan_pallas)
+
+    def call(u, delta, A, B, C, D, delta_bias, z):
+      return kernel(u, delta, A, B, C, D, delta_bias, z, gather=orders.gather,
+                    merge=orders.merge, delta_softplus=delta_softplus)
+    # Under a device mesh the kernel runs per batch shard (kernels.common.shard_over_batch).
+    return kernels_common.shard_over_batch(
+        call, u, delta, A, B, C, D, delta_bias, z,
+        batched=(True, True, False, True, True, False, False, True))
   max_length = orders.max_length
   flat = lambda x: x.reshape(batch, max_length, num_dirs * channels)
   gathered = lambda x: gather_tokens(x, orders.gather)

@@ -218,16 +218,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     raise ValueError(f"selective_scan: chunk_size must be an integer >= 1, got {chunk_size!r}.")
   impl = resolve_impl(impl, _kernel_supported(u, delta, A, B, C, z),
                       _tpu_kernel_supported(u, delta, A, B, C, z))
-  if impl == "pallas_tpu":
-    from localmamba_jax.ops.kernels import selective_scan_tpu
-    return selective_scan_tpu.selective_scan_pallas_tpu(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
-        return_last_state=return_last_state)
-  if impl == "pallas_gpu":
-    from localmamba_jax.ops.kernels import selective_scan_gpu
-    return selective_scan_gpu.selective_scan_pallas(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
-        return_last_state=return_last_state)
+  if impl in ("pallas_tpu", "pallas_gpu"):
+    from localmamba_jax.ops.kernels import common, selective_scan_gpu, selective_scan_tpu
+    kernel = (selective_scan_tpu.selective_scan_pallas_tpu if impl == "pallas_tpu"
+              else selective_scan_gpu.selective_scan_pallas)
+
+    def call(u, delta, A, B, C, D, z, delta_bias):
+      return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
+                    return_last_state=return_last_state)
+    # Under a device mesh the kernel runs per batch shard (common.shard_over_batch).
+    return common.shard_over_batch(call, u, delta, A, B, C, D, z, delta_bias,
+                                   batched=(True, True, False, True, True, False, True, False))
   out, last_state = selective_scan_core(u, delta, A, B, C, D, z, delta_bias,
                                        delta_softplus=delta_softplus, impl=impl,
                                        chunk_size=chunk_size)

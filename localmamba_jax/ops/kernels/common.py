@@ -1,8 +1,10 @@
 """Pieces both Pallas selective-scan kernels (GPU and TPU) share."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 
 class StaticIndex:
@@ -71,3 +73,30 @@ def fused_multi_direction_scan(scan, u, delta, A, B, C, D, delta_bias, z, *, gat
              flat(z), vec(delta_bias), read_index=gather, write_at_tokens=exact, **options)
   out = out.reshape(batch, out.shape[1], num_dirs, channels)
   return out if exact else merge_tokens(out, merge)
+
+
+def shard_over_batch(kernel, *args, batched):
+  """Runs `kernel(*args)` once per batch shard of the context mesh (`jax.set_mesh`).
+
+  A Pallas kernel is an opaque custom call to XLA's SPMD partitioner, which therefore
+  gathers sharded operands and runs the call on the whole global batch on every device:
+  N times the work, and the memory of the global batch on each device. Under a mesh, the
+  kernel is called through `jax.shard_map` instead: the batch (axis 0 of the args marked
+  in `batched`, and of every output) is split over all axes of the mesh, as
+  `training.sharding` shards it; the other args (parameters, index tables) are replicated,
+  and their gradients are summed over the shards by shard_map's transpose. Without a mesh,
+  on one device, or when the batch does not divide by the mesh size, the kernel is called
+  as is.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return kernel(*args)
+  batch = next(a.shape[0] for a, b in zip(args, batched) if b and a is not None)
+  if batch % mesh.size:
+    return kernel(*args)
+  axes = tuple(mesh.axis_names)
+  in_specs = tuple(P(axes) if b else P() for b in batched)
+  # check_vma=False: pallas_call carries no varying-manual-axes typing; outputs are
+  # declared batch-sharded, which every kernel output is (leading batch axis).
+  return jax.shard_map(kernel, mesh=mesh, in_specs=in_specs, out_specs=P(axes),
+                       check_vma=False)(*args)
