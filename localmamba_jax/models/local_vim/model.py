@@ -57,6 +57,9 @@ class LocalVimConfig:
     official (scrambling) merge; only matters for H != W.
   dtype: compute dtype (None = float32); parameters, the scan state and the residual stream
     stay float32.
+  remat: True = rematerialise every Block (nnx.remat / jax.checkpoint): the backward keeps
+    only each block's inputs and recomputes its forward, about one extra forward pass for
+    much less activation memory. Parameters, outputs and gradients are unchanged.
   """
 
   embed_dim: int = 192
@@ -78,6 +81,7 @@ class LocalVimConfig:
   exact_inverse: bool = False
   dtype: Any = None
   scan_impl: str = "auto"
+  remat: bool = False
 
   def __post_init__(self):
     def positive_int(name, minimum=1):
@@ -95,6 +99,10 @@ class LocalVimConfig:
     if not 0.0 <= float(self.drop_path_rate) < 1.0:
       raise ValueError(f"LocalVimConfig.drop_path_rate must be in [0, 1), got "
                        f"{self.drop_path_rate!r}.")
+    if not isinstance(self.remat, (bool, np.bool_)):
+      raise ValueError(f"LocalVimConfig.remat must be True (rematerialise each block in the "
+                       f"backward) or False, got {self.remat!r}.")
+    object.__setattr__(self, "remat", bool(self.remat))
     if self.scan_impl not in IMPLEMENTATIONS:
       raise ValueError(f"LocalVimConfig.scan_impl must be one of {IMPLEMENTATIONS}, got "
                        f"{self.scan_impl!r}.")
@@ -458,13 +466,20 @@ class LocalVim(nnx.Module):
     cos = sin = None
     if config.rope:
       cos, sin = rope_lib.rope_tables_for_grid(config.embed_dim, config.pos_grid, tuple(grid_hw))
+    def run_block(block, hidden, residual, key):
+      return block(hidden, residual, grid_hw, key=key)   # grid_hw stays static (closure)
+
+    if config.remat:
+      # Save only each block's inputs (hidden, residual, key) for the backward and recompute
+      # the block there: the scan's residuals and the mixer's activations dominate memory.
+      run_block = nnx.remat(run_block)
     hidden, residual = x, None
     for i, block in enumerate(self.layers):
       if config.rope:
         hidden = rope_lib.apply_rope(hidden, cos, sin)
         if residual is not None and config.rope_residual:
           residual = rope_lib.apply_rope(residual, cos, sin)
-      hidden, residual = block(hidden, residual, grid_hw, key=keys[i])
+      hidden, residual = run_block(block, hidden, residual, keys[i])
       out[f"layers.{i}.0"] = hidden
       out[f"layers.{i}.1"] = residual
       if last_layer is not None and i >= last_layer:

@@ -60,6 +60,10 @@ class LocalVMambaConfig:
   dtype:            compute dtype (None = float32). Parameters, the selective scan, the
                     LayerNorm statistics and the residual stream stay float32.
   scan_impl, scan_chunk_size: passed to the selective-scan op.
+  remat:            True = rematerialise every VSSBlock (nnx.remat / jax.checkpoint): the
+                    backward keeps only each block's input and recomputes the block's
+                    forward, trading about one extra forward pass for activation memory.
+                    Parameters, outputs and gradients are unchanged.
   """
 
   dims: Sequence[int] = (96, 192, 384, 768)
@@ -79,6 +83,7 @@ class LocalVMambaConfig:
   dtype: Any = None
   scan_impl: str = "auto"
   scan_chunk_size: int = 128
+  remat: bool = False
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -123,6 +128,10 @@ class LocalVMambaConfig:
     if not 0.0 <= self.drop_path_rate < 1.0:
       raise ValueError(f"LocalVMambaConfig.drop_path_rate must be in [0, 1), got "
                        f"{self.drop_path_rate!r}.")
+    if not isinstance(self.remat, (bool, np.bool_)):
+      raise ValueError(f"LocalVMambaConfig.remat must be True (rematerialise each block in the "
+                       f"backward) or False, got {self.remat!r}.")
+    set_("remat", bool(self.remat))
     if self.scan_impl not in IMPLEMENTATIONS:
       raise ValueError(f"LocalVMambaConfig.scan_impl must be one of {IMPLEMENTATIONS}, got "
                        f"{self.scan_impl!r}.")

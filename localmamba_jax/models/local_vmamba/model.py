@@ -177,6 +177,12 @@ class VSSBlock(nnx.Module):
     return x + drop_path(update, self.drop_path_rate, key, self.deterministic)
 
 
+def _run_block(block: VSSBlock, x, key):
+  """A block call as a plain function of (module, input, key): what nnx.remat wraps (NNX
+  transforms take unbound functions; the drop-path key is an argument, not state)."""
+  return block(x, key=key)
+
+
 class PatchMerging2D(nnx.Module):
   """2x2 downsampling: zero-pad bottom/right if odd, concat the 4 sub-grids, LN, Linear.
 
@@ -276,12 +282,18 @@ class LocalVMamba(nnx.Module):
     """Runs embed + stages; fills `out`; returns the last stage's output (pre-classifier)."""
     self._check_images(images)
     keys = self._block_keys(key)
+    run_block = _run_block
+    if self.config.remat:
+      # Save only each block's input (and key) for the backward and recompute the block
+      # there: the scan's residuals and SS2D's activations dominate training memory.
+      # Built per call so that nnx.remat follows the caller's graph/tree mode.
+      run_block = nnx.remat(_run_block)
     x = self.patch_embed(_as_compute(images, self.config.dtype))
     out["patch_embed"] = x
     block_index = 0
     for s, stage in enumerate(self.layers):
       for j, block in enumerate(stage.blocks):
-        x = block(x, key=keys[block_index])
+        x = run_block(block, x, keys[block_index])
         out[f"layers.{s}.blocks.{j}"] = x
         block_index += 1
       out[f"stage{s}"] = x                               # before downsample (det/seg features)
