@@ -4,7 +4,8 @@ An opaque custom call makes XLA's SPMD partitioner gather sharded operands and r
 on the whole global batch on every device; on the 2-GPU machine the data-parallel LocalVMamba-T
 step then asked for one 56 GiB allocation (BENCHMARKS.md). Runs in a subprocess with 4
 simulated CPU devices (the device count must be set before jax starts); the GPU kernel runs
-in interpret mode. Checks, for the plain and the fused multi-direction op under
+in interpret mode (and the TPU kernel's fused op in TPU interpret mode). Checks, for the
+plain and the fused multi-direction op under
 `jax.set_mesh`: the lowered program contains a shard_map (manual computation) around the
 kernel, and values and gradients (incl. the replicated parameters, whose gradients shard_map
 sums over the shards) equal the unsharded reference within float32 tolerance.
@@ -53,13 +54,15 @@ SCRIPT = textwrap.dedent(r"""
     return loss
 
   out = {}
-  for name, make, inputs in (("fused", fused, args), ("plain", flat, plain)):
+  for name, make, inputs, kernel in (("fused", fused, args, "pallas_gpu"),
+                                     ("plain", flat, plain, "pallas_gpu"),
+                                     ("fused_tpu", fused, args, "pallas_tpu")):
     grad_ref, y_ref = jax.grad(make("reference"), has_aux=True)(inputs)
     with jax.set_mesh(mesh):
       batch_sharded = {k: jax.device_put(v, NamedSharding(mesh, P("data")) if v.shape[0] == b
                                          and v.ndim >= 3 else NamedSharding(mesh, P()))
                        for k, v in inputs.items()}
-      step = jax.jit(jax.grad(make("pallas_gpu"), has_aux=True))
+      step = jax.jit(jax.grad(make(kernel), has_aux=True))
       text = step.lower(batch_sharded).as_text()
       grad, y = step(batch_sharded)
     rel = lambda a, r: float(jnp.linalg.norm(a - r) / jnp.linalg.norm(r))
