@@ -12,9 +12,10 @@ over all devices. Results are printed and written as JSON (--output).
 """
 import json
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from localmamba_jax.training import entry_points
 from localmamba_jax.training.config_schema import base_config
 
 
@@ -37,10 +38,7 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.<key>=<value>")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  from localmamba_jax.training.compile_cache import enable_for_config
-  enable_for_config(_CONFIG.value, log=print)  # before anything compiles
+  entry_points.start(_CONFIG.value)
   from localmamba_jax.convert.evaluate import evaluate_pretrained, write_results
   results = evaluate_pretrained(_CHECKPOINT.value, _CONFIG.value, ema=_EMA.value,
                                 progress=_PROGRESS.value)

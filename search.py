@@ -12,10 +12,10 @@ resumes. At the end, or with --export from any checkpoint, the top-k directions 
 go to WORKDIR/directions.json and are printed one list per line; WORKDIR/directions.png,
 probabilities.png and scan_orders.png show the result. Options: see configs/search_demo.py.
 """
-import os
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from localmamba_jax.training import entry_points
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/search_demo.py", "Search config file (variants after ':').",
@@ -34,10 +34,7 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --export (defaul
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.<key>=<value>")
-  if not flags.FLAGS["verbosity"].present:  # Orbax/grain INFO lines would drown the progress
-    logging.set_verbosity(logging.WARNING)
-  from localmamba_jax.training.compile_cache import enable_for_config
-  enable_for_config(_CONFIG.value, log=print)  # before anything compiles
+  entry_points.start(_CONFIG.value)
   from localmamba_jax.search.run import export_and_draw, run_search
   if _EXPORT.value:
     if not _WORKDIR.value:
@@ -47,13 +44,8 @@ def main(argv):
   if _TOP_K.value is not None or _STEP.value is not None:
     raise app.UsageError("--top_k and --step belong to --export; for a search run set "
                          "--config.search.top_k")
-  workdir = _WORKDIR.value or os.path.join(
-      "workdir", os.path.splitext(os.path.basename(_config_file()))[0])
+  workdir = _WORKDIR.value or entry_points.default_workdir()
   run_search(_CONFIG.value, workdir)
-
-
-def _config_file() -> str:
-  return config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
 
 
 if __name__ == "__main__":
