@@ -42,6 +42,17 @@ SHAPES = {
 NUM_STATE = 16
 
 
+def load_kernel_module(path, name="kernel_under_test"):
+  """Imports another copy of a kernel module from a file (e.g. an earlier version), for a
+  before/after comparison in one process."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module   # dataclasses look their module up there
+  spec.loader.exec_module(module)
+  return module
+
+
 def make_inputs(rng, batch, length, channels, groups, with_z, dtype):
   n = NUM_STATE
   cast = lambda x: jnp.asarray(x, dtype)
@@ -280,13 +291,7 @@ def main(argv=None):
   report = dict(date=datetime.date.today().isoformat(), jax=jax.__version__,
                 device=str(jax.devices()[0].device_kind), checks=[], timings=[])
   print(f"jax {jax.__version__} on {report['device']}", flush=True)
-  baseline = None
-  if args.baseline:
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("baseline_kernel", args.baseline)
-    baseline = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = baseline   # dataclasses look their module up there
-    spec.loader.exec_module(baseline)
+  baseline = load_kernel_module(args.baseline, "baseline_kernel") if args.baseline else None
   ok = True
   if args.check:
     ok = check(report)

@@ -13,8 +13,9 @@ cost one kernel compile each, or one in all?
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import os
+import sys
 import time
 
 import jax
@@ -22,6 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from localmamba_jax.ops.scan_orders import stacked_scan_orders
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_selective_scan import load_kernel_module  # noqa: E402
 
 DIRECTION_SETS = (("h", "h_flip", "w2", "w2_flip"), ("h", "v", "w7", "w7_flip"),
                   ("v", "v_flip", "w2", "w7"), ("h_flip", "v_flip", "w2_flip", "w7"))
@@ -34,9 +38,9 @@ def main():
   parser.add_argument("--batch", type=int, default=4)
   args = parser.parse_args()
   if args.module:
-    spec = importlib.util.spec_from_file_location("kernel_under_test", args.module)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # registered in sys.modules (dataclasses need it): without that the module failed to
+    # load in the first H100 run, and the before/after pair was never measured
+    module = load_kernel_module(args.module)
   else:
     from localmamba_jax.ops.kernels import selective_scan_gpu as module
   side, k, e, n = 14, 4, 192, 16

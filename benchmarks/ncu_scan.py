@@ -10,7 +10,6 @@ kernels (BENCHMARKS.md, issue 7). `--module` loads another copy of the kernel mo
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_selective_scan import SHAPES, fwd_bwd_fn, make_inputs  # noqa: E402
+from bench_selective_scan import SHAPES, fwd_bwd_fn, load_kernel_module, make_inputs  # noqa: E402
 
 
 def main():
@@ -31,9 +30,7 @@ def main():
   parser.add_argument("--options", default="", help="kernel options, e.g. chunk=4,bwd_tile=32")
   args = parser.parse_args()
   if args.module:
-    spec = importlib.util.spec_from_file_location("kernel_under_test", args.module)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_kernel_module(args.module)
   else:
     from localmamba_jax.ops.kernels import selective_scan_gpu as module
   options = {k: int(v) for k, v in (kv.split("=") for kv in args.options.split(",") if kv)}
