@@ -29,6 +29,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from localmamba_jax.training.optim import path_name
+
 ITEMS = ("state", "data_iter", "meta")
 
 
@@ -110,12 +112,12 @@ class Checkpointer:
     """Refuses a checkpoint of another model/config: lists keys and shapes that differ."""
     step_dir = os.path.join(self.directory, str(step))
     saved = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata
-    saved = {_path_name(p): tuple(m.shape)
+    saved = {path_name(p): tuple(m.shape)
              for p, m in jax.tree_util.tree_flatten_with_path(saved)[0]
              if hasattr(m, "shape")}
     if not saved:  # damaged, not another model: the restore falls back to an older step
       raise _DamagedStep(f"{os.path.join(step_dir, 'state')}: array metadata unreadable")
-    wanted = {_path_name(p): tuple(x.shape)
+    wanted = {path_name(p): tuple(x.shape)
               for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
     order = lambda k: (not k.startswith("params/"), k)  # parameters first, then optimizer
     lines = [f"  {k}: checkpoint {saved[k]} vs this run {wanted[k]}"
@@ -203,18 +205,6 @@ class Checkpointer:
     if self.manager is not None:  # idempotent: the loop closes on success and on errors
       self.manager.close()
       self.manager = None
-
-
-def _path_name(path) -> str:
-  """'params/head/kernel': the same name for a live tree (optax states are namedtuples) and
-  for Orbax's metadata tree (which stores them as dicts)."""
-  parts = []
-  for key in path:
-    for attribute in ("key", "idx", "name"):
-      if hasattr(key, attribute):
-        parts.append(str(getattr(key, attribute)))
-        break
-  return "/".join(parts)
 
 
 def _read_json(path):

@@ -38,14 +38,10 @@ _OFFICIAL_RANK = (
 
 
 def path_name(path) -> str:
-  """'layers/0/mixer/in_proj/kernel' for a jax key path."""
-  parts = []
-  for entry in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(entry, attr):
-        parts.append(str(getattr(entry, attr)))
-        break
-  return "/".join(parts)
+  """'layers/0/mixer/in_proj/kernel' for a jax key path (the same name whether a level is a
+  dict key, a sequence index or a namedtuple field: optax states are namedtuples in a live
+  tree and dicts in Orbax's metadata tree)."""
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def is_decayed(name: str, ndim: int) -> bool:
