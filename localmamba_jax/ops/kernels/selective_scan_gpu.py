@@ -75,8 +75,9 @@ DEFAULT_CHUNK = 8
 DEFAULT_CHECKPOINT_EVERY = 8
 DEFAULT_KEEP_DECAY = False
 DEFAULT_LEAN = None  # None = _lean_default(): lean except short scans through a read_index
-# In LocalVMamba-T's train step (jax.profiler, H100, bf16) the lean schedule cut the stage-1/2
-# backward from 30.2 / 14.9 to 24.4 / 11.9 ms per call but slowed the stage-3 one (L = 196,
+# In LocalVMamba-T's train step (jax.profiler, H100, bf16; profiles of the batched and the lean
+# kernel on two H100 machines) the lean schedule cut the stage-1/2 backward from 30.2 / 14.9
+# to 24.4 / 11.9 ms per call but slowed the stage-3 one (L = 196,
 # read through the scan-order table) from 7.2 to 9.1 ms; plain-order short scans (LocalVim,
 # L = 197) gained (1.63 -> 1.30 ms fwd+bwd).
 LEAN_MIN_INDEXED_SEQ = 512
