@@ -88,6 +88,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="a file locked (flock) around warm-up, timing and profiling, so that "
                            "several benchmark processes can compile at once but time one at a "
                            "time on a shared device")
+  parser.add_argument("--barrier", default="", metavar="FILE:N",
+                      help="after compiling, append a line to FILE and wait until it has N lines "
+                      "before timing: several processes compiling at once on one host (with "
+                      "--device-lock) then start timing only once all have compiled, so no "
+                      "timing overlaps another process's compile-time autotuning on the GPUs")
+  parser.add_argument("--barrier-timeout", type=float, default=600.0,
+                      help="seconds to wait at --barrier before timing anyway (with a warning)")
   parser.add_argument("--no-compilation-cache", dest="compilation_cache", action="store_false",
                       help="compile from scratch (a cold compile time): no persistent "
                            "compilation cache, not even one set by JAX_COMPILATION_CACHE_DIR")
@@ -262,7 +269,8 @@ def benchmark_model(args, model_name: str) -> list[dict]:
     return state
 
   abstract_state = jax.eval_shape(init)
-  state_sharding = shd.state_shardings(abstract_state, mesh, config.sharding.strategy)
+  state_sharding = shd.state_shardings(abstract_state, mesh, config.sharding.strategy,
+                                       fsdp_min_size=config.sharding.fsdp_min_size)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state["params"]))
   rng = np.random.default_rng(0)
   size, batch_size = config.input.image_size, config.input.batch_size
@@ -311,15 +319,19 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       compile_s = time.perf_counter() - t0
       print(f"[{model_name} {mode} {args.dtype}] traced+lowered in {lower_s:.1f} s, compiled in "
             f"{compile_s:.1f} s (persistent compilation cache: {cache_dir or 'off'})", flush=True)
-      holder = {"input": make_input()}
+      holder = {"input": make_input(), "losses": []}
 
       def run_step():
         if mode == "train":  # the state is donated: carry the new one forward
           holder["input"], holder["metrics"] = compiled(holder["input"], batch)
           jax.block_until_ready((holder["input"], holder["metrics"]))
+          holder["losses"].append(holder["metrics"]["loss"])
         else:
           jax.block_until_ready(compiled(holder["input"], batch))
 
+      barrier_wait_s = None
+      if args.barrier and mode == modes[0]:
+        barrier_wait_s = wait_at_barrier(args.barrier, timeout_s=args.barrier_timeout)
       with device_lock(args.device_lock) as waited_s:
         times = time_steps(run_step, steps=args.steps, warmup=args.warmup,
                            time_budget=args.time_budget)
@@ -336,6 +348,11 @@ def benchmark_model(args, model_name: str) -> list[dict]:
                     xla_flops_per_step=_xla_flops(compiled))
       if mode == "train":  # the last timed step's loss (a NaN here would void the timing)
         record["loss"] = round(float(jax.device_get(holder["metrics"]["loss"])), 4)
+        # every step's loss from the same initial state and batch (warm-up steps first): the
+        # curve that runs on different device counts at one global batch should share
+        record["losses"] = [round(float(x), 5) for x in jax.device_get(holder["losses"])]
+      if barrier_wait_s is not None:
+        record["barrier_wait_s"] = round(barrier_wait_s, 1)
       if args.device_lock:
         record["lock_wait_s"] = round(waited_s, 1)
       print_record(record)
@@ -354,6 +371,32 @@ def compilation_cache(enabled: bool) -> str | None:
     jax.config.update("jax_enable_compilation_cache", False)
     return None
   return enable_compilation_cache()
+
+
+def wait_at_barrier(spec: str, timeout_s: float = 600.0, poll_s: float = 1.0) -> float:
+  """`spec` = 'FILE:N': appends this process's id to FILE, then waits until FILE holds N
+  lines; returns the seconds waited. Raises a ValueError for a malformed spec. After
+  `timeout_s` (a process that died before arriving) it warns and goes on, since losing this
+  process's measurement as well would help no one; the record's barrier_wait_s shows it."""
+  path, sep, count = spec.rpartition(":")
+  if not sep or not path or not count.isdigit() or int(count) < 1:
+    raise ValueError(f"--barrier {spec!r}: expected FILE:N with N a positive integer, "
+                     "e.g. /tmp/compiled:4 for four benchmark processes")
+  needed = int(count)
+  with open(path, "a") as f:
+    f.write(f"{os.getpid()}\n")
+  t0 = time.perf_counter()
+  while True:
+    with open(path) as f:
+      arrived = sum(1 for line in f if line.strip())
+    if arrived >= needed:
+      return time.perf_counter() - t0
+    if time.perf_counter() - t0 > timeout_s:
+      print(f"warning: --barrier {spec!r}: only {arrived} of {needed} processes arrived within "
+            f"{timeout_s:.0f} s; timing anyway (another process may still be compiling)",
+            file=sys.stderr, flush=True)
+      return time.perf_counter() - t0
+    time.sleep(poll_s)
 
 
 @contextlib.contextmanager

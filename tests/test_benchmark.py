@@ -42,7 +42,26 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   # the tiny model's parameter count (not the full LocalVMamba-T's 25.5M): overrides applied
   assert 0 < record["params_m"] < 0.1
   assert record["loss"] == pytest.approx(record["loss"]) and 0 < record["loss"] < 10
+  # every step's loss, warm-up first, the last one being the reported loss
+  assert len(record["losses"]) == 3 and record["losses"][-1] == pytest.approx(record["loss"],
+                                                                              abs=1e-4)
   assert "img/s" in capsys.readouterr().out
+
+
+def test_barrier_waits_for_every_process(tmp_path, capsys):
+  path = tmp_path / "compiled"
+  path.write_text("111\n222\n")  # two processes already arrived; this one is the third
+  assert benchmark.wait_at_barrier(f"{path}:3", timeout_s=5) < 1.0
+  assert len(path.read_text().splitlines()) == 3
+  # a fourth never comes: it warns (naming the count) and goes on after the timeout
+  waited = benchmark.wait_at_barrier(f"{path}:5", timeout_s=0.3, poll_s=0.05)
+  assert waited >= 0.3 and "only 4 of 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["nocount", "/tmp/x:", "/tmp/x:zero", "/tmp/x:0", ":3"])
+def test_malformed_barrier_is_reported(spec):
+  with pytest.raises(ValueError, match="expected FILE:N"):
+    benchmark.wait_at_barrier(spec)
 
 
 def test_bad_model_name_is_reported():
