@@ -74,7 +74,8 @@ def evaluate_pretrained(checkpoint, config, *, ema: bool = False, progress: bool
   num_batches = math.ceil(total_images / jax.process_count() / local_batch)
 
   params = pretrained.model_params(model)
-  params_sharding = shd.state_shardings(params, mesh, config.sharding.strategy)
+  params_sharding = shd.state_shardings(params, mesh, config.sharding.strategy,
+                                        fsdp_min_size=config.sharding.fsdp_min_size)
   bridge = ModelBridge.from_model(model)
   eval_step = jax.jit(make_eval_step(bridge, config),
                       in_shardings=(params_sharding, shd.batch_sharding(mesh)),

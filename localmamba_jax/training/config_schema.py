@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sharding = ml_collections.ConfigDict()
   c.sharding.strategy = "data"      # data (replicated parameters) | fsdp (parameters + optimizer sharded)
+  c.sharding.fsdp_min_size = 16384   # fsdp: parameters with fewer elements stay replicated
   c.sharding.distributed = False    # call jax.distributed.initialize() (multi-host)
   c.sharding.num_devices = 0        # 0 = every device; n = the first n (tests, debugging)
   # explicit cluster (no SLURM/TPU/MPI auto-detection), e.g. several processes on one machine:
@@ -169,6 +170,7 @@ def _check_values(c, num_devices, process_count):
   positive("keep_checkpoints", c.keep_checkpoints)
   positive("input.workers", c.input.workers, allow_zero=True)
   positive("sharding.num_devices", c.sharding.num_devices, allow_zero=True)
+  positive("sharding.fsdp_min_size", c.sharding.fsdp_min_size, allow_zero=True)
   positive("optim.warmup_epochs", c.optim.warmup_epochs, allow_zero=True)
   positive("optim.weight_decay", c.optim.weight_decay, allow_zero=True)
   positive("optim.clip_grad_norm", c.optim.clip_grad_norm, allow_zero=True)

@@ -216,7 +216,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
 
   # ---- shard & init: shapes first, then parameters are born sharded ------------------------
   abstract_state = jax.eval_shape(init)
-  state_sharding = shd.state_shardings(abstract_state, mesh, config.sharding.strategy)
+  state_sharding = shd.state_shardings(abstract_state, mesh, config.sharding.strategy,
+                                       fsdp_min_size=config.sharding.fsdp_min_size)
   with jax.set_mesh(mesh):
     # non-Param variables (e.g. rope tables) are constants of the model, computed once
     rest = jax.jit(lambda: nnx.to_pure_dict(nnx.state(

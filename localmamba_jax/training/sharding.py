@@ -3,7 +3,8 @@
 One mesh axis, 'data', over every device of every process. The batch is split along it. With
 `strategy='fsdp'` each parameter (and its AdamW moments and EMA) is split along its largest
 dimension that the device count divides (big_vision's fsdp rule); parameters with no such
-dimension stay replicated. Axis type Auto: the models carry no sharding annotations, so the
+dimension, and those smaller than `fsdp_min_size` elements (norm scales, biases, A_log and D
+rows: sharding them saves a few KB but adds a gather to each use), stay replicated. Axis type Auto: the models carry no sharding annotations, so the
 compiler (GSPMD) propagates shardings from the step's inputs and outputs; Explicit axes would
 require annotating every op of the models.
 """
@@ -14,6 +15,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+# Parameters below this many elements stay replicated under FSDP (config.sharding.fsdp_min_size).
+# 16,384 fp32 elements = 64 KiB. Measured reason beyond the memory argument: with every
+# parameter sharded, XLA on an H200 (jax 0.11.2, 2026-11-26) spent more than 5 minutes compiling
+# a single LayerNorm-backward reduction fusion whose 192-element scale came from an all-gather,
+# in the 2- and 4-GPU LocalVMamba-T train steps (benchmarks/results/scaling_*; BENCHMARKS.md).
+FSDP_MIN_SIZE = 16384
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -22,8 +29,8 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
                        devices=devices)
 
 
-def _fsdp_spec(shape, num_devices):
-  if num_devices == 1:
+def _fsdp_spec(shape, num_devices, min_size=FSDP_MIN_SIZE):
+  if num_devices == 1 or int(np.prod(shape)) < min_size:
     return P()
   dims = sorted(range(len(shape)), key=lambda d: (-shape[d], d))
   for d in dims:
@@ -34,14 +41,15 @@ def _fsdp_spec(shape, num_devices):
   return P()
 
 
-def state_shardings(abstract_tree, mesh, strategy: str):
-  """Pytree of NamedShardings matching `abstract_tree` (arrays or ShapeDtypeStructs)."""
+def state_shardings(abstract_tree, mesh, strategy: str, *, fsdp_min_size: int = FSDP_MIN_SIZE):
+  """Pytree of NamedShardings matching `abstract_tree` (arrays or ShapeDtypeStructs).
+  fsdp_min_size: with strategy 'fsdp', arrays of fewer elements stay replicated."""
   n = mesh.shape[DATA_AXIS]
 
   def rule(x):
     shape = np.shape(x)
     if strategy == "fsdp" and len(shape) > 0:
-      return NamedSharding(mesh, _fsdp_spec(shape, n))
+      return NamedSharding(mesh, _fsdp_spec(shape, n, fsdp_min_size))
     return NamedSharding(mesh, P())
 
   return jax.tree.map(rule, abstract_tree)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ SCRIPT = textwrap.dedent(r"""
   def run(name, num_devices, strategy, stop_at):
     c = tiny_config()
     c.sharding.num_devices, c.sharding.strategy = num_devices, strategy
+    c.sharding.fsdp_min_size = 0  # the tiny model's arrays are all small: shard every one
     workdir = os.path.join(sys.argv[1], name)
     train_and_evaluate(c, workdir, stop_at_step=stop_at)
     return workdir
@@ -43,7 +45,7 @@ SCRIPT = textwrap.dedent(r"""
   dirs["fsdp_then_single"] = run("fsdp_then_single", 1, "data", 4)
   from localmamba_jax.training import sharding as shd
   specs = jax.tree.leaves(shd.state_shardings(restored_state(dirs["fsdp8"], 4)["params"],
-                                              shd.make_mesh(), "fsdp"))
+                                              shd.make_mesh(), "fsdp", fsdp_min_size=0))
   out = {"fsdp_sharded_arrays": sum(s.spec != jax.sharding.PartitionSpec() for s in specs)}
   for name, workdir in dirs.items():
     params = restored_state(workdir, 4)["params"]
@@ -71,3 +73,21 @@ def test_single_device_data_parallel_and_fsdp_agree(tmp_path):
     for got, want in zip(run["params"], reference["params"]):
       np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6,
                                  err_msg=name)
+
+
+def test_fsdp_rule_splits_the_largest_divisible_dim_of_large_arrays_only():
+  from jax.sharding import PartitionSpec as P
+  from localmamba_jax.training import sharding as shd
+  mesh = shd.make_mesh(jax.devices()[:1])
+  tree = {"kernel": jax.ShapeDtypeStruct((384, 768), np.float32),
+          "scale": jax.ShapeDtypeStruct((768,), np.float32)}
+  # one device: nothing to split
+  assert all(s.spec == P() for s in jax.tree.leaves(shd.state_shardings(tree, mesh, "fsdp")))
+  # the rule itself, for 4 devices: the largest dim the count divides, else the next one
+  assert shd._fsdp_spec((384, 768), 4) == P(None, "data")
+  assert shd._fsdp_spec((384, 770), 4, min_size=0) == P("data", None)
+  assert shd._fsdp_spec((5, 7), 4, min_size=0) == P()
+  # below fsdp_min_size elements (default 16,384): replicated, however divisible
+  assert shd._fsdp_spec((768,), 4) == P()
+  assert shd._fsdp_spec((768,), 4, min_size=0) == P("data")
+  assert shd._fsdp_spec((128, 128), 4) == P("data", None)  # exactly 16,384: split

@@ -73,7 +73,8 @@ def test_localvmamba_t_train_step_lowers_for_tpu_with_the_kernel(monkeypatch):
            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
            "valid": jax.ShapeDtypeStruct((batch_size,), jnp.bool_)}
   mesh = shd.make_mesh(jax.devices()[:1])
-  state_sharding = shd.state_shardings(abstract_state, mesh, config.sharding.strategy)
+  state_sharding = shd.state_shardings(abstract_state, mesh, config.sharding.strategy,
+                                       fsdp_min_size=config.sharding.fsdp_min_size)
   with jax.set_mesh(mesh), selective_scan_tpu.lowering_for_tpu():
     step = jit_train_step(bridge, tx, schedule, config, num_classes, mesh, state_sharding)
     exported = jax.export.export(step, platforms=["tpu"])(abstract_state, batch)
