@@ -9,9 +9,12 @@ import jax
 import jax.numpy as jnp
 
 
-def drop_path(x, rate: float, key, deterministic: bool):
-  """Zeroes whole samples with probability `rate` and rescales the rest by 1 / (1 - rate)."""
-  if deterministic or rate == 0.0:
+def drop_path(x, rate, key, deterministic: bool):
+  """Zeroes whole samples with probability `rate` and rescales the rest by 1 / (1 - rate).
+
+  rate: a Python float, or a scalar array (e.g. one block's rate inside a lax.scan over
+  blocks); an array rate of 0 keeps every sample, as the float 0.0 does."""
+  if deterministic or (isinstance(rate, (int, float)) and rate == 0.0):
     return x
   if key is None:
     raise ValueError(f"drop_path: rate={rate} in training mode needs a PRNG key; pass "

@@ -23,6 +23,12 @@ from localmamba_jax.ops import scan_orders as scan_orders_lib
 from localmamba_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, resolve_impl, selective_scan
 
 
+def _array_module(table):
+  """numpy for concrete tables (indices folded into the program as constants), jax.numpy for
+  tables passed as data (e.g. a lax.scan over blocks with different directions)."""
+  return np if isinstance(table, (np.ndarray, list, tuple)) else jnp
+
+
 def _with_zero_token(x):
   """Appends one zero token along axis 1; gather index PAD (-1) then reads it."""
   return jnp.concatenate([x, jnp.zeros_like(x[:, :1])], axis=1)
@@ -35,13 +41,14 @@ def gather_tokens(x, gather_index: np.ndarray):
   gather_index: int [K, Lmax], PAD = -1 for zero tokens.
   Returns [batch, Lmax, K, C].
   """
-  gather_index = np.asarray(gather_index)
+  xp = _array_module(gather_index)
+  gather_index = xp.asarray(gather_index)
   num_dirs = gather_index.shape[0]
   if x.ndim == 4 and x.shape[2] != num_dirs:
     raise ValueError(f"gather_tokens: x has {x.shape[2]} direction slices but {num_dirs} "
                      f"directions were given.")
   x = _with_zero_token(x)
-  index = np.where(gather_index < 0, x.shape[1] - 1, gather_index)  # PAD -> the zero token
+  index = xp.where(gather_index < 0, x.shape[1] - 1, gather_index)  # PAD -> the zero token
   if x.ndim == 3:
     return jnp.moveaxis(x[:, index], 1, 2)                             # [b, K, Lmax, C] -> swap
   return x[:, index.T, np.arange(num_dirs)[None, :]]
@@ -49,7 +56,7 @@ def gather_tokens(x, gather_index: np.ndarray):
 
 def merge_tokens(y, merge_index: np.ndarray):
   """Brings per-direction sequences y [batch, Lmax, K, C] back to spatial order [batch, L, K, C]."""
-  merge_index = np.asarray(merge_index)
+  merge_index = _array_module(merge_index).asarray(merge_index)
   return y[:, merge_index.T, np.arange(merge_index.shape[0])[None, :]]
 
 
@@ -70,7 +77,8 @@ def _check_per_direction(name, x, batch, length, num_dirs, last, allow_shared=Fa
 def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z=None, *,
                                    grid_hw: tuple[int, int], directions: Sequence[str],
                                    delta_softplus: bool = True, exact_inverse: bool = False,
-                                   impl: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE):
+                                   impl: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                                   tables=None):
   """Selective scans of K directions over an H x W token grid, merged back to spatial order.
 
   u:          [batch, H*W, E] (shared) or [batch, H*W, K, E]
@@ -79,11 +87,25 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
   B, C:       [batch, H*W, K, N]   one group per direction
   D, delta_bias: [K, E] or None
   z:          optional gate, [batch, H*W, K, E] or [batch, H*W, E]
+  tables:     optional (gather int [K, Lmax], merge int [K, H*W]) used instead of the tables
+              of `directions`, and possibly traced: blocks with different directions then
+              share one program (`lax.scan` over blocks, LocalVMamba's `scan_blocks`). They
+              must have the shapes of `directions`' tables and the same exactness of merge
+              (`StackedScanOrders.table_layout()`), which stay static; not with the TPU kernel.
   Returns [batch, H*W, K, E] in the dtype of u.
   """
   height, width = grid_hw
   orders = scan_orders_lib.stacked_scan_orders(height, width, directions, exact_inverse)
   num_dirs = len(orders.directions)
+  gather_table, merge_table = orders.gather, orders.merge
+  if tables is not None:
+    gather_table, merge_table = tables
+    for name, given, want in (("gather", gather_table, orders.gather),
+                              ("merge", merge_table, orders.merge)):
+      if tuple(getattr(given, "shape", ())) != want.shape:
+        raise ValueError(f"multi_direction_selective_scan: tables[{name}] must have the shape "
+                         f"{want.shape} of the {name} table of directions {list(directions)} "
+                         f"on a {height}x{width} grid, got {getattr(given, 'shape', None)}.")
   if getattr(A, "ndim", None) != 3 or A.shape[0] != num_dirs:
     raise ValueError(f"multi_direction_selective_scan: A must have shape [K={num_dirs}, E, N], "
                      f"got {getattr(A, 'shape', None)}.")
@@ -117,17 +139,31 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
     # TPU: the same fusion, with scalar-prefetched gather tables driving the row reads.
     kernel = (selective_scan_tpu.multi_direction_scan_pallas_tpu if resolved == "pallas_tpu"
               else selective_scan_gpu.multi_direction_scan_pallas)
+    if tables is None:
+      def call(u, delta, A, B, C, D, delta_bias, z):
+        return kernel(u, delta, A, B, C, D, delta_bias, z, gather=orders.gather,
+                      merge=orders.merge, delta_softplus=delta_softplus)
+      # Under a device mesh the kernel runs per batch shard (kernels.common.shard_over_batch).
+      return kernels_common.shard_over_batch(
+          call, u, delta, A, B, C, D, delta_bias, z,
+          batched=(True, True, False, True, True, False, False, True))
+    if resolved == "pallas_tpu":
+      raise ValueError("multi_direction_selective_scan: scan-order tables passed as data "
+                       "(`tables=`, LocalVMamba's scan_blocks=True) are not supported by the TPU "
+                       "kernel, which takes them as static scalar-prefetch tables; set "
+                       "scan_blocks=False (or impl='associative').")
+    # The tables' merge exactness is static: that of `directions` (equal table_layout()).
+    exact = orders.merge_inverts_gather
 
-    def call(u, delta, A, B, C, D, delta_bias, z):
-      return kernel(u, delta, A, B, C, D, delta_bias, z, gather=orders.gather,
-                    merge=orders.merge, delta_softplus=delta_softplus)
-    # Under a device mesh the kernel runs per batch shard (kernels.common.shard_over_batch).
+    def call_with_tables(u, delta, A, B, C, D, delta_bias, z, gather, merge):
+      return kernel(u, delta, A, B, C, D, delta_bias, z, gather=gather, merge=merge,
+                    delta_softplus=delta_softplus, exact=exact)
     return kernels_common.shard_over_batch(
-        call, u, delta, A, B, C, D, delta_bias, z,
-        batched=(True, True, False, True, True, False, False, True))
+        call_with_tables, u, delta, A, B, C, D, delta_bias, z, gather_table, merge_table,
+        batched=(True, True, False, True, True, False, False, True, False, False))
   max_length = orders.max_length
   flat = lambda x: x.reshape(batch, max_length, num_dirs * channels)
-  gathered = lambda x: gather_tokens(x, orders.gather)
+  gathered = lambda x: gather_tokens(x, gather_table)
   out = selective_scan(
       flat(gathered(u)), flat(gathered(delta)), A.reshape(num_dirs * channels, num_state),
       gathered(B), gathered(C),
@@ -135,4 +171,4 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
       None if z is None else flat(gathered(z)),
       None if delta_bias is None else delta_bias.reshape(-1),
       delta_softplus=delta_softplus, impl=impl, chunk_size=chunk_size)
-  return merge_tokens(out.reshape(batch, max_length, num_dirs, channels), orders.merge)
+  return merge_tokens(out.reshape(batch, max_length, num_dirs, channels), merge_table)

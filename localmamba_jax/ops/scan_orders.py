@@ -183,6 +183,19 @@ class StackedScanOrders:
   def max_length(self) -> int:
     return int(self.gather.shape[1])
 
+  @property
+  def merge_inverts_gather(self) -> bool:
+    """True when every direction's merge reads back exactly the step its token was read at
+    (false only for the official v/v_flip merge on non-square grids)."""
+    tokens = np.arange(self.merge.shape[1])
+    return all(np.array_equal(g[m], tokens) for g, m in zip(self.gather, self.merge))
+
+  def table_layout(self) -> tuple:
+    """What a program built for these tables fixes statically: the table shapes and whether
+    the merge inverts the gather. Direction lists with equal layouts can share one program,
+    their tables passed as data (`multi_direction_selective_scan(tables=...)`)."""
+    return (self.gather.shape, self.merge.shape, self.merge_inverts_gather)
+
 
 @functools.lru_cache(maxsize=None)
 def _stacked(height: int, width: int, directions: tuple[str, ...],

@@ -21,6 +21,9 @@ def imagenet_config(model_name: str, *, drop_path_rate: float, model_dtype: str 
   c.model.drop_path_rate = drop_path_rate
   c.model.directions = ""  # "" = the registered lists; a path = a direction file (search.py)
   c.model.remat = False    # True = recompute each block in the backward (less memory, slower)
+  if model_name.startswith("local_vssm"):
+    # True = one lax.scan over each stage's blocks of equal scan-table layout (compile time)
+    c.model.scan_blocks = False
   c.model_dtype = model_dtype
   c.num_classes = 1000
   c.eval_every_epochs = 10.0

@@ -8,7 +8,8 @@ in interpret mode (and the TPU kernel's fused op in TPU interpret mode). Checks,
 plain and the fused multi-direction op under
 `jax.set_mesh`: the lowered program contains a shard_map (manual computation) around the
 kernel, and values and gradients (incl. the replicated parameters, whose gradients shard_map
-sums over the shards) equal the unsharded reference within float32 tolerance.
+sums over the shards) equal the unsharded reference within float32 tolerance; also with the
+scan-order tables passed as data (`tables=`, LocalVMamba's scan_blocks), replicated.
 """
 import json
 import os
@@ -46,6 +47,23 @@ SCRIPT = textwrap.dedent(r"""
       return jnp.sum(y * w), y
     return loss
 
+  from localmamba_jax.ops.scan_orders import stacked_scan_orders
+  data_orders = stacked_scan_orders(hw[0], hw[1], ("v", "h_flip"))
+
+  def fused_tables(impl):
+    # the tables of ("v", "h_flip") passed as data to a call built for ("v_flip", "h"), as
+    # LocalVMamba's scan_blocks does (on this 3x5 grid both v merges are the official
+    # non-inverse one: the same table layout); the reference computes ("v", "h_flip") directly
+    def loss(a):
+      directions = ("v", "h_flip") if impl == "reference" else ("v_flip", "h")
+      tables = None if impl == "reference" else (jnp.asarray(data_orders.gather),
+                                                  jnp.asarray(data_orders.merge))
+      y = multi_direction_selective_scan(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"],
+                                         a["bias"], grid_hw=hw, directions=directions,
+                                         impl=impl, tables=tables)
+      return jnp.sum(y * w), y
+    return loss
+
   def flat(impl):
     def loss(a):
       y = selective_scan(a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["bias"],
@@ -56,7 +74,8 @@ SCRIPT = textwrap.dedent(r"""
   out = {}
   for name, make, inputs, kernel in (("fused", fused, args, "pallas_gpu"),
                                      ("plain", flat, plain, "pallas_gpu"),
-                                     ("fused_tpu", fused, args, "pallas_tpu")):
+                                     ("fused_tpu", fused, args, "pallas_tpu"),
+                                     ("fused_tables", fused_tables, args, "pallas_gpu")):
     grad_ref, y_ref = jax.grad(make("reference"), has_aux=True)(inputs)
     with jax.set_mesh(mesh):
       batch_sharded = {k: jax.device_put(v, NamedSharding(mesh, P("data")) if v.shape[0] == b

@@ -64,6 +64,12 @@ class LocalVMambaConfig:
                     backward keeps only each block's input and recomputes the block's
                     forward, trading about one extra forward pass for activation memory.
                     Parameters, outputs and gradients are unchanged.
+  scan_blocks:      True = run each stage's consecutive blocks of equal scan-table layout as
+                    one jax.lax.scan (one block program traced and compiled, the directions,
+                    drop-path rates and parameters passed as data), to cut compile time;
+                    False = unrolled blocks. Parameters and checkpoints are the same either way;
+                    outputs and gradients equal up to float reassociation. Not with the TPU
+                    kernel (scan_impl 'pallas_tpu', or 'auto' on TPU).
   """
 
   dims: Sequence[int] = (96, 192, 384, 768)
@@ -84,6 +90,7 @@ class LocalVMambaConfig:
   scan_impl: str = "auto"
   scan_chunk_size: int = 128
   remat: bool = False
+  scan_blocks: bool = False
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -132,6 +139,10 @@ class LocalVMambaConfig:
       raise ValueError(f"LocalVMambaConfig.remat must be True (rematerialise each block in the "
                        f"backward) or False, got {self.remat!r}.")
     set_("remat", bool(self.remat))
+    if not isinstance(self.scan_blocks, (bool, np.bool_)):
+      raise ValueError(f"LocalVMambaConfig.scan_blocks must be True (one lax.scan over each "
+                       f"stage's blocks) or False (unrolled), got {self.scan_blocks!r}.")
+    set_("scan_blocks", bool(self.scan_blocks))
     if self.scan_impl not in IMPLEMENTATIONS:
       raise ValueError(f"LocalVMambaConfig.scan_impl must be one of {IMPLEMENTATIONS}, got "
                        f"{self.scan_impl!r}.")

@@ -20,6 +20,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from localmamba_jax.layers.branch_merge import BranchMerge
@@ -28,6 +29,7 @@ from localmamba_jax.layers.norms import layer_norm
 from localmamba_jax.layers.scattn import SCAttn
 from localmamba_jax.models.local_vmamba.config import LocalVMambaConfig
 from localmamba_jax.ops.multi_direction import multi_direction_selective_scan
+from localmamba_jax.ops.scan_orders import stacked_scan_orders
 
 # ---- initialisers (the official ones, reference doc Sec. 3.4) --------------------------------
 
@@ -133,7 +135,9 @@ class SS2D(nnx.Module):
     self.out_proj = nnx.Linear(inner, dim, use_bias=False, dtype=dtype, kernel_init=linear_init,
                                rngs=rngs)
 
-  def __call__(self, x):
+  def __call__(self, x, *, scan_tables=None):
+    """scan_tables: optional (gather, merge) tables used instead of those of
+    `self.directions` (LocalVMamba.scan_blocks passes each block's own as scan data)."""
     batch, height, width, _ = x.shape
     num_dirs, inner, d_state, rank = len(self.directions), self.inner, self.d_state, self.dt_rank
     x, z = jnp.split(self.in_proj(x), 2, axis=-1)
@@ -156,7 +160,7 @@ class SS2D(nnx.Module):
         f32(B), f32(C), f32(self.Ds[...]).reshape(num_dirs, inner),
         f32(self.dt_projs_bias[...]), grid_hw=(height, width), directions=self.directions,
         delta_softplus=True, exact_inverse=self.exact_inverse, impl=self.scan_impl,
-        chunk_size=self.scan_chunk_size)                               # [b, HW, K, E]
+        chunk_size=self.scan_chunk_size, tables=scan_tables)           # [b, HW, K, E]
     y = self.branch_merge(self.attn(y))                                # SCAttn per branch
     y = self.out_norm(y).reshape(batch, height, width, inner)
     y = _as_compute(y, self.dtype) * z
@@ -172,15 +176,64 @@ class VSSBlock(nnx.Module):
     self.drop_path_rate = float(drop_path_rate)
     self.deterministic = False
 
-  def __call__(self, x, *, key=None):
-    update = self.op(self.norm(x)).astype(x.dtype)
-    return x + drop_path(update, self.drop_path_rate, key, self.deterministic)
+  def __call__(self, x, *, key=None, drop_path_rate=None, scan_tables=None):
+    """drop_path_rate / scan_tables: this block's rate and scan-order tables given as data,
+    overriding the module's own (LocalVMamba.scan_blocks runs one block's program for all)."""
+    update = self.op(self.norm(x), scan_tables=scan_tables).astype(x.dtype)
+    rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
+    return x + drop_path(update, rate, key, self.deterministic)
 
 
 def _run_block(block: VSSBlock, x, key):
   """A block call as a plain function of (module, input, key): what nnx.remat wraps (NNX
   transforms take unbound functions; the drop-path key is an argument, not state)."""
   return block(x, key=key)
+
+
+def _shared_program_runs(blocks: list[VSSBlock], height: int, width: int) -> list[list[int]]:
+  """Splits a stage's blocks into runs of consecutive blocks that can share one compiled
+  program: blocks differ only in their directions and drop-path rate (both passed as data),
+  so a run needs equal scan-order table layouts (table shapes and merge exactness)."""
+  def layout(block):
+    op = block.op
+    return stacked_scan_orders(height, width, op.directions, op.exact_inverse).table_layout()
+  runs = []
+  for j, block in enumerate(blocks):
+    if runs and layout(blocks[runs[-1][-1]]) == layout(block):
+      runs[-1].append(j)
+    else:
+      runs.append([j])
+  return runs
+
+
+def _scan_blocks(blocks: list[VSSBlock], x, keys, *, remat: bool):
+  """Runs `blocks` (one run of `_shared_program_runs`) as one `jax.lax.scan`: the program of
+  the first block, traced and compiled once, applied to each block's stacked parameters, its
+  scan-order tables, drop-path rate and key. Returns (output, [each block's output]).
+
+  Why: LocalVMamba-S has 27 blocks in stage 3; unrolled, each is traced, lowered and optimised
+  on its own (issue 9 item 5: compile time). Values and gradients equal the unrolled blocks'
+  up to float reassociation (tests/models/test_scan_blocks.py)."""
+  height, width = x.shape[1:3]
+  graphdef, _ = nnx.split(blocks[0])
+  states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.split(b)[1] for b in blocks])
+  orders = [stacked_scan_orders(height, width, b.op.directions, b.op.exact_inverse)
+            for b in blocks]
+  gathers = jnp.asarray(np.stack([o.gather for o in orders]))
+  merges = jnp.asarray(np.stack([o.merge for o in orders]))
+  rates = jnp.asarray(np.array([b.drop_path_rate for b in blocks], np.float32))
+  stacked_keys = None if keys[0] is None else jnp.stack(keys)
+
+  def body(x, xs):
+    state, gather, merge, rate, key = xs
+    block = nnx.merge(graphdef, state)
+    x = block(x, key=key, drop_path_rate=rate, scan_tables=(gather, merge))
+    return x, x
+
+  if remat:  # as nnx.remat per unrolled block: keep each block's input, recompute the rest
+    body = jax.checkpoint(body)
+  x, outputs = jax.lax.scan(body, x, (states, gathers, merges, rates, stacked_keys))
+  return x, [outputs[i] for i in range(len(blocks))]
 
 
 class PatchMerging2D(nnx.Module):
@@ -292,10 +345,20 @@ class LocalVMamba(nnx.Module):
     out["patch_embed"] = x
     block_index = 0
     for s, stage in enumerate(self.layers):
-      for j, block in enumerate(stage.blocks):
-        x = run_block(block, x, keys[block_index])
-        out[f"layers.{s}.blocks.{j}"] = x
-        block_index += 1
+      blocks = list(stage.blocks)
+      runs = (_shared_program_runs(blocks, x.shape[1], x.shape[2]) if self.config.scan_blocks
+              else [[j] for j in range(len(blocks))])
+      for run in runs:
+        run_keys = keys[block_index:block_index + len(run)]
+        if len(run) == 1:
+          x = run_block(blocks[run[0]], x, run_keys[0])
+          outputs = [x]
+        else:
+          x, outputs = _scan_blocks([blocks[j] for j in run], x, run_keys,
+                                    remat=self.config.remat)
+        for j, y in zip(run, outputs):
+          out[f"layers.{s}.blocks.{j}"] = y
+        block_index += len(run)
       out[f"stage{s}"] = x                               # before downsample (det/seg features)
       if stage.downsample is not None:
         # the residual stream stays float32 across stages

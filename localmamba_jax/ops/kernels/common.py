@@ -52,12 +52,13 @@ def merge_is_inverse(gather: np.ndarray, merge: np.ndarray) -> bool:
 
 
 def fused_multi_direction_scan(scan, u, delta, A, B, C, D, delta_bias, z, *, gather, merge,
-                               **options):
+                               exact=None, **options):
   """LocalVMamba's multi-direction scan on a kernel `scan` that reads through `read_index`.
 
   Shapes as `ops.multi_direction.multi_direction_selective_scan` (validated there):
   u [b, HW, E] or [b, HW, K, E], delta [b, HW, K, E], A [K, E, N], B/C [b, HW, K, N],
-  D/delta_bias [K, E] or None, z like u or None; gather [K, Lmax], merge [K, HW] (numpy).
+  D/delta_bias [K, E] or None, z like u or None; gather [K, Lmax], merge [K, HW] (numpy, or
+  jax arrays when the tables are data; then `exact`, whether merge inverts gather, must be given).
   Returns [b, HW, K, E]. The K directions run as K * E channels with B/C group k.
   """
   from localmamba_jax.ops.multi_direction import merge_tokens
@@ -68,7 +69,8 @@ def fused_multi_direction_scan(scan, u, delta, A, B, C, D, delta_bias, z, *, gat
   # The official v/v_flip merge on a non-square grid is not the inverse of its gather
   # (reference doc Sec. 2; kept for parity): then the kernel writes in scan order and the
   # merge runs as an XLA gather. Everywhere else the kernel writes each output at its token.
-  exact = merge_is_inverse(gather, merge)
+  if exact is None:
+    exact = merge_is_inverse(gather, merge)
   out = scan(flat(u), flat(delta), A.reshape(num_dirs * channels, num_state), B, C, vec(D),
              flat(z), vec(delta_bias), read_index=gather, write_at_tokens=exact, **options)
   out = out.reshape(batch, out.shape[1], num_dirs, channels)

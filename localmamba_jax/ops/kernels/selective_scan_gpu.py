@@ -545,8 +545,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
      channels; LocalVMamba's K directions reading the same x); z likewise (optional).
   delta: [b, T, C]; A: [C, N]; B, C: [b, T, G, N]; D, delta_bias: [C] or None.
-  read_index: optional int [G, L_seq] (numpy, static): token read by step s of group g,
-     -1 for a pad (decay-only) step. None = identity (L_seq = T).
+  read_index: optional int [G, L_seq]: token read by step s of group g, -1 for a pad
+     (decay-only) step. None = identity (L_seq = T). Numpy (checked here) or a jax array
+     (kernel data either way; a traced table lets blocks with different orders share a program).
   write_at_tokens: with read_index, write outputs at the token read (True) or in scan
      order [b, L_seq, C] (False, for a non-inverse merge done by the caller).
   chunk: steps unrolled per loop iteration (the backward recomputes `chunk` states at a time
@@ -579,9 +580,15 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     index = None
     write_at_tokens = True
   else:
-    check_read_index(read_index, groups, tokens, "selective_scan_pallas")
-    seq_len = int(np.asarray(read_index).shape[1])
-    index = jnp.asarray(np.asarray(read_index), jnp.int32)
+    if isinstance(read_index, np.ndarray):
+      check_read_index(read_index, groups, tokens, "selective_scan_pallas")
+    elif tuple(getattr(read_index, "shape", ())[:1]) != (groups,):
+      # a table passed as data (lax.scan over blocks): the caller built it from scan orders,
+      # which `scan_orders` checks; only its shape can be checked here
+      raise ValueError(f"selective_scan_pallas: read_index must have shape [groups={groups}, "
+                       f"L_seq], got {getattr(read_index, 'shape', None)}.")
+    seq_len = int(read_index.shape[1])
+    index = jnp.asarray(read_index, jnp.int32)
   cap = lambda t, default: _largest_pow2_divisor(per_group, t or default)
   fwd_tile, bwd_t = cap(tile, DEFAULT_TILE), cap(bwd_tile, DEFAULT_BWD_TILE)
   for name, x in (("u", u), ("z", z)):
