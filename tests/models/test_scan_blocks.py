@@ -72,12 +72,12 @@ def test_scanned_blocks_match_unrolled_blocks(impl, remat):
   # one parameter tree: checkpoints and converted weights load either way
   assert jax.tree.structure(nnx.state(scanned, nnx.Param)) == \
       jax.tree.structure(nnx.state(unrolled, nnx.Param))
-  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))  # 4x4 and 2x2 grids
   key = jax.random.key(3)
   want, got = run(unrolled, images, key), run(scanned, images, key)
   # drop path acted in training mode (the key reached the scanned blocks' rates)
   eval_loss = float(jnp.sum(want["eval_logits"] ** 2))
-  assert abs(float(want["loss"]) - eval_loss) > 1e-3 * eval_loss
+  assert abs(float(want["loss"]) - eval_loss) > 1e-5 * eval_loss  # float noise: ~1e-7
   assert sorted(got["out"]) == sorted(want["out"])
   for name in ("loss", "eval_logits", "out"):
     assert_close(name, got[name], want[name], 1e-6)
