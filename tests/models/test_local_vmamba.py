@@ -155,6 +155,40 @@ def test_golden_parameter_gradients(case, golden_json, golden_npz):
     assert abs(np.sum(g * g) - ref_sq) <= 2 * GRAD_REL * ref_sq + GRAD_ABS ** 2, key
 
 
+@pytest.mark.parametrize("suffix", ["", "@64x96"])
+def test_golden_with_scanned_blocks(suffix, golden_json, golden_npz):
+  """scan_blocks=True: stage 3's two blocks run as one lax.scan with their directions passed as
+  scan-order tables (data), against the official logits and gradients. "@64x96" is the
+  non-square grid, whose official v merge is not the gather's inverse."""
+  from localmamba_jax.models.local_vmamba.model import _shared_program_runs
+  meta, io = golden_json("vssm_mini/meta.json"), golden_npz("vssm_mini/io.npz")
+  model = build_from_golden(meta, golden_npz("vssm_mini/state_dict.npz"),
+                            scan_impl="reference", scan_blocks=True)
+  x = io["input" + suffix].transpose(0, 2, 3, 1)
+  grid = (x.shape[1] // 16, x.shape[2] // 16)                 # stage 3: stride 16
+  assert _shared_program_runs(list(model.layers[2].blocks), *grid) == [[0, 1]]
+  with_params = suffix == ""
+  run = compile_loss_and_grads(model, x, io["cotangent" + suffix], wrt_params=with_params)
+  grads, (logits, _) = run(x, io["cotangent" + suffix])
+  param_grads, input_grad = grads if with_params else (None, grads)
+  assert_close("logits", logits, io["logits" + suffix], FWD_REL, FWD_ABS)
+  assert_close("grad_input", np.asarray(input_grad).transpose(0, 3, 1, 2),
+               io["grad_input" + suffix], GRAD_REL, GRAD_ABS)
+  if with_params:
+    ours, stored = to_torch_state_dict(param_grads), golden_npz("vssm_mini/grads.npz")
+    for key in stored:
+      assert_close(key, ours[key], stored[key], GRAD_REL, GRAD_ABS)
+    # the second scanned block's gradients through their stored checksums (as above)
+    checksums = golden_npz("vssm_mini/grads_checksums.npz")
+    second = [key for key in checksums if key.startswith("layers.2.blocks.1.")]
+    assert second
+    for key in second:
+      ref_sum, ref_sq, _ = checksums[key]
+      g = np.asarray(ours[key], np.float64).ravel()
+      assert abs(g.sum() - ref_sum) <= GRAD_REL * (np.sqrt(g.size * ref_sq) + GRAD_ABS), key
+      assert abs(np.sum(g * g) - ref_sq) <= 2 * GRAD_REL * ref_sq + GRAD_ABS ** 2, key
+
+
 def test_random_input_is_finite_and_deterministic(golden_json, golden_npz):
   result = golden_run("vssm_mini", "", golden_json, golden_npz)
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3), jnp.float32)
