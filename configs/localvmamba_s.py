@@ -13,10 +13,10 @@ epochs from 1e-7 then cosine to 1e-6, label smoothing 0.1, mixup 0.2 / cutmix 1.
       --config.input.source=image_folder --config.input.folder=/data/imagenet \
       --config.input.eval_split=val
   python train.py --config configs/localvmamba_s.py:runlocal --workdir /tmp/localvmamba_s_local   # smoke run
-Memory: blocks are rematerialised (model.remat=True). At 128 images per GPU the S train step
-without remat did not fit an 80 GB H100; with remat it peaks at 11.5 GiB and runs at 231.5 img/s
-on one H200 (BENCHMARKS.md, 2026-11-26). On cards with room to spare, --config.model.remat=False
-saves the recomputation (LocalVMamba-T: +16% img/s for 3.3x the memory).
+Memory: --config.model.remat=True recomputes each block in the backward; with it the S train
+step at 128 images per GPU peaks at 11.5 GiB and runs at 231.5 img/s on one H200 (BENCHMARKS.md,
+2026-11-26). Without remat its peak is not measured (estimated 65-70 GiB from LocalVMamba-T's
+36.9 GiB and S's 18 extra stage-3 blocks); a run that runs out of memory says what to change.
 Options: --config.optim.ema_decay=0.9999  --config.optim.clip_grad_norm=1.0
          --config.sharding.strategy=fsdp  --config.sharding.distributed=True (multi-host)
 """
@@ -24,7 +24,4 @@ from localmamba_jax.training.recipes import imagenet_config
 
 
 def get_config(arg=None):
-  config = imagenet_config("local_vssm_small", drop_path_rate=0.1, model_dtype="bfloat16",
-                           variant=arg)
-  config.model.remat = True   # see "Memory" above
-  return config
+  return imagenet_config("local_vssm_small", drop_path_rate=0.1, model_dtype="bfloat16", variant=arg)

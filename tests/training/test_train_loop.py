@@ -12,7 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from localmamba_jax.training.loop import NonFiniteLossError, train_and_evaluate
+from localmamba_jax.training.loop import (DeviceMemoryError, LoopHooks, NonFiniteLossError,
+                                          device_oom_error, train_and_evaluate)
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
@@ -76,6 +77,33 @@ def test_resume_is_bitwise_exact(straight_run, tmp_path):
   steps = [json.loads(l)["step"] for l in open(os.path.join(resumed_dir, "metrics.jsonl"))
            if "train/loss" in l]
   assert steps == [1, 2, 3, 4]
+
+
+def test_device_out_of_memory_is_explained_and_checkpoints_kept(tmp_path):
+  # XLA's out-of-memory error, raised from inside the loop at step 3 (a CPU run cannot run
+  # out of accelerator memory); checkpoints are written at steps 1 and 2
+  config = tiny_config()
+  config.checkpoint_every_steps = 1
+
+  def after_step(step, state, context):
+    if step == 3:
+      raise jax.errors.JaxRuntimeError(
+          "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 56.15GiB.")
+    return state
+
+  with pytest.raises(DeviceMemoryError) as info:
+    train_and_evaluate(config, str(tmp_path), hooks=LoopHooks(after_step=after_step))
+  message = str(info.value)
+  assert f"global batch {config.input.batch_size}" in message
+  assert "--config.model.remat=True" in message and "--config.input.batch_size" in message
+  assert "56.15GiB" in message                                   # XLA's own words are kept
+  assert isinstance(info.value.__cause__, jax.errors.JaxRuntimeError)
+  assert {"1", "2"} <= set(os.listdir(tmp_path / "checkpoints"))  # nothing saved is lost
+  # any other runtime error passes through unchanged; remat already on is not suggested again
+  assert device_oom_error(jax.errors.JaxRuntimeError("INTERNAL: boom"), config, 1) is None
+  config.model.remat = True
+  oom = device_oom_error(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: x"), config, 4)
+  assert "remat=True (" not in str(oom) and "per device over 4 device(s)" in str(oom)
 
 
 def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
