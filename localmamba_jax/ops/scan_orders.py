@@ -185,16 +185,22 @@ class StackedScanOrders:
 
   @property
   def merge_inverts_gather(self) -> bool:
-    """True when every direction's merge reads back exactly the step its token was read at
-    (false only for the official v/v_flip merge on non-square grids)."""
-    tokens = np.arange(self.merge.shape[1])
-    return all(np.array_equal(g[m], tokens) for g, m in zip(self.gather, self.merge))
+    """merge_is_inverse(gather, merge): false only for the official v/v_flip merge on
+    non-square grids."""
+    return merge_is_inverse(self.gather, self.merge)
 
   def table_layout(self) -> tuple:
     """What a program built for these tables fixes statically: the table shapes and whether
     the merge inverts the gather. Direction lists with equal layouts can share one program,
     their tables passed as data (`multi_direction_selective_scan(tables=...)`)."""
     return (self.gather.shape, self.merge.shape, self.merge_inverts_gather)
+
+
+def merge_is_inverse(gather: np.ndarray, merge: np.ndarray) -> bool:
+  """True when every direction's merge reads back exactly the position its token was read at."""
+  gather, merge = np.asarray(gather), np.asarray(merge)
+  tokens = np.arange(merge.shape[1])
+  return all(np.array_equal(g[m], tokens) for g, m in zip(gather, merge))
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from localmamba_jax.ops.scan_orders import merge_is_inverse  # noqa: F401 (kernels' entry point)
+
 
 class StaticIndex:
   """A numpy int32 index table usable as a static (hashable) argument of a custom_vjp."""
@@ -42,13 +44,6 @@ def check_read_index(read_index: np.ndarray, groups: int, tokens: int, who: str)
       raise ValueError(
           f"{who}: read_index row {g} must visit each of the {tokens} tokens exactly once "
           f"(plus -1 pads); the backward writes each token's gradient once.")
-
-
-def merge_is_inverse(gather: np.ndarray, merge: np.ndarray) -> bool:
-  """True when every direction's merge reads back exactly the position its token was read at."""
-  gather, merge = np.asarray(gather), np.asarray(merge)
-  tokens = np.arange(merge.shape[1])
-  return all(np.array_equal(g[m], tokens) for g, m in zip(gather, merge))
 
 
 def fused_multi_direction_scan(scan, u, delta, A, B, C, D, delta_bias, z, *, gather, merge,
