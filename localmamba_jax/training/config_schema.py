@@ -12,6 +12,13 @@ import math
 
 import ml_collections
 
+# Under FSDP, parameters with fewer elements stay replicated (config.sharding.fsdp_min_size;
+# training.sharding). 16,384 fp32 elements = 64 KiB. Measured reason beyond the memory argument:
+# with every parameter sharded, XLA on an H200 (jax 0.11.2, 2026-11-26) spent more than 5
+# minutes compiling a single normalisation-backward reduction fusion whose 192-element scale
+# came from an all-gather, in the 2- and 4-GPU LocalVMamba-T train steps (BENCHMARKS.md).
+FSDP_MIN_SIZE = 16384
+
 # Type sets that a key accepts. `None` in a set means "may be None".
 _NUM = (int, float)
 
@@ -73,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sharding = ml_collections.ConfigDict()
   c.sharding.strategy = "data"      # data (replicated parameters) | fsdp (parameters + optimizer sharded)
-  c.sharding.fsdp_min_size = 16384   # fsdp: parameters with fewer elements stay replicated
+  c.sharding.fsdp_min_size = FSDP_MIN_SIZE  # fsdp: parameters with fewer elements stay replicated
   c.sharding.distributed = False    # call jax.distributed.initialize() (multi-host)
   c.sharding.num_devices = 0        # 0 = every device; n = the first n (tests, debugging)
   # explicit cluster (no SLURM/TPU/MPI auto-detection), e.g. several processes on one machine:

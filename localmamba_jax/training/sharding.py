@@ -4,9 +4,10 @@ One mesh axis, 'data', over every device of every process. The batch is split al
 `strategy='fsdp'` each parameter (and its AdamW moments and EMA) is split along its largest
 dimension that the device count divides (big_vision's fsdp rule); parameters with no such
 dimension, and those smaller than `fsdp_min_size` elements (norm scales, biases, A_log and D
-rows: sharding them saves a few KB but adds a gather to each use), stay replicated. Axis type Auto: the models carry no sharding annotations, so the
-compiler (GSPMD) propagates shardings from the step's inputs and outputs; Explicit axes would
-require annotating every op of the models.
+rows: sharding them saves a few KB but adds a gather to each use), stay replicated. Axis type
+Auto: the models carry no sharding annotations, so the compiler (GSPMD) propagates shardings
+from the step's inputs and outputs; Explicit axes would require annotating every op of the
+models.
 """
 from __future__ import annotations
 
@@ -14,13 +15,9 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from localmamba_jax.training.config_schema import FSDP_MIN_SIZE
+
 DATA_AXIS = "data"
-# Parameters below this many elements stay replicated under FSDP (config.sharding.fsdp_min_size).
-# 16,384 fp32 elements = 64 KiB. Measured reason beyond the memory argument: with every
-# parameter sharded, XLA on an H200 (jax 0.11.2, 2026-11-26) spent more than 5 minutes compiling
-# a single LayerNorm-backward reduction fusion whose 192-element scale came from an all-gather,
-# in the 2- and 4-GPU LocalVMamba-T train steps (benchmarks/results/scaling_*; BENCHMARKS.md).
-FSDP_MIN_SIZE = 16384
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
