@@ -22,7 +22,8 @@ for run in $RUNS; do
     T1) model=local_vssm_tiny; scan=true ;;
     *) echo "unknown run $run (S0 S1 T0 T1)"; exit 2 ;;
   esac
-  # S needs remat at batch 128 on an 80 GB card (configs/localvmamba_s.py); T runs without
+  # S with remat: its peak without remat is not measured alone (est. 65-70 GiB, BENCHMARKS.md),
+  # and the compile-time question does not depend on it; T runs without
   remat=false
   [ "$model" = local_vssm_small ] && remat=true
   timeout "${JOB_TIMEOUT:-400}" python3 -m localmamba_jax.benchmark --model "$model" \
