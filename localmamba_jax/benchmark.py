@@ -87,7 +87,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--device-lock", default="",
                       help="a file locked (flock) around warm-up, timing and profiling, so that "
                            "several benchmark processes can compile at once but time one at a "
-                           "time on a shared device")
+                           "time on a shared device; after the last mode the lock is held until "
+                           "the process exits, since the allocator keeps its device memory "
+                           "until then (two LocalVMamba-T train processes do not fit an 80 GB "
+                           "card at once)")
   parser.add_argument("--barrier", default="", metavar="FILE:N",
                       help="after compiling, append a line to FILE and wait until it has N lines "
                       "before timing: several processes compiling at once on one host (with "
@@ -225,6 +228,23 @@ def _xla_flops(compiled) -> float | None:
     return None
 
 
+def _xla_memory_bytes(compiled) -> dict | None:
+  """XLA's buffer-assignment sizes of the compiled step in bytes (per device): arguments,
+  outputs, aliased (donated) bytes and temporaries. argument + output - alias + temp is the
+  step's memory as XLA plans it, known before the first step runs, so a step that will not
+  fit can be told apart from one that was killed (printed right after the compile)."""
+  try:
+    m = compiled.memory_analysis()
+    if isinstance(m, (list, tuple)):
+      m = m[0] if m else None
+    sizes = dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
+                 alias=m.alias_size_in_bytes, temp=m.temp_size_in_bytes)
+  except Exception:
+    return None
+  sizes["planned"] = sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"]
+  return {k: int(v) for k, v in sizes.items()}
+
+
 def benchmark_model(args, model_name: str) -> list[dict]:
   """Builds, compiles and times one model; appends and returns the result records."""
   import jax
@@ -319,6 +339,10 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       compile_s = time.perf_counter() - t0
       print(f"[{model_name} {mode} {args.dtype}] traced+lowered in {lower_s:.1f} s, compiled in "
             f"{compile_s:.1f} s (persistent compilation cache: {cache_dir or 'off'})", flush=True)
+      xla_memory = _xla_memory_bytes(compiled)
+      if xla_memory:
+        print(f"[{model_name} {mode} {args.dtype}] XLA memory plan per device (GiB): "
+              + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in xla_memory.items()), flush=True)
       holder = {"input": make_input(), "losses": []}
 
       def run_step():
@@ -332,7 +356,7 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       barrier_wait_s = None
       if args.barrier and mode == modes[0]:
         barrier_wait_s = wait_at_barrier(args.barrier, timeout_s=args.barrier_timeout)
-      with device_lock(args.device_lock) as waited_s:
+      with device_lock(args.device_lock, until_exit=mode == modes[-1]) as waited_s:
         times = time_steps(run_step, steps=args.steps, warmup=args.warmup,
                            time_budget=args.time_budget)
         peak = peak_memory_bytes(devices)
@@ -345,7 +369,7 @@ def benchmark_model(args, model_name: str) -> list[dict]:
                     img_per_s=round(batch_size / median, 1),
                     peak_gib=None if peak is None else round(peak / 2**30, 3),
                     lower_s=round(lower_s, 2), compile_s=round(compile_s, 2),
-                    xla_flops_per_step=_xla_flops(compiled))
+                    xla_flops_per_step=_xla_flops(compiled), xla_memory_bytes=xla_memory)
       if mode == "train":  # the last timed step's loss (a NaN here would void the timing)
         record["loss"] = round(float(jax.device_get(holder["metrics"]["loss"])), 4)
         # every step's loss from the same initial state and batch (warm-up steps first): the
@@ -399,20 +423,31 @@ def wait_at_barrier(spec: str, timeout_s: float = 600.0, poll_s: float = 1.0) ->
     time.sleep(poll_s)
 
 
+_HELD_UNTIL_EXIT = []
+
+
 @contextlib.contextmanager
-def device_lock(path: str):
-  """Holds an exclusive flock on `path` ('' = no lock); yields the seconds spent waiting."""
+def device_lock(path: str, until_exit: bool = False):
+  """Holds an exclusive flock on `path` ('' = no lock); yields the seconds spent waiting.
+
+  until_exit: keep the lock after the block, until the process exits (the OS drops it with
+  the open file): the device memory this process holds is only given back then, and the next
+  process's steps would otherwise run out of it (seen on an 80 GB H100, 2026-11-27)."""
   if not path:
     yield 0.0
     return
   import fcntl
   t0 = time.perf_counter()
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield time.perf_counter() - t0
-    finally:
+  f = open(path, "a")
+  fcntl.flock(f, fcntl.LOCK_EX)
+  try:
+    yield time.perf_counter() - t0
+  finally:
+    if until_exit:
+      _HELD_UNTIL_EXIT.append(f)
+    else:
       fcntl.flock(f, fcntl.LOCK_UN)
+      f.close()
 
 
 def trace_steps(run_step, directory: str, steps: int) -> None:

@@ -45,7 +45,12 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   # every step's loss, warm-up first, the last one being the reported loss
   assert len(record["losses"]) == 3 and record["losses"][-1] == pytest.approx(record["loss"],
                                                                               abs=1e-4)
-  assert "img/s" in capsys.readouterr().out
+  # XLA's memory plan (CPU has one too): the donated state is aliased, temporaries > 0
+  mem = record["xla_memory_bytes"]
+  assert mem["temp"] > 0 and mem["argument"] > 0 and 0 < mem["alias"] <= mem["argument"]
+  assert mem["planned"] == mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
+  out = capsys.readouterr().out
+  assert "img/s" in out and "XLA memory plan per device" in out
 
 
 def test_barrier_waits_for_every_process(tmp_path, capsys):
@@ -56,6 +61,31 @@ def test_barrier_waits_for_every_process(tmp_path, capsys):
   # a fourth never comes: it warns (naming the count) and goes on after the timeout
   waited = benchmark.wait_at_barrier(f"{path}:5", timeout_s=0.3, poll_s=0.05)
   assert waited >= 0.3 and "only 4 of 5" in capsys.readouterr().err
+
+
+def _try_lock(path):
+  """Whether another process can take the flock on `path` right now."""
+  import subprocess
+  import sys
+  code = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
+          "try:\n  fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+          "except BlockingIOError:\n  print('held')")
+  return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                        text=True, check=True).stdout.strip()
+
+
+def test_device_lock_is_released_after_the_block_or_held_until_exit(tmp_path, monkeypatch):
+  path = tmp_path / "lock"
+  with benchmark.device_lock(str(path)) as waited:
+    assert waited >= 0 and _try_lock(path) == "held"
+  assert _try_lock(path) == "free"
+  # until_exit: the process keeps its device memory until it exits, so the lock stays too
+  monkeypatch.setattr(benchmark, "_HELD_UNTIL_EXIT", [])
+  with benchmark.device_lock(str(path), until_exit=True):
+    pass
+  assert _try_lock(path) == "held"
+  benchmark._HELD_UNTIL_EXIT.pop().close()   # what the exit does
+  assert _try_lock(path) == "free"
 
 
 @pytest.mark.parametrize("spec", ["nocount", "/tmp/x:", "/tmp/x:zero", "/tmp/x:0", ":3"])
