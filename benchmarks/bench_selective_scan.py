@@ -155,7 +155,9 @@ def check(report):
     # (sparse checkpoints are checked in interpret mode by the tests: their unrolled backward
     # takes minutes to compile on the GPU)
     for label, opts in (("plain batched no-fma keep", dict(lean=False, fma=False,
-                                                           keep_decay=True)),):
+                                                           keep_decay=True)),
+                        ("plain sfu keep_dl", dict(sfu=True, keep_dl=True, lean=True)),
+                        ("plain sfu", dict(sfu=True))):
       kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
           a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
       cases.append((label, dtype, kern_opts, ref, args, w, tol_out, tol_grad))
@@ -206,17 +208,18 @@ def check(report):
 
 def parse_variant(text):
   """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
-  bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma);
-  letters may be omitted (kernel default)."""
+  bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
+  d = keep_dl, x = sfu); letters may be omitted (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
-              w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma")
+              w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
+              x="sfu")
   options, i = {}, 0
   while i < len(text):
     j = i + 1
     while j < len(text) and text[j].isdigit():
       j += 1
     key, value = keys[text[i]], int(text[i + 1:j])
-    options[key] = bool(value) if key in ("keep_decay", "lean", "fma") else value
+    options[key] = bool(value) if key in ("keep_decay", "lean", "fma", "keep_dl", "sfu") else value
     i = j
   return options
 
@@ -283,7 +286,8 @@ def main(argv=None):
   parser.add_argument("--no-assoc", action="store_true")
   parser.add_argument("--chunks", default="", help="extra checkpoint intervals at stage 1")
   parser.add_argument("--variants", default="",
-                      help="comma-separated kernel option sets timed at stage 1, e.g. c8s32k1p1")
+                      help="comma-separated kernel option sets timed at every shape, e.g. "
+                           "c8s32k1 (see parse_variant)")
   parser.add_argument("--baseline", default=None,
                       help="path of an earlier selective_scan_gpu.py to time alongside")
   parser.add_argument("--out", default=None)
@@ -302,7 +306,7 @@ def main(argv=None):
       bench_shape(name, SHAPES[name], jnp.dtype(dtype), args.batch, args.reps, report,
                   args.sweep and name == "stage1", not args.no_assoc,
                   [int(c) for c in args.chunks.split(",") if c] if name == "stage1" else (),
-                  [v for v in args.variants.split(",") if v] if name == "stage1" else (),
+                  [v for v in args.variants.split(",") if v],
                   baseline if name == "stage1" else None)
   if args.out:
     with open(args.out, "w") as f:

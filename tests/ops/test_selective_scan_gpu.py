@@ -67,17 +67,18 @@ def random_inputs(rng, batch, length, channels, groups, num_state, with_z):
       z=f32(rng.standard_normal((batch, length, channels))) if with_z else None)
 
 
-@pytest.mark.parametrize("checkpoint_every,keep_decay,lean", [
-    (2, False, False),  # one saved state per chunk (recompute straight from it)
-    (6, True, False),   # 3 chunks per saved state: sub-checkpoints rebuilt in the backward;
-                        # decays kept for the adjoint
-    (2, False, True),   # lean backward schedule: the adjoint reloads each step
-    (6, True, True),
+@pytest.mark.parametrize("checkpoint_every,keep_decay,lean,keep_dl", [
+    (2, False, False, False),  # one saved state per chunk (recompute straight from it)
+    (6, True, False, False),   # 3 chunks per saved state: sub-checkpoints rebuilt in the
+                               # backward; decays kept for the adjoint
+    (2, False, True, False),   # lean backward schedule: the adjoint reloads each step
+    (6, True, True, True),     # ... and reuses the recompute's Delta
 ])
 def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_every,
-                                                                    keep_decay, lean):
+                                                                    keep_decay, lean, keep_dl):
   # L = 11 is not a multiple of the chunk (2) nor of the checkpoint interval: the tail steps
-  # must be identities.
+  # must be identities. (sfu=True only changes the GPU lowering; bench_selective_scan --check
+  # covers it on the GPU.)
   rng = np.random.default_rng(0)
   inputs = random_inputs(rng, batch=2, length=11, channels=16, groups=2, num_state=4,
                          with_z=True)
@@ -86,7 +87,8 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
   def kernel(u, delta, A, B, C, D, bias, z):
     return selective_scan_gpu.selective_scan_pallas(
         u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
-        checkpoint_every=checkpoint_every, keep_decay=keep_decay, lean=lean, interpret=True)
+        checkpoint_every=checkpoint_every, keep_decay=keep_decay, lean=lean, keep_dl=keep_dl,
+        interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
