@@ -15,8 +15,10 @@ epochs from 1e-7 then cosine to 1e-6, label smoothing 0.1, mixup 0.2 / cutmix 1.
   python train.py --config configs/localvmamba_s.py:runlocal --workdir /tmp/localvmamba_s_local   # smoke run
 Memory: --config.model.remat=True recomputes each block in the backward; with it the S train
 step at 128 images per GPU peaks at 11.5 GiB and runs at 231.5 img/s on one H200 (BENCHMARKS.md,
-2026-11-26). Without remat its peak is not measured (estimated 65-70 GiB from LocalVMamba-T's
-36.9 GiB and S's 18 extra stage-3 blocks); a run that runs out of memory says what to change.
+2026-11-26). Without remat (the default here) XLA plans 56.4 GiB per device at 128 images per
+GPU (H100, 2026-11-27), so it fits an 80 GB card; for LocalVMamba-T that plan matched the
+measured peak within 0.1%. Keep scan_blocks off without remat (XLA planned 120 GiB scanned).
+A run that runs out of memory says what to change.
 Options: --config.optim.ema_decay=0.9999  --config.optim.clip_grad_norm=1.0
          --config.sharding.strategy=fsdp  --config.sharding.distributed=True (multi-host)
 """

@@ -104,6 +104,12 @@ def test_device_out_of_memory_is_explained_and_checkpoints_kept(tmp_path):
   config.model.remat = True
   oom = device_oom_error(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: x"), config, 4)
   assert "remat=True (" not in str(oom) and "per device over 4 device(s)" in str(oom)
+  # scanned blocks without remat: unrolling is suggested too (about half the activations)
+  config.model.remat = False
+  with config.unlocked():
+    config.model.scan_blocks = True
+  oom = device_oom_error(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: x"), config, 1)
+  assert "remat=True (" in str(oom) and "scan_blocks=False" in str(oom)
 
 
 def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
