@@ -4,7 +4,8 @@ a kernel option in the real train step against the defaults (same machine, same 
     PYTHONPATH=. python benchmarks/with_kernel_options.py sfu=0 keep_dl=0 -- \
         --model local_vssm_tiny --mode train --dtype bf16 --batch 128
 
-Options are keyword arguments of `selective_scan_pallas` (integers; 0/1 for flags).
+Options are the tuning arguments of `selective_scan_pallas` (integers; 0/1 for flags); every
+path into the kernel (plain and multi-direction) takes its defaults from there.
 """
 import sys
 
@@ -17,11 +18,13 @@ def main(argv):
     raise SystemExit("usage: with_kernel_options.py NAME=VALUE ... -- BENCHMARK ARGS")
   split = argv.index("--")
   defaults = selective_scan_gpu.selective_scan_pallas.__kwdefaults__
+  tunable = sorted(set(defaults) - {"delta_softplus", "read_index", "write_at_tokens",
+                                    "return_last_state", "interpret"})
   for item in argv[:split]:
     name, _, value = item.partition("=")
-    if name not in defaults or not value.lstrip("-").isdigit():
+    if name not in tunable or not value.lstrip("-").isdigit():
       raise SystemExit(f"unknown kernel option {item!r}; expected NAME=INT with NAME one of "
-                       f"{sorted(defaults)}")
+                       f"{tunable}")
     old = defaults[name]
     defaults[name] = bool(int(value)) if isinstance(old, bool) else int(value)
     print(f"kernel option {name}: {old} -> {defaults[name]}", flush=True)

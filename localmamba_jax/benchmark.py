@@ -423,7 +423,7 @@ def wait_at_barrier(spec: str, timeout_s: float = 600.0, poll_s: float = 1.0) ->
     time.sleep(poll_s)
 
 
-_HELD_UNTIL_EXIT = []
+_HELD_UNTIL_EXIT = {}  # path -> open file whose flock this process keeps until it exits
 
 
 @contextlib.contextmanager
@@ -436,6 +436,9 @@ def device_lock(path: str, until_exit: bool = False):
   if not path:
     yield 0.0
     return
+  if path in _HELD_UNTIL_EXIT:  # this process already holds it (flock would wait on itself)
+    yield 0.0
+    return
   import fcntl
   t0 = time.perf_counter()
   f = open(path, "a")
@@ -444,7 +447,7 @@ def device_lock(path: str, until_exit: bool = False):
     yield time.perf_counter() - t0
   finally:
     if until_exit:
-      _HELD_UNTIL_EXIT.append(f)
+      _HELD_UNTIL_EXIT[path] = f
     else:
       fcntl.flock(f, fcntl.LOCK_UN)
       f.close()

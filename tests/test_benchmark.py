@@ -80,11 +80,14 @@ def test_device_lock_is_released_after_the_block_or_held_until_exit(tmp_path, mo
     assert waited >= 0 and _try_lock(path) == "held"
   assert _try_lock(path) == "free"
   # until_exit: the process keeps its device memory until it exits, so the lock stays too
-  monkeypatch.setattr(benchmark, "_HELD_UNTIL_EXIT", [])
+  monkeypatch.setattr(benchmark, "_HELD_UNTIL_EXIT", {})
   with benchmark.device_lock(str(path), until_exit=True):
     pass
   assert _try_lock(path) == "held"
-  benchmark._HELD_UNTIL_EXIT.pop().close()   # what the exit does
+  with benchmark.device_lock(str(path)) as waited:   # taken again here: no wait on itself
+    assert waited == 0.0
+  assert _try_lock(path) == "held"
+  benchmark._HELD_UNTIL_EXIT.pop(str(path)).close()   # what the exit does
   assert _try_lock(path) == "free"
 
 

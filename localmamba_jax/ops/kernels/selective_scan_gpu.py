@@ -657,17 +657,15 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
 
 
 def multi_direction_scan_pallas(u, delta, A, B, C, D, delta_bias, z, *, gather, merge,
-                                delta_softplus=True, chunk=DEFAULT_CHUNK,
-                                checkpoint_every=DEFAULT_CHECKPOINT_EVERY, interpret=None,
-                                **kernel_options):
+                                delta_softplus=True, **kernel_options):
   """LocalVMamba's multi-direction scan with the scan order fused into the kernel.
 
   Shapes as `ops.multi_direction.multi_direction_selective_scan` (already validated there):
   u [b, HW, E] or [b, HW, K, E], delta [b, HW, K, E], A [K, E, N], B/C [b, HW, K, N],
   D/delta_bias [K, E] or None, z like u or None; gather [K, Lmax], merge [K, HW] (numpy).
-  Returns [b, HW, K, E].
+  kernel_options: those of `selective_scan_pallas` (chunk, interpret, ...), whose defaults
+  apply. Returns [b, HW, K, E].
   """
   return fused_multi_direction_scan(
       selective_scan_pallas, u, delta, A, B, C, D, delta_bias, z, gather=gather, merge=merge,
-      delta_softplus=delta_softplus, chunk=chunk, checkpoint_every=checkpoint_every,
-      interpret=interpret, **kernel_options)
+      delta_softplus=delta_softplus, **kernel_options)
