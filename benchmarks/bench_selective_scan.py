@@ -27,6 +27,7 @@ import numpy as np
 
 from localmamba_jax.ops import multi_direction_selective_scan, selective_scan
 from localmamba_jax.ops.kernels import selective_scan_gpu
+from localmamba_jax.ops.scan_orders import stacked_scan_orders
 
 # LocalVMamba-T: K = 4 directions stacked as K*E channels, B/C in K groups, N = 16, at the
 # four stage resolutions (stage 4 scans 64 steps: w2 pads 7x7 to 8x8). LocalVim-T: one
@@ -38,6 +39,14 @@ SHAPES = {
     "stage4": dict(channels=6144, length=64, groups=4, z=False),
     "localvim": dict(channels=384, length=196, groups=1, z=True),
     "tiny": dict(channels=64, length=40, groups=2, z=True),   # smoke test of this script
+    # the models' path: LocalVMamba-T stage 1 as its blocks call it, K = 4 directions read
+    # through the scan-order table (window pads included) from one shared u [b, HW, E]
+    "stage1_fused": dict(channels=768, length=3136, groups=4, z=False, grid=(56, 56),
+                         directions=("h", "v_flip", "w2", "w7_flip")),
+    "stage3_fused": dict(channels=3072, length=196, groups=4, z=False, grid=(14, 14),
+                         directions=("h", "v_flip", "w2", "w7_flip")),
+    "tiny_fused": dict(channels=64, length=35, groups=4, z=False, grid=(5, 7),
+                       directions=("h", "v_flip", "w2", "w7_flip")),
 }
 NUM_STATE = 16
 
@@ -72,7 +81,21 @@ def make_inputs(rng, batch, length, channels, groups, with_z, dtype):
   return inputs
 
 
-def scan_fn(impl, **options):
+def scan_fn(impl, fused=None, **options):
+  if fused is not None:  # (grid, directions): the multi-direction op with the order fused in
+    grid, directions = fused
+    orders = stacked_scan_orders(*grid, directions)
+
+    def run_fused(u, delta, A, B, C, D, delta_bias, z):
+      del z
+      if impl == "pallas_gpu":
+        return selective_scan_gpu.multi_direction_scan_pallas(
+            u, delta, A, B, C, D, delta_bias, None, gather=orders.gather, merge=orders.merge,
+            **options)
+      return multi_direction_selective_scan(u, delta, A, B, C, D, delta_bias, grid_hw=grid,
+                                            directions=directions, impl=impl)
+    return run_fused
+
   def run(u, delta, A, B, C, D, delta_bias, z):
     if impl == "pallas_gpu" and options:
       return selective_scan_gpu.selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias,
@@ -157,7 +180,9 @@ def check(report):
     for label, opts in (("plain batched no-fma keep", dict(lean=False, fma=False,
                                                            keep_decay=True)),
                         ("plain sfu keep_dl", dict(sfu=True, keep_dl=True, lean=True)),
-                        ("plain sfu", dict(sfu=True))):
+                        ("plain sfu", dict(sfu=True)),
+                        ("plain lanes", dict(lanes=True)),
+                        ("plain lanes ahead 1 chunk 4", dict(lanes=True, ahead=1, chunk=4))):
       kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
           a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
       cases.append((label, dtype, kern_opts, ref, args, w, tol_out, tol_grad))
@@ -175,6 +200,13 @@ def check(report):
             u, d, A, B, C, D, bias, grid_hw=hw, directions=directions, impl=impl)
       mw = jnp.asarray(rng.standard_normal((2, tokens, k, e)), jnp.float32)
       cases.append(("fused " + ",".join(directions), dtype, mk("pallas_gpu"), mk("reference"),
+                    margs, mw, tol_out, tol_grad))
+      orders = stacked_scan_orders(*hw, directions)
+      lanes = lambda u, d, A, B, C, D, bias, orders=orders: (
+          selective_scan_gpu.multi_direction_scan_pallas(
+              u, d, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge,
+              lanes=True))
+      cases.append(("fused lanes " + ",".join(directions), dtype, lanes, mk("reference"),
                     margs, mw, tol_out, tol_grad))
   ok = True
   for name, dtype, kern, ref, args, w, tol_out, tol_grad in cases:
@@ -209,17 +241,19 @@ def check(report):
 def parse_variant(text):
   """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
   bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
-  d = keep_dl, x = sfu); letters may be omitted (kernel default)."""
+  d = keep_dl, x = sfu, n = lanes (one channel per lane), a = ahead); letters may be omitted
+  (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
               w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
-              x="sfu")
+              x="sfu", n="lanes", a="ahead")
   options, i = {}, 0
   while i < len(text):
     j = i + 1
     while j < len(text) and text[j].isdigit():
       j += 1
     key, value = keys[text[i]], int(text[i + 1:j])
-    options[key] = bool(value) if key in ("keep_decay", "lean", "fma", "keep_dl", "sfu") else value
+    options[key] = (bool(value) if key in ("keep_decay", "lean", "fma", "keep_dl", "sfu", "lanes")
+                    else value)
     i = j
   return options
 
@@ -230,18 +264,27 @@ def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chun
   inp = make_inputs(rng, batch, shape["length"], shape["channels"], shape["groups"], shape["z"],
                     dtype)
   names = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
+  fused = None
+  if "directions" in shape:   # K directions of E channels; u shared, per-direction params
+    fused = (shape["grid"], shape["directions"])
+    k = len(shape["directions"])
+    e = shape["channels"] // k
+    b_, l_ = inp["delta"].shape[:2]
+    inp.update(u=inp["u"][:, :, :e], delta=inp["delta"].reshape(b_, l_, k, e),
+               A=inp["A"].reshape(k, e, -1), D=inp["D"].reshape(k, e),
+               delta_bias=inp["delta_bias"].reshape(k, e))
   args = [inp[k] for k in names]
-  w = jnp.asarray(rng.standard_normal(args[0].shape), jnp.float32).astype(dtype)
+  w = jnp.asarray(rng.standard_normal(args[1].shape), jnp.float32).astype(dtype)
   io = nbytes(inp["u"], inp["delta"], inp["B"], inp["C"], inp["z"])
-  fwd_bytes = io + nbytes(inp["u"])                         # inputs read once, out written once
-  bwd_bytes = io + nbytes(inp["u"]) + io                    # read inputs + dout, write grads
+  fwd_bytes = io + nbytes(inp["delta"])                     # inputs read once, out written once
+  bwd_bytes = io + nbytes(inp["delta"]) + io                # read inputs + dout, write grads
   row = dict(shape=name, dtype=jnp.dtype(dtype).name, batch=batch, **shape,
              fwd_bytes=fwd_bytes, fwdbwd_bytes=fwd_bytes + bwd_bytes)
   row["floor_fwd_ms"] = copy_floor_ms(fwd_bytes, reps)
   row["floor_fwdbwd_ms"] = copy_floor_ms(fwd_bytes + bwd_bytes, reps)
-  variants = [("pallas", scan_fn("pallas_gpu"), True)]
+  variants = [("pallas", scan_fn("pallas_gpu", fused), True)]
   for chunk in chunks:  # checkpoint interval: memory (b*C*N*4 bytes per chunk) vs speed
-    variants.append((f"pallas chunk {chunk}", scan_fn("pallas_gpu", chunk=chunk), True))
+    variants.append((f"pallas chunk {chunk}", scan_fn("pallas_gpu", fused, chunk=chunk), True))
   if sweep:  # kernel options: forward-only variants, then backward variants (fwd+bwd timed)
     for tile, warps, chunk in ((32, 1, 4), (32, 1, 16), (64, 1, 8), (64, 2, 8), (32, 2, 8),
                                (16, 1, 8)):
@@ -252,14 +295,14 @@ def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chun
       variants.append((f"bwd t{tile} w{warps} c{chunk}", scan_fn(
           "pallas_gpu", bwd_tile=tile, bwd_num_warps=warps, chunk=chunk), True))
   for text in variants_text:
-    variants.append((text, scan_fn("pallas_gpu", **parse_variant(text)), True))
+    variants.append((text, scan_fn("pallas_gpu", fused, **parse_variant(text)), True))
   if baseline_module is not None:  # an earlier version of the kernel, timed in the same run
     def baseline(u, delta, A, B, C, D, delta_bias, z):
       return baseline_module.selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias,
                                                    delta_softplus=True)
     variants.insert(0, ("baseline (" + baseline_module.__name__ + ")", baseline, True))
   if with_assoc:
-    variants.append(("associative", scan_fn("associative"), True))
+    variants.append(("associative", scan_fn("associative", fused), True))
   for label, fn, time_bwd in variants:
     try:
       fwd = median_ms(jax.jit(fn), args, reps)[0]

@@ -67,15 +67,17 @@ def random_inputs(rng, batch, length, channels, groups, num_state, with_z):
       z=f32(rng.standard_normal((batch, length, channels))) if with_z else None)
 
 
-@pytest.mark.parametrize("checkpoint_every,keep_decay,lean,keep_dl", [
-    (2, False, False, False),  # one saved state per chunk (recompute straight from it)
-    (6, True, False, False),   # 3 chunks per saved state: sub-checkpoints rebuilt in the
-                               # backward; decays kept for the adjoint
-    (2, False, True, False),   # lean backward schedule: the adjoint reloads each step
-    (6, True, True, True),     # ... and reuses the recompute's Delta
-])
-def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_every,
-                                                                    keep_decay, lean, keep_dl):
+@pytest.mark.parametrize("checkpoint_every,keep_decay,lean,keep_dl,lanes,ahead", [
+    (2, False, False, False, False, 2),  # one saved state per chunk (recompute from it)
+    (6, True, False, False, False, 2),   # 3 chunks per saved state: sub-checkpoints rebuilt
+                                         # in the backward; decays kept for the adjoint
+    (2, False, True, False, False, 2),   # lean backward schedule: the adjoint reloads each step
+    (6, True, True, True, False, 2),     # ... and reuses the recompute's Delta
+    (2, False, True, True, True, 1),     # one channel per lane, loads one step early
+    (6, False, True, True, True, 5),     # ... sub-checkpoints; the load queue crosses chunks
+])                                       # and segments (and runs past both ends)
+def test_plain_order_matches_float64_reference_values_and_gradients(
+    checkpoint_every, keep_decay, lean, keep_dl, lanes, ahead):
   # L = 11 is not a multiple of the chunk (2) nor of the checkpoint interval: the tail steps
   # must be identities. (sfu=True only changes the GPU lowering; bench_selective_scan --check
   # covers it on the GPU.)
@@ -88,7 +90,7 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
     return selective_scan_gpu.selective_scan_pallas(
         u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
         checkpoint_every=checkpoint_every, keep_decay=keep_decay, lean=lean, keep_dl=keep_dl,
-        interpret=True)
+        lanes=lanes, ahead=ahead, interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
@@ -97,13 +99,15 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
   assert_matches(kernel, reference, args, weight, NAMES)
 
 
-@pytest.mark.parametrize("grid_hw,directions,exact,checkpoint_every,lean", [
-    ((3, 5), ("h_flip", "w2"), True, 2, True),   # interior window pads, merge == inverse:
-                                                 # fused write (lean backward)
-    ((3, 5), ("v", "w2_flip"), False, 4, False), # official v merge is not the inverse for H != W
+@pytest.mark.parametrize("grid_hw,directions,exact,checkpoint_every,lean,lanes", [
+    ((3, 5), ("h_flip", "w2"), True, 2, True, False),   # interior window pads, merge ==
+                                                        # inverse: fused write (lean backward)
+    ((3, 5), ("v", "w2_flip"), False, 4, False, False), # official v merge is not the inverse
+                                                        # for H != W
+    ((3, 5), ("w2_flip", "v"), False, 4, True, True),   # both, one channel per lane
 ])
 def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
-                                                    checkpoint_every, lean):
+                                                    checkpoint_every, lean, lanes):
   from localmamba_jax.ops.scan_orders import stacked_scan_orders
   orders = stacked_scan_orders(*grid_hw, directions)
   assert kernels_common.merge_is_inverse(orders.gather, orders.merge) == exact
@@ -119,7 +123,8 @@ def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
   def kernel(u, delta, A, B, C, D, bias):
     return selective_scan_gpu.multi_direction_scan_pallas(
         u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge, chunk=2,
-        checkpoint_every=checkpoint_every, keep_decay=True, lean=lean, interpret=True)
+        checkpoint_every=checkpoint_every, keep_decay=True, lean=lean, lanes=lanes,
+        interpret=True)
 
   def reference(u, delta, A, B, C, D, bias):
     return multi_direction_selective_scan(u, delta, A, B, C, D, bias, grid_hw=grid_hw,
