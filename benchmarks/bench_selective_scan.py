@@ -180,9 +180,7 @@ def check(report):
     for label, opts in (("plain batched no-fma keep", dict(lean=False, fma=False,
                                                            keep_decay=True)),
                         ("plain sfu keep_dl", dict(sfu=True, keep_dl=True, lean=True)),
-                        ("plain sfu", dict(sfu=True)),
-                        ("plain lanes", dict(lanes=True)),
-                        ("plain lanes ahead 1 chunk 4", dict(lanes=True, ahead=1, chunk=4))):
+                        ("plain sfu", dict(sfu=True))):
       kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
           a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
       cases.append((label, dtype, kern_opts, ref, args, w, tol_out, tol_grad))
@@ -200,13 +198,6 @@ def check(report):
             u, d, A, B, C, D, bias, grid_hw=hw, directions=directions, impl=impl)
       mw = jnp.asarray(rng.standard_normal((2, tokens, k, e)), jnp.float32)
       cases.append(("fused " + ",".join(directions), dtype, mk("pallas_gpu"), mk("reference"),
-                    margs, mw, tol_out, tol_grad))
-      orders = stacked_scan_orders(*hw, directions)
-      lanes = lambda u, d, A, B, C, D, bias, orders=orders: (
-          selective_scan_gpu.multi_direction_scan_pallas(
-              u, d, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge,
-              lanes=True))
-      cases.append(("fused lanes " + ",".join(directions), dtype, lanes, mk("reference"),
                     margs, mw, tol_out, tol_grad))
   ok = True
   for name, dtype, kern, ref, args, w, tol_out, tol_grad in cases:
@@ -241,19 +232,18 @@ def check(report):
 def parse_variant(text):
   """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
   bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
-  d = keep_dl, x = sfu, n = lanes (one channel per lane), a = ahead); letters may be omitted
-  (kernel default)."""
+  d = keep_dl, x = sfu, e = keep_tokens); letters may be omitted (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
               w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
-              x="sfu", n="lanes", a="ahead")
+              x="sfu", e="keep_tokens")
   options, i = {}, 0
   while i < len(text):
     j = i + 1
     while j < len(text) and text[j].isdigit():
       j += 1
     key, value = keys[text[i]], int(text[i + 1:j])
-    options[key] = (bool(value) if key in ("keep_decay", "lean", "fma", "keep_dl", "sfu", "lanes")
-                    else value)
+    flags = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "keep_tokens")
+    options[key] = bool(value) if key in flags else value
     i = j
   return options
 

@@ -67,17 +67,15 @@ def random_inputs(rng, batch, length, channels, groups, num_state, with_z):
       z=f32(rng.standard_normal((batch, length, channels))) if with_z else None)
 
 
-@pytest.mark.parametrize("checkpoint_every,keep_decay,lean,keep_dl,lanes,ahead", [
-    (2, False, False, False, False, 2),  # one saved state per chunk (recompute from it)
-    (6, True, False, False, False, 2),   # 3 chunks per saved state: sub-checkpoints rebuilt
-                                         # in the backward; decays kept for the adjoint
-    (2, False, True, False, False, 2),   # lean backward schedule: the adjoint reloads each step
-    (6, True, True, True, False, 2),     # ... and reuses the recompute's Delta
-    (2, False, True, True, True, 1),     # one channel per lane, loads one step early
-    (6, False, True, True, True, 5),     # ... sub-checkpoints; the load queue crosses chunks
-])                                       # and segments (and runs past both ends)
-def test_plain_order_matches_float64_reference_values_and_gradients(
-    checkpoint_every, keep_decay, lean, keep_dl, lanes, ahead):
+@pytest.mark.parametrize("checkpoint_every,keep_decay,lean,keep_dl", [
+    (2, False, False, False),  # one saved state per chunk (recompute straight from it)
+    (6, True, False, False),   # 3 chunks per saved state: sub-checkpoints rebuilt in the
+                               # backward; decays kept for the adjoint
+    (2, False, True, False),   # lean backward schedule: the adjoint reloads each step
+    (6, True, True, True),     # ... and reuses the recompute's Delta
+])
+def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_every,
+                                                                    keep_decay, lean, keep_dl):
   # L = 11 is not a multiple of the chunk (2) nor of the checkpoint interval: the tail steps
   # must be identities. (sfu=True only changes the GPU lowering; bench_selective_scan --check
   # covers it on the GPU.)
@@ -90,7 +88,7 @@ def test_plain_order_matches_float64_reference_values_and_gradients(
     return selective_scan_gpu.selective_scan_pallas(
         u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
         checkpoint_every=checkpoint_every, keep_decay=keep_decay, lean=lean, keep_dl=keep_dl,
-        lanes=lanes, ahead=ahead, interpret=True)
+        interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
@@ -99,15 +97,15 @@ def test_plain_order_matches_float64_reference_values_and_gradients(
   assert_matches(kernel, reference, args, weight, NAMES)
 
 
-@pytest.mark.parametrize("grid_hw,directions,exact,checkpoint_every,lean,lanes", [
+@pytest.mark.parametrize("grid_hw,directions,exact,checkpoint_every,lean,keep_tokens", [
     ((3, 5), ("h_flip", "w2"), True, 2, True, False),   # interior window pads, merge ==
                                                         # inverse: fused write (lean backward)
     ((3, 5), ("v", "w2_flip"), False, 4, False, False), # official v merge is not the inverse
                                                         # for H != W
-    ((3, 5), ("w2_flip", "v"), False, 4, True, True),   # both, one channel per lane
-])
+    ((3, 5), ("w2_flip", "v"), False, 4, True, True),   # lean, the adjoint reusing the
+])                                                      # recompute's table entries
 def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
-                                                    checkpoint_every, lean, lanes):
+                                                    checkpoint_every, lean, keep_tokens):
   from localmamba_jax.ops.scan_orders import stacked_scan_orders
   orders = stacked_scan_orders(*grid_hw, directions)
   assert kernels_common.merge_is_inverse(orders.gather, orders.merge) == exact
@@ -123,7 +121,7 @@ def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
   def kernel(u, delta, A, B, C, D, bias):
     return selective_scan_gpu.multi_direction_scan_pallas(
         u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge, chunk=2,
-        checkpoint_every=checkpoint_every, keep_decay=True, lean=lean, lanes=lanes,
+        checkpoint_every=checkpoint_every, keep_decay=True, lean=lean, keep_tokens=keep_tokens,
         interpret=True)
 
   def reference(u, delta, A, B, C, D, bias):
@@ -210,3 +208,25 @@ def test_lean_schedule_default_follows_the_measurements():
   lean = selective_scan_gpu._lean_default
   assert lean(197, indexed=False) and lean(3136, indexed=True) and lean(784, indexed=True)
   assert not lean(196, indexed=True) and not lean(64, indexed=True)
+
+
+def test_keep_dl_default_applies_to_plain_order_scans_only(monkeypatch):
+  """keep_dl was measured faster in plain order and slower through a scan-order table
+  (H100, 2026-11-27, BENCHMARKS.md); the default must resolve per call, and an explicit
+  value must win."""
+  seen = []
+  original = selective_scan_gpu._scan
+  monkeypatch.setattr(selective_scan_gpu, "_scan",
+                      lambda cfg, *args: seen.append(cfg.keep_dl) or original(cfg, *args))
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((1, 4, 8)), jnp.float32)
+  a = -jnp.ones((8, 4), jnp.float32)
+  bc = jnp.asarray(rng.standard_normal((1, 4, 1, 4)), jnp.float32)
+  table = np.array([[3, 2, 1, 0]])
+  run = lambda **kw: selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, chunk=2,
+                                                              interpret=True, **kw)
+  run()
+  run(read_index=table)
+  run(read_index=table, keep_dl=True)
+  run(keep_dl=False)
+  assert seen == [True, False, True, False]

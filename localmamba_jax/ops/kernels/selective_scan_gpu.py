@@ -18,8 +18,9 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     adjoint recurrence
         g_t = C_t dy_t + exp(Delta_{t+1} A) g_{t+1}
     backwards through them. Since a_t h_{t-1} = h_t - Delta_t B_t u_t, only h_t is needed.
-    The adjoint reuses each step's Delta from the recompute (keep_dl), and softplus / sigmoid
-    take their exp and reciprocal from the special-function unit (sfu): -8 to -14% fwd+bwd.
+    In plain order the adjoint reuses each step's Delta from the recompute (keep_dl), and
+    softplus / sigmoid take their exp and reciprocal from the special-function unit (sfu):
+    -8 to -14% fwd+bwd there (keep_dl slows scans read through a scan-order table).
     dB/dC (summed over the channels of a group) are written as one partial per channel tile,
     [batch, tokens, tiles, N], and summed afterwards; dA, dD and d delta_bias are per-program
     partials summed over batch afterwards. No atomics, so results are deterministic.
@@ -78,9 +79,18 @@ DEFAULT_CHECKPOINT_EVERY = 8
 DEFAULT_KEEP_DECAY = False
 # keep_dl + sfu (H100, fp32, batch 128, same run, 2026-11-27): fwd+bwd stage 1 22.48 -> 20.30 ms,
 # stage 2 11.33 -> 10.43, stage 3 7.29 -> 6.38, stage 4 3.83 -> 3.60, LocalVim-T 1.40 -> 1.20;
-# errors against float64 unchanged (BENCHMARKS.md).
-DEFAULT_KEEP_DL = True
+# errors against float64 unchanged (BENCHMARKS.md). Those shapes are plain order. Where the scan
+# reads through a scan-order table (LocalVMamba's fused multi-direction path) keep_dl was
+# measured slower: stage 1, bf16, fwd+bwd 32.11 ms with it against 28.14 without (sfu on both;
+# 29.26 with neither), and LocalVMamba-T's train step ran at 449.6 img/s with both against
+# 465.4 with neither (same H100, same call). So keep_dl defaults to plain-order scans only
+# (None = _keep_dl_default); sfu stays on (fused bf16 -3.8%, fused fp32 +2.4%, plain -4%).
+DEFAULT_KEEP_DL = None
 DEFAULT_SFU = True
+# The fused path's backward is ~40% slower than plain order at stage 1 while its forward is
+# not (BENCHMARKS.md, 2026-11-27); keep_tokens tests the guess that the lean adjoint waits on
+# its table loads. Correct (tested), not yet timed on a GPU: off until measured.
+DEFAULT_KEEP_TOKENS = False
 DEFAULT_LEAN = None  # None = _lean_default(): lean except short scans through a read_index
 # In LocalVMamba-T's train step (jax.profiler, H100, bf16; profiles of the batched and the lean
 # kernel on two H100 machines) the lean schedule cut the stage-1/2 backward from 30.2 / 14.9
@@ -91,9 +101,6 @@ LEAN_MIN_INDEXED_SEQ = 512
 DEFAULT_FMA = True
 DEFAULT_TILE = 64
 DEFAULT_BWD_TILE = 16
-DEFAULT_LANES = False
-DEFAULT_AHEAD = 2
-LANES_BWD_TILE = 32          # one warp: dB/dC reductions stay inside it
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -127,6 +134,10 @@ def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
 
 def _lean_default(seq_len: int, indexed: bool) -> bool:
   return not indexed or seq_len >= LEAN_MIN_INDEXED_SEQ
+
+
+def _keep_dl_default(indexed: bool) -> bool:
+  return not indexed
 
 
 def _chunking(chunk, checkpoint_every, seq_len):
@@ -164,11 +175,10 @@ class _Config:
   bwd_num_warps: int
   keep_decay: bool             # backward keeps exp(Delta A) of the recompute for the adjoint
   keep_dl: bool                # lean backward keeps Delta of the recompute for the adjoint
+  keep_tokens: bool            # lean backward keeps the recompute's read_index entries
   sfu: bool                    # exp / reciprocal on the special-function unit (_exp_sfu)
   lean: bool                   # backward holds one step's loads at a time (see _backward_kernel)
   fma: bool                    # fused multiply-adds written out (see _fma)
-  lanes: bool                  # one channel per lane: state as N [tile] vectors (see below)
-  ahead: int                   # lanes kernels: steps whose loads are issued before use
   interpret: bool
 
 
@@ -234,17 +244,20 @@ def _sigmoid(x, cfg):
   return _reciprocal(1.0 + _exp_sfu(-x, cfg), cfg)
 
 
-def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None):
+def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None,
+               raw_token=None):
   """Issues the loads of step t of one program's tile; returns them raw (unmasked).
 
   Loading is kept apart from use (`_derive`) so that a whole chunk's loads can be issued
   before any of the chunk's stores: the compiler cannot move a load above a store to another
   buffer (it cannot prove they do not alias), so a load placed after a store costs one full
-  memory latency on the critical path of every step.
+  memory latency on the critical path of every step. raw_token: step t's entry of the
+  read_index if already loaded (keep_tokens), else it is loaded here.
   """
   u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
   t_safe = jnp.minimum(jnp.asarray(t, jnp.int32), jnp.int32(cfg.seq_len - 1))
-  raw_token = t_safe if index_ref is None else index_ref[group, t_safe]
+  if raw_token is None:
+    raw_token = t_safe if index_ref is None else index_ref[group, t_safe]
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
   raw = dict(raw_token=raw_token,
              u=plt.load(u_ref.at[b, token, pl.ds(cu0, tile)]),
@@ -269,14 +282,7 @@ def _derive(cfg, raw, t, bias, dl=None):
   real = jnp.logical_and(raw_token >= 0, in_range) if cfg.indexed else in_range
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
   zero = jnp.float32(0.0)
-  def f32(name):
-    x = raw[name]
-    if isinstance(x, list):
-      # N scalars of B_t / C_t (cfg.lanes), left unmasked (N selects per step saved): a pad's
-      # u = 0 makes Delta u B_t = 0 whatever B_t, and the lanes kernels zero a pad's output
-      # and incoming gradient, which makes C_t irrelevant there.
-      return [v.astype(jnp.float32) for v in x]
-    return jnp.where(real, x.astype(jnp.float32), zero)
+  f32 = lambda name: jnp.where(real, raw[name].astype(jnp.float32), zero)
   pre = f32("draw") + bias
   if dl is None:
     dl = _softplus(pre, cfg) if cfg.softplus else pre
@@ -445,14 +451,19 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
           states.append(h)
           decays.append(decay if cfg.keep_decay else None)
           dls.append(s["dl"] if cfg.keep_dl else None)
+        # keep_tokens: the adjoint's loads take their tokens from the recompute's, instead of
+        # a table load that each of them would wait for (one step ahead is not enough to
+        # hide two dependent loads); chunk more registers
+        tokens = ([r_["raw_token"] for r_ in raws] if cfg.keep_tokens and cfg.indexed else
+                  [None] * chunk)
         del raws
         ahead = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, chunk_first + chunk - 1,
-                           dout_ref=dout_ref)
+                           dout_ref=dout_ref, raw_token=tokens[chunk - 1])
         for i in reversed(range(chunk)):
           current = ahead
           if i:                                # issued before this step's stores
             ahead = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile,
-                               chunk_first + i - 1, dout_ref=dout_ref)
+                               chunk_first + i - 1, dout_ref=dout_ref, raw_token=tokens[i - 1])
           s = _derive(cfg, current, chunk_first + i, bias, dl=dls[i])
           g_next, accs = adjoint_step(s, states[i], decays[i], g_next, accs)
         continue
@@ -479,244 +490,6 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   dbias_ref[b, pl.ds(c0, tile)] = dbias_acc
 
 
-# ------------------------------------------------------- one channel per lane (cfg.lanes)
-#
-# The kernels above keep the state as a [tile, N] register tile whose layout Triton picks:
-# with N = 16 it spreads each channel's N states over 4 lanes, so every per-channel value
-# (u, Delta, softplus, sigmoid, du, ...) is computed 4 times and every N-reduction costs
-# shuffles (session-2 ncu: ~55 thread-instructions per element-step in the backward, against
-# ~20 in the math). Triton's layout cannot be chosen through Pallas, but it can be avoided:
-# here the state is N separate [tile] vectors (a Python list), so that with `tile` channels
-# on `tile` lanes each lane owns one channel and all of its N states. Sums over N are then
-# in-thread multiply-adds, per-channel work is done once, and B_t, C_t are N scalar
-# (warp-uniform) loads. The price: dB/dC, sums over the tile's channels, are one cross-lane
-# reduction per state (Triton's shuffle tree) instead of a partial reduction, and the
-# backward tile is 32 channels on one warp (2x fewer dB/dC partials than 16-channel tiles).
-# Loads are issued `ahead` steps before use through a queue that runs across chunk and
-# segment boundaries (a whole chunk of N-scalar loads would not fit in registers).
-# Saved states are [batch, segments, N, C] (a state's [tile] vector is one coalesced store).
-
-
-def _load_step_lanes(cfg, refs, b, group, c0, cu0, cz0, tile, t, num_state, *, need_c=True,
-                     dout_ref=None):
-  """`_load_step` with B_t and C_t as N scalars (lists). t may lie outside [0, seq_len)
-  (the load queue runs past both ends): the token is clamped, and `_derive` masks the step."""
-  u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
-  t_safe = jnp.clip(jnp.asarray(t, jnp.int32), 0, cfg.seq_len - 1)
-  raw_token = t_safe if index_ref is None else index_ref[group, t_safe]
-  token = jnp.maximum(raw_token, 0).astype(jnp.int32)
-  raw = dict(raw_token=raw_token,
-             u=plt.load(u_ref.at[b, token, pl.ds(cu0, tile)]),
-             draw=plt.load(delta_ref.at[b, token, pl.ds(c0, tile)]),
-             bt=[b_ref[b, token, group, n] for n in range(num_state)])
-  if need_c:
-    raw["ct"] = [c_ref[b, token, group, n] for n in range(num_state)]
-    if cfg.has_z:
-      raw["zt"] = plt.load(z_ref.at[b, token, pl.ds(cz0, tile)])
-  if dout_ref is not None:
-    write_pos = token if cfg.write_at_tokens else t_safe
-    raw["dout"] = plt.load(dout_ref.at[b, write_pos, pl.ds(c0, tile)])
-  return raw
-
-
-class _LoadQueue:
-  """Loads issued `ahead` events before their use, in a fixed order of events per segment
-  (an event = the loads of one step). `pop()` first issues the loads of the event `ahead`
-  positions later (in the next segment once this one's are all issued), then returns the
-  oldest. The pending loads are carried from one segment to the next (loop carry)."""
-
-  def __init__(self, load_event, events, seg, next_seg, pending, ahead):
-    self.load_event, self.events, self.seg, self.next_seg = load_event, events, seg, next_seg
-    self.pending, self.ahead, self.k = list(pending), ahead, 0
-
-  def pop(self):
-    e = self.k + self.ahead
-    n = len(self.events)
-    self.pending.append(self.load_event(self.seg, self.events[e]) if e < n else
-                        self.load_event(self.next_seg, self.events[e - n]))
-    self.k += 1
-    return self.pending.pop(0)
-
-
-def _forward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
-  refs = list(refs)
-  index_ref = refs.pop(0) if cfg.indexed else None
-  u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = refs[:7]
-  z_ref = refs[7] if cfg.has_z else None
-  out_ref, ckpt_ref, last_ref = refs[-3:]
-  tile, seg_len = cfg.tile, cfg.checkpoint_every
-  num_state = a_ref.shape[0]
-  b, _, c0, group, cu0, cz0 = _program_coords(cfg, tile, per_group, u_channels, z_channels)
-  a2 = [a_ref[n, pl.ds(c0, tile)] for n in range(num_state)]   # A * log2(e), [N, C] in memory
-  d = d_ref[pl.ds(c0, tile)]
-  bias = bias_ref[pl.ds(c0, tile)]
-  load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
-  events = list(range(seg_len))
-
-  def load_event(seg, offset):
-    return _load_step_lanes(cfg, load_refs, b, group, c0, cu0, cz0, tile,
-                            seg * seg_len + offset, num_state)
-
-  def segment_body(seg, carry):
-    h, pending = carry
-    queue = _LoadQueue(load_event, events, seg, seg + 1, pending, cfg.ahead)
-    for n in range(num_state):                      # the state at every segment start
-      ckpt_ref[b, seg, n, pl.ds(c0, tile)] = h[n]
-    h = list(h)
-    for i in range(seg_len):
-      t = seg * seg_len + i
-      s = _derive(cfg, queue.pop(), t, bias)
-      dlu = s["dl"] * s["u"]
-      y = d * s["u"]
-      for n in range(num_state):
-        h[n] = _fma(_exp2(s["dl"] * a2[n], cfg), h[n], dlu * s["bt"][n], cfg)
-        y = _fma(h[n], s["ct"][n], y, cfg)
-      if cfg.has_z:
-        y = y * s["zt"] * _sigmoid(s["zt"], cfg)
-      y = jnp.where(s["real"], y, 0.0)              # a pad's output is 0 (C = 0 there)
-      plt.store(out_ref.at[b, s["write_pos"], pl.ds(c0, tile)], y.astype(out_ref.dtype),
-                mask=jnp.broadcast_to(s["write_ok"], (tile,)))
-    return tuple(h), tuple(queue.pending)
-
-  h0 = tuple(jnp.zeros((tile,), jnp.float32) for _ in range(num_state))
-  pending0 = tuple(load_event(0, i) for i in range(cfg.ahead))
-  num_segments = num_chunks * cfg.chunk // seg_len
-  h, _ = jax.lax.fori_loop(0, num_segments, segment_body, (h0, pending0))
-  for n in range(num_state):
-    last_ref[b, n, pl.ds(c0, tile)] = h[n]
-
-
-def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
-  """The lean backward schedule (see `_backward_kernel`) with one channel per lane: per
-  segment in reverse, sub-checkpoints (ratio > 1), then per chunk in reverse the recompute
-  of its states (loads u, delta, B) and the adjoint through them (reloads every input and
-  dout); Delta is kept from the recompute. All loads go through one queue, `ahead` steps
-  early; the next segment's saved state is loaded one segment early."""
-  refs = list(refs)
-  index_ref = refs.pop(0) if cfg.indexed else None
-  u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = refs[:7]
-  refs = refs[7:]
-  z_ref = refs.pop(0) if cfg.has_z else None
-  dout_ref, dlast_ref, ckpt_ref = refs[:3]
-  refs = refs[3:]
-  du_ref, ddelta_ref = refs[:2]
-  refs = refs[2:]
-  dz_ref = refs.pop(0) if cfg.has_z else None
-  db_ref, dc_ref, da_ref, dd_ref, dbias_ref = refs
-  tile, chunk, seg_len = cfg.bwd_tile, cfg.chunk, cfg.checkpoint_every
-  ratio = seg_len // chunk
-  num_segments = num_chunks // ratio
-  num_state = a_ref.shape[0]
-  b, j, c0, group, cu0, cz0 = _program_coords(cfg, tile, per_group, u_channels, z_channels)
-  a2 = [a_ref[n, pl.ds(c0, tile)] for n in range(num_state)]
-  d = d_ref[pl.ds(c0, tile)]
-  bias = bias_ref[pl.ds(c0, tile)]
-  load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
-  # one segment's load events in order of use: (full loads?, step offset)
-  events = [(False, r * chunk + i) for r in range(ratio - 1) for i in range(chunk)]
-  for r in reversed(range(ratio)):
-    events += [(False, r * chunk + i) for i in range(chunk)]
-    events += [(True, r * chunk + i) for i in reversed(range(chunk))]
-  if cfg.ahead > len(events):
-    raise ValueError(f"selective_scan_pallas: ahead={cfg.ahead} exceeds the {len(events)} "
-                     f"load events of a segment; use ahead <= {len(events)}.")
-
-  def load_event(seg, event):
-    full, offset = event
-    return _load_step_lanes(cfg, load_refs, b, group, c0, cu0, cz0, tile,
-                            seg * seg_len + offset, num_state, need_c=full,
-                            dout_ref=dout_ref if full else None)
-
-  def load_state(seg):
-    seg = jnp.maximum(seg, 0)
-    return tuple(ckpt_ref[b, seg, n, pl.ds(c0, tile)] for n in range(num_state))
-
-  def step_state(h, s):
-    dlu = s["dl"] * s["u"]
-    return [_fma(_exp2(s["dl"] * a2[n], cfg), h[n], dlu * s["bt"][n], cfg)
-            for n in range(num_state)]
-
-  def adjoint_step(s, h, g_next, accs):
-    da_acc, dd_acc, dbias_acc = accs
-    u, dl, bt, ct = s["u"], s["dl"], s["bt"], s["ct"]
-    dout = jnp.where(s["real"], s["dout"], 0.0)     # a pad's C is 0: no gradient reaches h
-    token = s["token"]
-    store_mask = jnp.broadcast_to(s["real"], (tile,))
-    if cfg.has_z:
-      zt = s["zt"]
-      sig = _sigmoid(zt, cfg)
-      y = d * u
-      for n in range(num_state):
-        y = _fma(h[n], ct[n], y, cfg)
-      dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
-      plt.store(dz_ref.at[b, token, pl.ds(c0, tile)], dz.astype(dz_ref.dtype), mask=store_mask)
-      dy = dout * zt * sig
-    else:
-      dy = dout
-    dlu = dl * u
-    gb = jnp.zeros_like(u)
-    ga = jnp.zeros_like(u)
-    g, da_new = [], []
-    for n in range(num_state):
-      gn = _fma(dy, ct[n], g_next[n], cfg)
-      # exp(Delta A) h_{t-1} = h_t - Delta B u (see _backward_kernel): serves dDelta and dA
-      g_decayed_prev = gn * _fma(-dlu, bt[n], h[n], cfg)
-      da_new.append(_fma(dl, g_decayed_prev, da_acc[n], cfg))
-      gb = _fma(gn, bt[n], gb, cfg)
-      ga = _fma(a2[n], g_decayed_prev, ga, cfg)
-      # dB, dC summed over the tile's channels (cross-lane); pads store nothing
-      plt.store(db_ref.at[b, token, j, jnp.int32(n)], jnp.sum(gn * dlu), mask=s["real"])
-      plt.store(dc_ref.at[b, token, j, jnp.int32(n)], jnp.sum(dy * h[n]), mask=s["real"])
-      g.append(gn * _exp2(dl * a2[n], cfg))         # g_next of step t - 1
-    ddl = u * gb + LN_2 * ga                        # a2 = A log2(e): A = a2 ln 2
-    du = gb * dl + d * dy
-    dd_acc = dd_acc + dy * u
-    dpre = ddl * _sigmoid(s["pre"], cfg) if cfg.softplus else ddl
-    dpre = jnp.where(s["in_range"], dpre, 0.0)
-    dbias_acc = dbias_acc + dpre
-    plt.store(du_ref.at[b, token, pl.ds(c0, tile)], du.astype(du_ref.dtype), mask=store_mask)
-    plt.store(ddelta_ref.at[b, token, pl.ds(c0, tile)], dpre.astype(ddelta_ref.dtype),
-              mask=store_mask)
-    return g, (da_new, dd_acc, dbias_acc)
-
-  def segment_body(si, carry):
-    g, accs, pending, h = carry
-    seg = num_segments - 1 - si
-    first = seg * seg_len
-    next_state = load_state(seg - 1)                 # one segment early
-    queue = _LoadQueue(load_event, events, seg, seg - 1, pending, cfg.ahead)
-    g = list(g)
-    sub_states = [list(h)]
-    for r in range(ratio - 1):                      # states at the chunk starts
-      for i in range(chunk):
-        h = step_state(h, _derive(cfg, queue.pop(), first + r * chunk + i, bias))
-      sub_states.append(h)
-    for r in reversed(range(ratio)):
-      h, states, dls = sub_states[r], [], []
-      for i in range(chunk):                        # recompute the chunk's states
-        s = _derive(cfg, queue.pop(), first + r * chunk + i, bias)
-        h = step_state(h, s)
-        states.append(h)
-        dls.append(s["dl"])
-      for i in reversed(range(chunk)):              # adjoint recurrence through them
-        s = _derive(cfg, queue.pop(), first + r * chunk + i, bias, dl=dls[i])
-        g, accs = adjoint_step(s, states[i], g, accs)
-    da_acc, dd_acc, dbias_acc = accs
-    return tuple(g), (tuple(da_acc), dd_acc, dbias_acc), tuple(queue.pending), next_state
-
-  zeros_t = jnp.zeros((tile,), jnp.float32)
-  g0 = tuple(dlast_ref[b, n, pl.ds(c0, tile)] for n in range(num_state))
-  last_seg = num_segments - 1
-  pending0 = tuple(load_event(last_seg, e) for e in events[:cfg.ahead])
-  carry = (g0, (tuple(zeros_t for _ in range(num_state)), zeros_t, zeros_t), pending0,
-           load_state(last_seg))
-  _, (da_acc, dd_acc, dbias_acc), _, _ = jax.lax.fori_loop(0, num_segments, segment_body, carry)
-  for n in range(num_state):
-    da_ref[b, n, pl.ds(c0, tile)] = da_acc[n]
-  dd_ref[b, pl.ds(c0, tile)] = dd_acc
-  dbias_ref[b, pl.ds(c0, tile)] = dbias_acc
-
-
 # ----------------------------------------------------------------------------- pallas calls
 
 def _compiler_params(num_warps):
@@ -738,25 +511,17 @@ def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
   batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index = _common(
       cfg, index, u, delta, B, z)
   out_len = delta.shape[1] if cfg.write_at_tokens else cfg.seq_len
-  segments = num_chunks * cfg.chunk // cfg.checkpoint_every
-  if cfg.lanes:  # A and the states with channels last: one lane per channel (see above)
-    a2 = a2.T
-    state_shape = (batch, segments, num_state, channels)
-  else:
-    state_shape = (batch, segments, channels, num_state)
-  kernel = functools.partial(_forward_kernel_lanes if cfg.lanes else _forward_kernel, cfg=cfg, per_group=channels // groups,
+  kernel = functools.partial(_forward_kernel, cfg=cfg, per_group=channels // groups,
                              u_channels=u_channels, z_channels=z_channels,
                              num_chunks=num_chunks)
   out_shape = (jax.ShapeDtypeStruct((batch, out_len, channels), u.dtype),
-               jax.ShapeDtypeStruct(state_shape, jnp.float32),
-               jax.ShapeDtypeStruct(state_shape[:1] + state_shape[2:], jnp.float32))
+               jax.ShapeDtypeStruct((batch, num_chunks * cfg.chunk // cfg.checkpoint_every,
+                                     channels, num_state), jnp.float32),
+               jax.ShapeDtypeStruct((batch, channels, num_state), jnp.float32))
   args = index + (u, delta, a2, B, C, D, bias) + ((z,) if cfg.has_z else ())
-  out, ckpt, last = pl.pallas_call(kernel, out_shape=out_shape,
-                                   grid=(batch, channels // cfg.tile), interpret=cfg.interpret,
-                                   name="selective_scan_fwd",
-                                   compiler_params=_compiler_params(cfg.num_warps))(*args)
-  # ckpt stays in the kernel's layout (only the backward reads it); last is [b, C, N]
-  return out, ckpt, (last.transpose(0, 2, 1) if cfg.lanes else last)
+  return pl.pallas_call(kernel, out_shape=out_shape, grid=(batch, channels // cfg.tile),
+                        interpret=cfg.interpret, name="selective_scan_fwd",
+                        compiler_params=_compiler_params(cfg.num_warps))(*args)
 
 
 def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt):
@@ -764,10 +529,7 @@ def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt
       cfg, index, u, delta, B, z)
   tokens = delta.shape[1]
   num_tiles = channels // cfg.bwd_tile
-  if cfg.lanes:
-    a2, dlast = a2.T, dlast.transpose(0, 2, 1)
-  state_shape = (batch, num_state, channels) if cfg.lanes else (batch, channels, num_state)
-  kernel = functools.partial(_backward_kernel_lanes if cfg.lanes else _backward_kernel, cfg=cfg, per_group=channels // groups,
+  kernel = functools.partial(_backward_kernel, cfg=cfg, per_group=channels // groups,
                              u_channels=u_channels, z_channels=z_channels,
                              num_chunks=num_chunks)
   f32 = jnp.float32
@@ -777,7 +539,7 @@ def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt
     out_shape.append(jax.ShapeDtypeStruct((batch, tokens, channels), z.dtype))
   out_shape += [jax.ShapeDtypeStruct((batch, tokens, num_tiles, num_state), f32),
                 jax.ShapeDtypeStruct((batch, tokens, num_tiles, num_state), f32),
-                jax.ShapeDtypeStruct(state_shape, f32),
+                jax.ShapeDtypeStruct((batch, channels, num_state), f32),
                 jax.ShapeDtypeStruct((batch, channels), f32),
                 jax.ShapeDtypeStruct((batch, channels), f32)]
   args = index + (u, delta, a2, B, C, D, bias) + ((z,) if cfg.has_z else ()) + (
@@ -810,8 +572,6 @@ def _scan_bwd(cfg, residuals, cotangents):
   du, ddelta = grads[:2]
   dz = grads[2] if cfg.has_z else None
   db_part, dc_part, da_part, dd_part, dbias_part = grads[-5:]
-  da = da_part.sum(0)
-  da = da.T if cfg.lanes else da
   batch, tokens, num_tiles, num_state = db_part.shape
   groups = B.shape[2]
   fold_tiles = lambda p: p.reshape(batch, tokens, groups, num_tiles // groups,
@@ -820,7 +580,7 @@ def _scan_bwd(cfg, residuals, cotangents):
   if dz is not None:
     dz = fold_to(z.shape[2], dz).astype(z.dtype)
   # index: an integer table, no cotangent (None = zero).
-  return (None, du, ddelta, da.astype(A.dtype), fold_tiles(db_part).astype(B.dtype),
+  return (None, du, ddelta, da_part.sum(0).astype(A.dtype), fold_tiles(db_part).astype(B.dtype),
           fold_tiles(dc_part).astype(C.dtype), dd_part.sum(0).astype(D.dtype),
           dbias_part.sum(0).astype(bias.dtype), dz)
 
@@ -838,8 +598,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           checkpoint_every=DEFAULT_CHECKPOINT_EVERY, tile=None, bwd_tile=None,
                           num_warps=None, bwd_num_warps=None, keep_decay=DEFAULT_KEEP_DECAY,
                           lean=DEFAULT_LEAN, fma=DEFAULT_FMA, keep_dl=DEFAULT_KEEP_DL,
-                          sfu=DEFAULT_SFU, lanes=DEFAULT_LANES, ahead=DEFAULT_AHEAD,
-                          interpret=None):
+                          sfu=DEFAULT_SFU, keep_tokens=DEFAULT_KEEP_TOKENS, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -861,12 +620,12 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      read through a read_index, where the batched schedule measured faster). fma: the
      recurrences' multiply-adds as fma.rn.f32 (default). keep_dl: the lean backward keeps
      each step's Delta from its recompute for the adjoint (one softplus per step less,
-     `chunk` more registers per thread). sfu: exp and reciprocals (softplus, sigmoid) on the
-     special-function unit (ex2/rcp.approx, ~2^-22 relative) instead of libdevice's
-     range-checked expf and the IEEE division. lanes: kernels with one channel per lane
-     (the state as N vectors; backward tiles of LANES_BWD_TILE channels on one warp; the
-     lean schedule with Delta kept, so lean / keep_dl / keep_decay do not apply); ahead:
-     how many steps early their loads are issued.
+     `chunk` more registers per thread; None = only for plain-order scans, where it was
+     measured faster: through a read_index it was slower). keep_tokens: with a read_index,
+     the lean backward's adjoint reuses the table entries its recompute loaded (not yet
+     timed). sfu: exp and reciprocals (softplus, sigmoid) on the special-function unit
+     (ex2/rcp.approx, ~2^-22 relative) instead of libdevice's range-checked expf and the
+     IEEE division.
   interpret: None = interpret mode unless the default backend is a GPU.
   Returns out (and the last state [b, C, N] fp32 if return_last_state).
   """
@@ -898,10 +657,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     seq_len = int(read_index.shape[1])
     index = jnp.asarray(read_index, jnp.int32)
   cap = lambda t, default: _largest_pow2_divisor(per_group, t or default)
-  fwd_tile = cap(tile, DEFAULT_TILE)
-  bwd_t = cap(bwd_tile, LANES_BWD_TILE if lanes else DEFAULT_BWD_TILE)
-  if not isinstance(ahead, (int, np.integer)) or ahead < 1:
-    raise ValueError(f"selective_scan_pallas: ahead must be an integer >= 1, got {ahead!r}.")
+  fwd_tile, bwd_t = cap(tile, DEFAULT_TILE), cap(bwd_tile, DEFAULT_BWD_TILE)
   for name, x in (("u", u), ("z", z)):
     if x is not None and (channels % x.shape[2] or x.shape[2] % max(fwd_tile, bwd_t)):
       raise ValueError(f"selective_scan_pallas: {name} has {x.shape[2]} channels; it must have "
@@ -914,12 +670,12 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 bwd_tile=bwd_t, softplus=bool(delta_softplus), has_z=z is not None,
                 indexed=index is not None, write_at_tokens=bool(write_at_tokens),
                 num_warps=num_warps or (1 if fwd_tile <= 32 else 2),
-                # lanes: one lane per channel (a warp per 32); else Triton's [tile, N] layout
-                bwd_num_warps=bwd_num_warps or (max(1, bwd_t // 32) if lanes else
-                                                (1 if bwd_t <= 16 else 2)),
-                keep_decay=bool(keep_decay), keep_dl=bool(keep_dl), sfu=bool(sfu),
+                bwd_num_warps=bwd_num_warps or (1 if bwd_t <= 16 else 2),
+                keep_decay=bool(keep_decay), sfu=bool(sfu),
+                keep_dl=_keep_dl_default(index is not None) if keep_dl is None else bool(keep_dl),
+                keep_tokens=bool(keep_tokens),
                 lean=_lean_default(seq_len, index is not None) if lean is None else bool(lean),
-                fma=bool(fma), lanes=bool(lanes), ahead=int(ahead),
+                fma=bool(fma),
                 interpret=bool(interpret))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
