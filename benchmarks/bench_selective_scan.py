@@ -43,8 +43,12 @@ SHAPES = {
     # through the scan-order table (window pads included) from one shared u [b, HW, E]
     "stage1_fused": dict(channels=768, length=3136, groups=4, z=False, grid=(56, 56),
                          directions=("h", "v_flip", "w2", "w7_flip")),
+    "stage2_fused": dict(channels=1536, length=784, groups=4, z=False, grid=(28, 28),
+                         directions=("h", "v_flip", "w2", "w7_flip")),
     "stage3_fused": dict(channels=3072, length=196, groups=4, z=False, grid=(14, 14),
                          directions=("h", "v_flip", "w2", "w7_flip")),
+    "stage4_fused": dict(channels=6144, length=49, groups=4, z=False, grid=(7, 7),
+                         directions=("h", "v_flip", "w2", "w7_flip")),  # w2 pads 7x7 to 8x8
     "tiny_fused": dict(channels=64, length=35, groups=4, z=False, grid=(5, 7),
                        directions=("h", "v_flip", "w2", "w7_flip")),
 }
