@@ -1,0 +1,168 @@
+"""Registers and spills of the Pallas GPU scan kernels, without a GPU (a few seconds per variant).
+
+    PYTHONPATH=. python benchmarks/kernel_registers.py --shape stage1_fused \
+        --options keep_dl=0 --options keep_dl=1 [--triton-python /path/to/venv/bin/python]
+
+Each `--options` set (kernel options as NAME=INT, comma-separated; none = the defaults) is
+lowered for CUDA on this machine (`lowering_platforms=("cuda",)`: no GPU needed), the Triton
+IR of its forward and backward kernels is taken from the lowered module, compiled to PTX for
+sm_90a by the `triton` Python package (in `--triton-python`, e.g. a separate venv with
+`pip install triton`), and assembled by `ptxas -v` (`--ptxas`, e.g. a CUDA toolkit's), which
+reports registers and spill bytes per thread.
+
+Why: register pressure decides most kernel-option experiments (BENCHMARKS.md, issue 7), and
+a device call costs minutes. Caveats: the GPU runs the kernels through XLA's own copy of
+Triton, which allocates registers differently from the pip package: the one-channel-per-lane
+forward (commit ed4d344) came out at 167 registers here (triton 3.9.0, ptxas 13.0) against
+128 under ncu on the H100. Read the numbers as a hint to check on the device, not as a
+measurement. Spill bytes are static counts, not the dynamic spill traffic ncu measures (the
+plain-order backward with keep_dl spills 236 bytes here and was measured faster than without). When ptxas is
+older than the PTX that Triton emits, the PTX's `.version` line is lowered to the newest one
+ptxas accepts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_selective_scan import SHAPES, NUM_STATE, fwd_bwd_fn, scan_fn  # noqa: E402
+
+_COMPILE_TO_PTX = r"""
+import sys, triton
+from triton.backends.compiler import GPUTarget
+path, num_warps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+kernel = triton.compile(path, target=GPUTarget("cuda", 90, 32),
+                        options=dict(num_warps=num_warps, num_stages=1))
+open(out, "w").write(kernel.asm["ptx"])
+"""
+
+
+def parse_options(text):
+  options = {}
+  for item in filter(None, text.split(",")):
+    name, _, value = item.partition("=")
+    if not value.lstrip("-").isdigit():
+      raise SystemExit(f"kernel option {item!r}: expected NAME=INT")
+    options[name] = int(value)
+  return options
+
+
+def triton_kernels(shape_name, batch, dtype, options):
+  """[(name, num_warps, TTIR text)] of the kernels in grad(sum(scan * w)) lowered for CUDA."""
+  from jax._src.lib import triton as jax_triton
+  from jax._src.lib.mlir import ir
+  shape = SHAPES[shape_name]
+  fused = (shape["grid"], shape["directions"]) if "directions" in shape else None
+  flags = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "keep_tokens")
+  options = {k: bool(v) if k in flags else v for k, v in options.items()}
+  fn = scan_fn("pallas_gpu", fused, interpret=False, **options)
+  tokens, channels, groups = shape["length"], shape["channels"], shape["groups"]
+  sds = lambda s, d=dtype: jax.ShapeDtypeStruct(s, d)
+  f32 = jnp.float32
+  if fused:
+    k = len(shape["directions"])
+    e = channels // k
+    args = (sds((batch, tokens, e)), sds((batch, tokens, k, e)), sds((k, e, NUM_STATE), f32),
+            sds((batch, tokens, groups, NUM_STATE)), sds((batch, tokens, groups, NUM_STATE)),
+            sds((k, e), f32), sds((k, e), f32), None)
+  else:
+    z = sds((batch, tokens, channels)) if shape["z"] else None
+    args = (sds((batch, tokens, channels)), sds((batch, tokens, channels)),
+            sds((channels, NUM_STATE), f32), sds((batch, tokens, groups, NUM_STATE)),
+            sds((batch, tokens, groups, NUM_STATE)), sds((channels,), f32),
+            sds((channels,), f32), z)
+  weight = sds(args[1].shape)
+  lowered = jax.jit(fwd_bwd_fn(fn)).trace(*args, weight).lower(lowering_platforms=("cuda",))
+  module = lowered.compiler_ir("stablehlo")
+  found = []
+
+  def walk(op):
+    for region in op.regions:
+      for block in region.blocks:
+        for inner in block.operations:
+          if (inner.name == "stablehlo.custom_call"
+              and "triton" in str(inner.attributes["call_target_name"])):
+            found.append(inner)
+          walk(inner)
+  walk(module.operation)
+  kernels = []
+  for op in found:
+    key = "mhlo.backend_config" if "mhlo.backend_config" in op.attributes else "backend_config"
+    config = ir.DictAttr(op.attributes[key])
+    name = str(config["name"]).strip('"') if "name" in config else "kernel"
+    num_warps = ir.IntegerAttr(config["num_warps"]).value
+    with ir.Context() as ctx:
+      jax_triton.dialect.register_dialect(ctx)
+      text = str(ir.Module.parse(ir.StringAttr(config["ir"]).value_bytes))
+    kernels.append((name, num_warps, text))
+  return kernels
+
+
+def assemble(ptx_path, ptxas):
+  """(registers, spill store bytes, spill load bytes) from `ptxas -v`."""
+  for _ in range(2):
+    result = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", "-o", os.devnull, ptx_path],
+                            capture_output=True, text=True)
+    too_new = re.search(r"Unsupported \.version [\d.]+; current version is '([\d.]+)'",
+                        result.stderr)
+    if not too_new:
+      break
+    text = open(ptx_path).read()
+    open(ptx_path, "w").write(re.sub(r"^\.version [\d.]+", f".version {too_new.group(1)}", text,
+                                     count=1, flags=re.M))
+  if result.returncode:
+    raise RuntimeError(f"ptxas failed: {result.stderr[-800:]}")
+  number = lambda pattern: int(re.search(pattern, result.stderr).group(1))
+  return (number(r"Used (\d+) registers"), number(r"(\d+) bytes spill stores"),
+          number(r"(\d+) bytes spill loads"))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--shape", default="stage1", choices=tuple(SHAPES))
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--options", action="append", default=None,
+                      help="kernel options NAME=INT,...; repeat for several variants")
+  parser.add_argument("--triton-python", default=sys.executable,
+                      help="a Python interpreter that can `import triton`")
+  parser.add_argument("--ptxas", default="ptxas")
+  parser.add_argument("--keep", default=None, help="directory to keep the TTIR and PTX files in")
+  args = parser.parse_args(argv)
+  workdir = args.keep or tempfile.mkdtemp(prefix="kernel_registers_")
+  os.makedirs(workdir, exist_ok=True)
+  rows = []
+  for variant in args.options or [""]:
+    options = parse_options(variant)
+    for i, (name, num_warps, text) in enumerate(
+        triton_kernels(args.shape, args.batch, jnp.dtype(args.dtype), options)):
+      stem = os.path.join(workdir, f"{args.shape}_{variant.replace('=', '').replace(',', '_')}"
+                                   f"_{i}_{name}")
+      with open(stem + ".ttir", "w") as f:
+        f.write(text)
+      compiled = subprocess.run(
+          [args.triton_python, "-c", _COMPILE_TO_PTX, stem + ".ttir", str(num_warps),
+           stem + ".ptx"], capture_output=True, text=True,
+          env=dict(os.environ, TRITON_DEFAULT_FP_FUSION="1"))
+      if compiled.returncode:
+        raise RuntimeError(f"triton could not compile {name}: {compiled.stderr[-800:]}")
+      registers, spill_stores, spill_loads = assemble(stem + ".ptx", args.ptxas)
+      row = dict(shape=args.shape, dtype=args.dtype, options=variant or "defaults", kernel=name,
+                 num_warps=num_warps, registers=registers, spill_store_bytes=spill_stores,
+                 spill_load_bytes=spill_loads)
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,30 @@
+"""benchmarks/kernel_registers.py: the Triton IR of both scan kernels is extracted from a
+lowering for CUDA on this CPU machine (the part that needs neither triton nor ptxas)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import jax.numpy as jnp
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+kernel_registers = pytest.importorskip("kernel_registers")
+
+
+@pytest.mark.parametrize("shape", ["tiny", "tiny_fused"])
+def test_both_kernels_lower_to_triton_ir_without_a_gpu(shape):
+  kernels = kernel_registers.triton_kernels(shape, 2, jnp.dtype("float32"), {"keep_dl": 0})
+  assert [name for name, _, _ in kernels] == ["selective_scan_fwd", "selective_scan_bwd"]
+  for name, num_warps, text in kernels:
+    assert num_warps >= 1
+    signature = next(line for line in text.splitlines() if f"tt.func public @{name}" in line)
+    # the forward's arguments: u, delta, A, B, C, D, delta_bias (+ the scan-order table for
+    # the fused path, + z for `tiny`) and its three outputs; the backward has more
+    assert signature.count("!tt.ptr") >= 10
+
+
+def test_options_are_checked():
+  assert kernel_registers.parse_options("keep_dl=0,chunk=4") == {"keep_dl": 0, "chunk": 4}
+  with pytest.raises(SystemExit, match="NAME=INT"):
+    kernel_registers.parse_options("keep_dl=yes")
