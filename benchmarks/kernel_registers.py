@@ -62,7 +62,7 @@ def triton_kernels(shape_name, batch, dtype, options):
   from jax._src.lib.mlir import ir
   shape = SHAPES[shape_name]
   fused = (shape["grid"], shape["directions"]) if "directions" in shape else None
-  flags = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "keep_tokens")
+  flags = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "keep_tokens", "index_ahead")
   options = {k: bool(v) if k in flags else v for k, v in options.items()}
   fn = scan_fn("pallas_gpu", fused, interpret=False, **options)
   tokens, channels, groups = shape["length"], shape["channels"], shape["groups"]

@@ -97,15 +97,18 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
   assert_matches(kernel, reference, args, weight, NAMES)
 
 
-@pytest.mark.parametrize("grid_hw,directions,exact,checkpoint_every,lean,keep_tokens", [
-    ((3, 5), ("h_flip", "w2"), True, 2, True, False),   # interior window pads, merge ==
-                                                        # inverse: fused write (lean backward)
-    ((3, 5), ("v", "w2_flip"), False, 4, False, False), # official v merge is not the inverse
-                                                        # for H != W
-    ((3, 5), ("w2_flip", "v"), False, 4, True, True),   # lean, the adjoint reusing the
-])                                                      # recompute's table entries
+@pytest.mark.parametrize("grid_hw,directions,exact,checkpoint_every,lean,options", [
+    ((3, 5), ("h_flip", "w2"), True, 2, True, {}),    # interior window pads, merge ==
+                                                      # inverse: fused write (lean backward)
+    ((3, 5), ("v", "w2_flip"), False, 4, False, {}),  # official v merge is not the inverse
+                                                      # for H != W
+    ((3, 5), ("w2_flip", "v"), False, 4, True,        # lean, the adjoint reusing the
+     dict(keep_tokens=True)),                         # recompute's table entries
+    ((3, 5), ("w2", "h_flip"), True, 4, True,         # ... or loading them a step early
+     dict(index_ahead=True, chunk=4)),                # (chunk 4: entries inside the loop)
+])
 def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
-                                                    checkpoint_every, lean, keep_tokens):
+                                                    checkpoint_every, lean, options):
   from localmamba_jax.ops.scan_orders import stacked_scan_orders
   orders = stacked_scan_orders(*grid_hw, directions)
   assert kernels_common.merge_is_inverse(orders.gather, orders.merge) == exact
@@ -120,8 +123,8 @@ def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
 
   def kernel(u, delta, A, B, C, D, bias):
     return selective_scan_gpu.multi_direction_scan_pallas(
-        u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge, chunk=2,
-        checkpoint_every=checkpoint_every, keep_decay=True, lean=lean, keep_tokens=keep_tokens,
+        u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge,
+        **{"chunk": 2, **options}, checkpoint_every=checkpoint_every, keep_decay=True, lean=lean,
         interpret=True)
 
   def reference(u, delta, A, B, C, D, bias):

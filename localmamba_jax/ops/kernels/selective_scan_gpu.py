@@ -91,6 +91,7 @@ DEFAULT_SFU = True
 # not (BENCHMARKS.md, 2026-11-27); keep_tokens tests the guess that the lean adjoint waits on
 # its table loads. Correct (tested), not yet timed on a GPU: off until measured.
 DEFAULT_KEEP_TOKENS = False
+DEFAULT_INDEX_AHEAD = False  # the same guess at one register instead of `chunk`; not yet timed
 DEFAULT_LEAN = None  # None = _lean_default(): lean except short scans through a read_index
 # In LocalVMamba-T's train step (jax.profiler, H100, bf16; profiles of the batched and the lean
 # kernel on two H100 machines) the lean schedule cut the stage-1/2 backward from 30.2 / 14.9
@@ -176,6 +177,7 @@ class _Config:
   keep_decay: bool             # backward keeps exp(Delta A) of the recompute for the adjoint
   keep_dl: bool                # lean backward keeps Delta of the recompute for the adjoint
   keep_tokens: bool            # lean backward keeps the recompute's read_index entries
+  index_ahead: bool            # lean backward loads each read_index entry a step early
   sfu: bool                    # exp / reciprocal on the special-function unit (_exp_sfu)
   lean: bool                   # backward holds one step's loads at a time (see _backward_kernel)
   fma: bool                    # fused multiply-adds written out (see _fma)
@@ -271,6 +273,11 @@ def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_
     write_pos = token if cfg.write_at_tokens else t_safe
     raw["dout"] = plt.load(dout_ref.at[b, write_pos, pl.ds(c0, tile)])
   return raw
+
+
+def _table_entry(cfg, index_ref, group, t):
+  """read_index[group, t] (t clamped as in `_load_step`)."""
+  return index_ref[group, jnp.minimum(jnp.asarray(t, jnp.int32), jnp.int32(cfg.seq_len - 1))]
 
 
 def _derive(cfg, raw, t, bias, dl=None):
@@ -454,14 +461,21 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
         # keep_tokens: the adjoint's loads take their tokens from the recompute's, instead of
         # a table load that each of them would wait for (one step ahead is not enough to
         # hide two dependent loads); chunk more registers
+        # index_ahead: each table entry is loaded one step before the loads that use it
+        # (one register instead of keep_tokens' chunk)
         tokens = ([r_["raw_token"] for r_ in raws] if cfg.keep_tokens and cfg.indexed else
                   [None] * chunk)
         del raws
+        table_ahead = cfg.index_ahead and cfg.indexed and not cfg.keep_tokens
+        if table_ahead and chunk >= 2:
+          tokens[chunk - 2] = _table_entry(cfg, index_ref, group, chunk_first + chunk - 2)
         ahead = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, chunk_first + chunk - 1,
                            dout_ref=dout_ref, raw_token=tokens[chunk - 1])
         for i in reversed(range(chunk)):
           current = ahead
           if i:                                # issued before this step's stores
+            if table_ahead and i >= 2:
+              tokens[i - 2] = _table_entry(cfg, index_ref, group, chunk_first + i - 2)
             ahead = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile,
                                chunk_first + i - 1, dout_ref=dout_ref, raw_token=tokens[i - 1])
           s = _derive(cfg, current, chunk_first + i, bias, dl=dls[i])
@@ -598,7 +612,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           checkpoint_every=DEFAULT_CHECKPOINT_EVERY, tile=None, bwd_tile=None,
                           num_warps=None, bwd_num_warps=None, keep_decay=DEFAULT_KEEP_DECAY,
                           lean=DEFAULT_LEAN, fma=DEFAULT_FMA, keep_dl=DEFAULT_KEEP_DL,
-                          sfu=DEFAULT_SFU, keep_tokens=DEFAULT_KEEP_TOKENS, interpret=None):
+                          sfu=DEFAULT_SFU, keep_tokens=DEFAULT_KEEP_TOKENS,
+                          index_ahead=DEFAULT_INDEX_AHEAD, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -622,8 +637,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      each step's Delta from its recompute for the adjoint (one softplus per step less,
      `chunk` more registers per thread; None = only for plain-order scans, where it was
      measured faster: through a read_index it was slower). keep_tokens: with a read_index,
-     the lean backward's adjoint reuses the table entries its recompute loaded (not yet
-     timed). sfu: exp and reciprocals (softplus, sigmoid) on the special-function unit
+     the lean backward's adjoint reuses the table entries its recompute loaded; index_ahead:
+     it loads each table entry one step before the loads that use it (both not yet timed;
+     keep_tokens wins if both are set). sfu: exp and reciprocals (softplus, sigmoid) on the special-function unit
      (ex2/rcp.approx, ~2^-22 relative) instead of libdevice's range-checked expf and the
      IEEE division.
   interpret: None = interpret mode unless the default backend is a GPU.
@@ -673,7 +689,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 bwd_num_warps=bwd_num_warps or (1 if bwd_t <= 16 else 2),
                 keep_decay=bool(keep_decay), sfu=bool(sfu),
                 keep_dl=_keep_dl_default(index is not None) if keep_dl is None else bool(keep_dl),
-                keep_tokens=bool(keep_tokens),
+                keep_tokens=bool(keep_tokens), index_ahead=bool(index_ahead),
                 lean=_lean_default(seq_len, index is not None) if lean is None else bool(lean),
                 fma=bool(fma),
                 interpret=bool(interpret))
