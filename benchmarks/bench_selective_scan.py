@@ -53,6 +53,9 @@ SHAPES = {
                        directions=("h", "v_flip", "w2", "w7_flip")),
 }
 NUM_STATE = 16
+INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
+# the kernel options that are flags (0/1 on command lines)
+FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "keep_tokens", "index_ahead")
 
 
 def load_kernel_module(path, name="kernel_under_test"):
@@ -109,8 +112,6 @@ def scan_fn(impl, fused=None, **options):
 
 
 def fwd_bwd_fn(fn):
-  names = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
-
   def loss(args, w):
     return jnp.sum(fn(*args).astype(jnp.float32) * w)
 
@@ -118,7 +119,6 @@ def fwd_bwd_fn(fn):
 
   def run(u, delta, A, B, C, D, delta_bias, z, w):
     return grad((u, delta, A, B, C, D, delta_bias, z), w)
-  del names
   return run
 
 
@@ -166,7 +166,7 @@ def reference64(fn, args, w):
 def check(report):
   rng = np.random.default_rng(int(time.time()))
   cases = []
-  names = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
+  names = INPUT_NAMES
   for dtype in (jnp.float32, jnp.bfloat16):
     tol_out, tol_grad = (1e-5, 1e-4) if dtype == jnp.float32 else (2e-2, 5e-2)
     # plain order, L not a multiple of the chunk, z gate, 4 groups
@@ -247,28 +247,33 @@ def parse_variant(text):
     while j < len(text) and text[j].isdigit():
       j += 1
     key, value = keys[text[i]], int(text[i + 1:j])
-    flags = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "keep_tokens", "index_ahead")
-    options[key] = bool(value) if key in flags else value
+    options[key] = bool(value) if key in FLAG_OPTIONS else value
     i = j
   return options
+
+
+def shape_inputs(shape, batch, dtype, rng):
+  """(inputs, fused) of one SHAPES entry: `fused` = (grid, directions) for the models' fused
+  multi-direction path (K directions of E channels: u shared, per-direction parameters), in
+  the layout `scan_fn(impl, fused)` takes; else None and the plain-order inputs."""
+  inp = make_inputs(rng, batch, shape["length"], shape["channels"], shape["groups"], shape["z"],
+                    dtype)
+  if "directions" not in shape:
+    return inp, None
+  k = len(shape["directions"])
+  e = shape["channels"] // k
+  b_, l_ = inp["delta"].shape[:2]
+  inp.update(u=inp["u"][:, :, :e], delta=inp["delta"].reshape(b_, l_, k, e),
+             A=inp["A"].reshape(k, e, -1), D=inp["D"].reshape(k, e),
+             delta_bias=inp["delta_bias"].reshape(k, e))
+  return inp, (shape["grid"], shape["directions"])
 
 
 def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chunks=(),
                 variants_text=(), baseline_module=None):
   rng = np.random.default_rng(0)
-  inp = make_inputs(rng, batch, shape["length"], shape["channels"], shape["groups"], shape["z"],
-                    dtype)
-  names = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
-  fused = None
-  if "directions" in shape:   # K directions of E channels; u shared, per-direction params
-    fused = (shape["grid"], shape["directions"])
-    k = len(shape["directions"])
-    e = shape["channels"] // k
-    b_, l_ = inp["delta"].shape[:2]
-    inp.update(u=inp["u"][:, :, :e], delta=inp["delta"].reshape(b_, l_, k, e),
-               A=inp["A"].reshape(k, e, -1), D=inp["D"].reshape(k, e),
-               delta_bias=inp["delta_bias"].reshape(k, e))
-  args = [inp[k] for k in names]
+  inp, fused = shape_inputs(shape, batch, dtype, rng)
+  args = [inp[k] for k in INPUT_NAMES]
   w = jnp.asarray(rng.standard_normal(args[1].shape), jnp.float32).astype(dtype)
   io = nbytes(inp["u"], inp["delta"], inp["B"], inp["C"], inp["z"])
   fwd_bytes = io + nbytes(inp["delta"])                     # inputs read once, out written once

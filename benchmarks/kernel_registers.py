@@ -32,9 +32,11 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_selective_scan import SHAPES, NUM_STATE, fwd_bwd_fn, scan_fn  # noqa: E402
+from bench_selective_scan import (FLAG_OPTIONS, INPUT_NAMES, SHAPES, fwd_bwd_fn,  # noqa: E402
+                                  scan_fn, shape_inputs)
 
 _COMPILE_TO_PTX = r"""
 import sys, triton
@@ -60,27 +62,13 @@ def triton_kernels(shape_name, batch, dtype, options):
   """[(name, num_warps, TTIR text)] of the kernels in grad(sum(scan * w)) lowered for CUDA."""
   from jax._src.lib import triton as jax_triton
   from jax._src.lib.mlir import ir
-  shape = SHAPES[shape_name]
-  fused = (shape["grid"], shape["directions"]) if "directions" in shape else None
-  flags = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "keep_tokens", "index_ahead")
-  options = {k: bool(v) if k in flags else v for k, v in options.items()}
+  # the benchmark's own inputs, of which only shapes and dtypes are used (nothing runs)
+  inputs, fused = shape_inputs(SHAPES[shape_name], batch, dtype, np.random.default_rng(0))
+  options = {k: bool(v) if k in FLAG_OPTIONS else v for k, v in options.items()}
   fn = scan_fn("pallas_gpu", fused, interpret=False, **options)
-  tokens, channels, groups = shape["length"], shape["channels"], shape["groups"]
-  sds = lambda s, d=dtype: jax.ShapeDtypeStruct(s, d)
-  f32 = jnp.float32
-  if fused:
-    k = len(shape["directions"])
-    e = channels // k
-    args = (sds((batch, tokens, e)), sds((batch, tokens, k, e)), sds((k, e, NUM_STATE), f32),
-            sds((batch, tokens, groups, NUM_STATE)), sds((batch, tokens, groups, NUM_STATE)),
-            sds((k, e), f32), sds((k, e), f32), None)
-  else:
-    z = sds((batch, tokens, channels)) if shape["z"] else None
-    args = (sds((batch, tokens, channels)), sds((batch, tokens, channels)),
-            sds((channels, NUM_STATE), f32), sds((batch, tokens, groups, NUM_STATE)),
-            sds((batch, tokens, groups, NUM_STATE)), sds((channels,), f32),
-            sds((channels,), f32), z)
-  weight = sds(args[1].shape)
+  args = [None if inputs[k] is None else jax.ShapeDtypeStruct(inputs[k].shape, inputs[k].dtype)
+          for k in INPUT_NAMES]
+  weight = jax.ShapeDtypeStruct(args[1].shape, dtype)
   lowered = jax.jit(fwd_bwd_fn(fn)).trace(*args, weight).lower(lowering_platforms=("cuda",))
   module = lowered.compiler_ir("stablehlo")
   found = []

@@ -254,12 +254,12 @@ def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_
   before any of the chunk's stores: the compiler cannot move a load above a store to another
   buffer (it cannot prove they do not alias), so a load placed after a store costs one full
   memory latency on the critical path of every step. raw_token: step t's entry of the
-  read_index if already loaded (keep_tokens), else it is loaded here.
+  read_index if already loaded (keep_tokens, index_ahead), else it is loaded here.
   """
   u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
-  t_safe = jnp.minimum(jnp.asarray(t, jnp.int32), jnp.int32(cfg.seq_len - 1))
+  t_safe = _clamped_step(cfg, t)
   if raw_token is None:
-    raw_token = t_safe if index_ref is None else index_ref[group, t_safe]
+    raw_token = t_safe if index_ref is None else _table_entry(cfg, index_ref, group, t)
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
   raw = dict(raw_token=raw_token,
              u=plt.load(u_ref.at[b, token, pl.ds(cu0, tile)]),
@@ -275,9 +275,14 @@ def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_
   return raw
 
 
+def _clamped_step(cfg, t):
+  """Step t clamped to the sequence (steps past its end read the last token, then masked)."""
+  return jnp.minimum(jnp.asarray(t, jnp.int32), jnp.int32(cfg.seq_len - 1))
+
+
 def _table_entry(cfg, index_ref, group, t):
-  """read_index[group, t] (t clamped as in `_load_step`)."""
-  return index_ref[group, jnp.minimum(jnp.asarray(t, jnp.int32), jnp.int32(cfg.seq_len - 1))]
+  """read_index[group, t], t clamped to the sequence."""
+  return index_ref[group, _clamped_step(cfg, t)]
 
 
 def _derive(cfg, raw, t, bias, dl=None):
@@ -639,9 +644,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      measured faster: through a read_index it was slower). keep_tokens: with a read_index,
      the lean backward's adjoint reuses the table entries its recompute loaded; index_ahead:
      it loads each table entry one step before the loads that use it (both not yet timed;
-     keep_tokens wins if both are set). sfu: exp and reciprocals (softplus, sigmoid) on the special-function unit
-     (ex2/rcp.approx, ~2^-22 relative) instead of libdevice's range-checked expf and the
-     IEEE division.
+     keep_tokens wins if both are set). sfu: exp and reciprocals (softplus, sigmoid) on the
+     special-function unit (ex2/rcp.approx, ~2^-22 relative) instead of libdevice's
+     range-checked expf and the IEEE division.
   interpret: None = interpret mode unless the default backend is a GPU.
   Returns out (and the last state [b, C, N] fp32 if return_last_state).
   """
