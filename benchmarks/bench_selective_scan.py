@@ -93,14 +93,16 @@ def scan_fn(impl, fused=None, **options):
     grid, directions = fused
     orders = stacked_scan_orders(*grid, directions)
 
+    # As LocalVMamba calls it: inputs in the compute dtype, a float32 result (out_dtype).
     def run_fused(u, delta, A, B, C, D, delta_bias, z):
       del z
       if impl == "pallas_gpu":
         return selective_scan_gpu.multi_direction_scan_pallas(
             u, delta, A, B, C, D, delta_bias, None, gather=orders.gather, merge=orders.merge,
-            **options)
+            out_dtype=jnp.float32, **options)
       return multi_direction_selective_scan(u, delta, A, B, C, D, delta_bias, grid_hw=grid,
-                                            directions=directions, impl=impl)
+                                            directions=directions, impl=impl,
+                                            out_dtype=jnp.float32)
     return run_fused
 
   def run(u, delta, A, B, C, D, delta_bias, z):
@@ -274,10 +276,12 @@ def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chun
   rng = np.random.default_rng(0)
   inp, fused = shape_inputs(shape, batch, dtype, rng)
   args = [inp[k] for k in INPUT_NAMES]
-  w = jnp.asarray(rng.standard_normal(args[1].shape), jnp.float32).astype(dtype)
+  out_dtype = jnp.float32 if fused else dtype               # fused: as the models call it
+  w = jnp.asarray(rng.standard_normal(args[1].shape), jnp.float32).astype(out_dtype)
   io = nbytes(inp["u"], inp["delta"], inp["B"], inp["C"], inp["z"])
-  fwd_bytes = io + nbytes(inp["delta"])                     # inputs read once, out written once
-  bwd_bytes = io + nbytes(inp["delta"]) + io                # read inputs + dout, write grads
+  out_bytes = inp["delta"].size * jnp.dtype(out_dtype).itemsize
+  fwd_bytes = io + out_bytes                                # inputs read once, out written once
+  bwd_bytes = io + out_bytes + io                           # read inputs + dout, write grads
   row = dict(shape=name, dtype=jnp.dtype(dtype).name, batch=batch, **shape,
              fwd_bytes=fwd_bytes, fwdbwd_bytes=fwd_bytes + bwd_bytes)
   row["floor_fwd_ms"] = copy_floor_ms(fwd_bytes, reps)

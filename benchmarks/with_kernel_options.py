@@ -19,7 +19,8 @@ def main(argv):
   split = argv.index("--")
   defaults = selective_scan_gpu.selective_scan_pallas.__kwdefaults__
   tunable = sorted(set(defaults) - {"delta_softplus", "read_index", "write_at_tokens",
-                                    "return_last_state", "interpret"})
+                                    "return_last_state", "interpret",
+                                    "out_dtype"})
   for item in argv[:split]:
     name, _, value = item.partition("=")
     if name not in tunable or not value.lstrip("-").isdigit():

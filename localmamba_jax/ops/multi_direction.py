@@ -78,7 +78,7 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
                                    grid_hw: tuple[int, int], directions: Sequence[str],
                                    delta_softplus: bool = True, exact_inverse: bool = False,
                                    impl: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
-                                   tables=None):
+                                   tables=None, out_dtype=None):
   """Selective scans of K directions over an H x W token grid, merged back to spatial order.
 
   u:          [batch, H*W, E] (shared) or [batch, H*W, K, E]
@@ -92,7 +92,13 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
               share one program (`lax.scan` over blocks, LocalVMamba's `scan_blocks`). They
               must have the shapes of `directions`' tables and the same exactness of merge
               (`StackedScanOrders.table_layout()`), which stay static; not with the TPU kernel.
-  Returns [batch, H*W, K, E] in the dtype of u.
+  out_dtype:  dtype of the result (None: that of u). The scan computes in float32 or wider
+              whatever the input dtypes; with out_dtype=float32, bf16 inputs give the values
+              of their float32 casts (an exact conversion) and gradients rounded to bf16, as
+              the official SelectiveScan's cast_inputs=float32 under autocast. The GPU kernel
+              converts as it reads (half the input, residual and gradient bytes); the other
+              paths cast the inputs first.
+  Returns [batch, H*W, K, E] in out_dtype.
   """
   height, width = grid_hw
   orders = scan_orders_lib.stacked_scan_orders(height, width, directions, exact_inverse)
@@ -125,24 +131,33 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
 
   from localmamba_jax.ops.kernels import common as kernels_common
   from localmamba_jax.ops.kernels import selective_scan_gpu
-  kernel_ok = selective_scan_gpu.is_supported(
-      num_dirs * channels, num_dirs, num_state,
-      [x.dtype for x in (u, delta, B, C, z) if x is not None])
+  dtypes = [x.dtype for x in (u, delta, B, C, z) if x is not None]
+  if out_dtype is not None:
+    dtypes.append(jnp.dtype(out_dtype))
+  kernel_ok = selective_scan_gpu.is_supported(num_dirs * channels, num_dirs, num_state, dtypes)
   from localmamba_jax.ops.kernels import selective_scan_tpu
-  tpu_ok = selective_scan_tpu.is_supported(
-      num_dirs * channels, num_dirs, num_state,
-      [x.dtype for x in (u, delta, B, C, z) if x is not None])
+  tpu_ok = selective_scan_tpu.is_supported(num_dirs * channels, num_dirs, num_state, dtypes)
   resolved = resolve_impl(impl, kernel_ok, tpu_ok)
+  if out_dtype is not None and resolved != "pallas_gpu":
+    # Paths that compute in their inputs' dtype: promote the inputs to out_dtype first.
+    out_dtype = jnp.dtype(out_dtype)
+    promote = lambda x: None if x is None else x.astype(jnp.promote_types(x.dtype, out_dtype))
+    u, delta, B, C, z = map(promote, (u, delta, B, C, z))
+    return multi_direction_selective_scan(
+        u, delta, A, B, C, D, delta_bias, z, grid_hw=grid_hw, directions=directions,
+        delta_softplus=delta_softplus, exact_inverse=exact_inverse, impl=resolved,
+        chunk_size=chunk_size, tables=tables).astype(out_dtype)
   if resolved in ("pallas_tpu", "pallas_gpu"):
     # GPU: the kernel reads each direction's tokens through orders.gather and writes outputs
     # (and gradients) back at their tokens: no gathered copies of the inputs in memory.
     # TPU: the same fusion, with scalar-prefetched gather tables driving the row reads.
     kernel = (selective_scan_tpu.multi_direction_scan_pallas_tpu if resolved == "pallas_tpu"
               else selective_scan_gpu.multi_direction_scan_pallas)
+    out_options = {} if out_dtype is None else {"out_dtype": out_dtype}   # GPU kernel only
     if tables is None:
       def call(u, delta, A, B, C, D, delta_bias, z):
         return kernel(u, delta, A, B, C, D, delta_bias, z, gather=orders.gather,
-                      merge=orders.merge, delta_softplus=delta_softplus)
+                      merge=orders.merge, delta_softplus=delta_softplus, **out_options)
       # Under a device mesh the kernel runs per batch shard (kernels.common.shard_over_batch).
       return kernels_common.shard_over_batch(
           call, u, delta, A, B, C, D, delta_bias, z,
@@ -157,7 +172,7 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
 
     def call_with_tables(u, delta, A, B, C, D, delta_bias, z, gather, merge):
       return kernel(u, delta, A, B, C, D, delta_bias, z, gather=gather, merge=merge,
-                    delta_softplus=delta_softplus, exact=exact)
+                    delta_softplus=delta_softplus, exact=exact, **out_options)
     return kernels_common.shard_over_batch(
         call_with_tables, u, delta, A, B, C, D, delta_bias, z, gather_table, merge_table,
         batched=(True, True, False, True, True, False, False, True, False, False))

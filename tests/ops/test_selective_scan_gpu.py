@@ -233,3 +233,54 @@ def test_keep_dl_default_applies_to_plain_order_scans_only(monkeypatch):
   run(read_index=table, keep_dl=True)
   run(keep_dl=False)
   assert seen == [True, False, True, False]
+
+
+def test_bf16_inputs_with_float32_output_equal_float32_cast_inputs():
+  """out_dtype=float32 with bf16 inputs: the kernel converts as it reads, so values must equal
+  those of float32-cast inputs bit for bit, and gradients those of the cast rounded to bf16
+  (the transpose of the cast); LocalVMamba's bf16 step relies on this (official SelectiveScan
+  casts its inputs to float32). The pure-JAX path casts first and must agree as well."""
+  from localmamba_jax.ops.scan_orders import stacked_scan_orders
+  grid_hw, directions = (3, 5), ("w2_flip", "h")
+  orders = stacked_scan_orders(*grid_hw, directions)
+  rng = np.random.default_rng(7)
+  k, e, n, tokens = 2, 8, 4, 15
+  flat = random_inputs(rng, 2, tokens, k * e, k, n, with_z=False)
+  bf16 = lambda x: x.astype(jnp.bfloat16)
+  args = (bf16(flat["u"][:, :, :e]), bf16(flat["delta"].reshape(2, tokens, k, e)),
+          flat["A"].reshape(k, e, n), bf16(flat["B"]), bf16(flat["C"]), flat["D"].reshape(k, e),
+          flat["delta_bias"].reshape(k, e))
+  weight = jnp.asarray(rng.standard_normal((2, tokens, k, e)), jnp.float32)
+
+  def kernel(cast_first):
+    def run(u, delta, A, B, C, D, bias):
+      if cast_first:
+        u, delta, B, C = (x.astype(jnp.float32) for x in (u, delta, B, C))
+      options = {} if cast_first else {"out_dtype": jnp.float32}
+      return selective_scan_gpu.multi_direction_scan_pallas(
+          u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge, chunk=2,
+          interpret=True, **options)
+    return run
+
+  def pure_jax(u, delta, A, B, C, D, bias):
+    return multi_direction_selective_scan(u, delta, A, B, C, D, bias, grid_hw=grid_hw,
+                                          directions=directions, impl="associative",
+                                          out_dtype=jnp.float32)
+
+  out, grads = value_and_grads(kernel(False), args, weight)
+  ref_out, ref_grads = value_and_grads(kernel(True), args, weight)
+  # Bitwise on the GPU, where the kernel's arithmetic is spelled out (fma); in interpret
+  # mode XLA:CPU may contract or reorder float32 arithmetic differently for the two programs.
+  assert out.dtype == jnp.float32 and rel_err(out, ref_out) < 1e-6
+  for name, grad, ref, arg in zip(NAMES, grads, ref_grads, args):
+    assert grad.dtype == arg.dtype, name
+    # a bf16 gradient may differ in the last bit where float32 partials differ in the last
+    # bits; the shared u's partials must be summed in float32 (rounded once)
+    tol = 1e-6 if arg.dtype == jnp.float32 else 1e-4
+    assert rel_err(grad, ref) < tol, f"gradient of {name}: {rel_err(grad, ref):.2e}"
+  jax_out, jax_grads = value_and_grads(pure_jax, args, weight)
+  assert jax_out.dtype == jnp.float32 and rel_err(jax_out, out) < 1e-6
+  for name, grad, ref, arg in zip(NAMES, jax_grads, grads, args):
+    assert grad.dtype == arg.dtype, name
+    tol = 1e-6 if arg.dtype == jnp.float32 else 1e-4
+    assert rel_err(grad, ref) < tol, f"gradient of {name}: {rel_err(grad, ref):.2e}"

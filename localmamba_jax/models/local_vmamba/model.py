@@ -153,14 +153,19 @@ class SS2D(nnx.Module):
     x_dbl = jnp.einsum("ble,kce->blkc", u, _as_compute(self.x_proj_weight[...], self.dtype))
     dt, B, C = jnp.split(x_dbl, [rank, rank + d_state], axis=-1)
     delta = jnp.einsum("blkr,ker->blke", dt, _as_compute(self.dt_projs_weight[...], self.dtype))
-    # SelectiveScan is custom_fwd(cast_inputs=float32): the scan always runs in float32.
+    # SelectiveScan is custom_fwd(cast_inputs=float32): the scan runs in float32 and returns
+    # float32 even under bf16 autocast. u, delta, B and C go in as computed (bf16 under a
+    # bf16 compute dtype) with out_dtype=float32: the GPU kernel converts them (exactly) as it
+    # reads them, so the inputs it saves for the backward and their gradients stay bf16;
+    # the other paths cast them to float32 first.
     f32 = lambda a: a.astype(jnp.float32)
     y = multi_direction_selective_scan(
-        f32(u), f32(delta), -jnp.exp(f32(self.A_logs[...])).reshape(num_dirs, inner, d_state),
-        f32(B), f32(C), f32(self.Ds[...]).reshape(num_dirs, inner),
+        u, delta, -jnp.exp(f32(self.A_logs[...])).reshape(num_dirs, inner, d_state),
+        B, C, f32(self.Ds[...]).reshape(num_dirs, inner),
         f32(self.dt_projs_bias[...]), grid_hw=(height, width), directions=self.directions,
         delta_softplus=True, exact_inverse=self.exact_inverse, impl=self.scan_impl,
-        chunk_size=self.scan_chunk_size, tables=scan_tables)           # [b, HW, K, E]
+        chunk_size=self.scan_chunk_size, tables=scan_tables,
+        out_dtype=jnp.float32)                                         # [b, HW, K, E] f32
     y = self.branch_merge(self.attn(y))                                # SCAttn per branch
     y = self.out_norm(y).reshape(batch, height, width, inner)
     y = _as_compute(y, self.dtype) * z

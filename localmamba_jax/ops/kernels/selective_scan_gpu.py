@@ -182,6 +182,11 @@ class _Config:
   lean: bool                   # backward holds one step's loads at a time (see _backward_kernel)
   fma: bool                    # fused multiply-adds written out (see _fma)
   interpret: bool
+  out_dtype: str | None = None  # dtype of the output (None: u's); a name, for hashing
+
+
+def _out_dtype(cfg, u):
+  return jnp.dtype(cfg.out_dtype) if cfg.out_dtype is not None else u.dtype
 
 
 # ----------------------------------------------------------------------------- kernel pieces
@@ -533,7 +538,7 @@ def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
   kernel = functools.partial(_forward_kernel, cfg=cfg, per_group=channels // groups,
                              u_channels=u_channels, z_channels=z_channels,
                              num_chunks=num_chunks)
-  out_shape = (jax.ShapeDtypeStruct((batch, out_len, channels), u.dtype),
+  out_shape = (jax.ShapeDtypeStruct((batch, out_len, channels), _out_dtype(cfg, u)),
                jax.ShapeDtypeStruct((batch, num_chunks * cfg.chunk // cfg.checkpoint_every,
                                      channels, num_state), jnp.float32),
                jax.ShapeDtypeStruct((batch, channels, num_state), jnp.float32))
@@ -552,10 +557,14 @@ def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt
                              u_channels=u_channels, z_channels=z_channels,
                              num_chunks=num_chunks)
   f32 = jnp.float32
-  out_shape = [jax.ShapeDtypeStruct((batch, tokens, channels), u.dtype),
+  # du (dz) of a u (z) shared by groups of channels are per-channel partials that the VJP
+  # sums over the groups: kept float32 so that the sum rounds once, to u's dtype.
+  partial_dtype = lambda x, shared: jnp.float32 if shared < channels else x.dtype
+  out_shape = [jax.ShapeDtypeStruct((batch, tokens, channels), partial_dtype(u, u_channels)),
                jax.ShapeDtypeStruct((batch, tokens, channels), delta.dtype)]
   if cfg.has_z:
-    out_shape.append(jax.ShapeDtypeStruct((batch, tokens, channels), z.dtype))
+    out_shape.append(jax.ShapeDtypeStruct((batch, tokens, channels),
+                                          partial_dtype(z, z_channels)))
   out_shape += [jax.ShapeDtypeStruct((batch, tokens, num_tiles, num_state), f32),
                 jax.ShapeDtypeStruct((batch, tokens, num_tiles, num_state), f32),
                 jax.ShapeDtypeStruct((batch, channels, num_state), f32),
@@ -587,7 +596,8 @@ def _scan_bwd(cfg, residuals, cotangents):
   index, u, delta, A, B, C, D, bias, z, ckpt = residuals
   dout, dlast = cotangents
   grads = list(_backward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z,
-                              dout.astype(u.dtype), dlast.astype(jnp.float32), ckpt))
+                              dout.astype(_out_dtype(cfg, u)), dlast.astype(jnp.float32),
+                              ckpt))
   du, ddelta = grads[:2]
   dz = grads[2] if cfg.has_z else None
   db_part, dc_part, da_part, dd_part, dbias_part = grads[-5:]
@@ -618,7 +628,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           num_warps=None, bwd_num_warps=None, keep_decay=DEFAULT_KEEP_DECAY,
                           lean=DEFAULT_LEAN, fma=DEFAULT_FMA, keep_dl=DEFAULT_KEEP_DL,
                           sfu=DEFAULT_SFU, keep_tokens=DEFAULT_KEEP_TOKENS,
-                          index_ahead=DEFAULT_INDEX_AHEAD, interpret=None):
+                          index_ahead=DEFAULT_INDEX_AHEAD, out_dtype=None, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -647,6 +657,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      keep_tokens wins if both are set). sfu: exp and reciprocals (softplus, sigmoid) on the
      special-function unit (ex2/rcp.approx, ~2^-22 relative) instead of libdevice's
      range-checked expf and the IEEE division.
+  out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
+     so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
+     the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
   interpret: None = interpret mode unless the default backend is a GPU.
   Returns out (and the last state [b, C, N] fp32 if return_last_state).
   """
@@ -659,6 +672,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     if x is not None and jnp.dtype(x.dtype) not in map(jnp.dtype, _SUPPORTED_DTYPES):
       raise ValueError(f"selective_scan_pallas: {name} has dtype {x.dtype}; the kernel takes "
                        f"float32, bfloat16 or float16 (use impl='reference' for float64).")
+  if out_dtype is not None and jnp.dtype(out_dtype) not in map(jnp.dtype, _SUPPORTED_DTYPES):
+    raise ValueError(f"selective_scan_pallas: out_dtype={out_dtype!r}; the kernel writes "
+                     f"float32, bfloat16 or float16 (use impl='reference' for float64).")
   if num_state & (num_state - 1):
     raise ValueError(f"selective_scan_pallas: N must be a power of two (Triton register "
                      f"shapes), got N={num_state}; use impl='associative'.")
@@ -697,7 +713,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 keep_tokens=bool(keep_tokens), index_ahead=bool(index_ahead),
                 lean=_lean_default(seq_len, index is not None) if lean is None else bool(lean),
                 fma=bool(fma),
-                interpret=bool(interpret))
+                interpret=bool(interpret),
+                out_dtype=None if out_dtype is None else jnp.dtype(out_dtype).name)
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
