@@ -1,36 +1,45 @@
 #!/usr/bin/env bash
-# One single-GPU device call: LocalVMamba-T bf16 train (MODE) step of an earlier commit
-# against the working tree, and the working tree with other kernel options, all compiled at
-# once (cold, no cache), then timed one at a time (barrier + device lock), so every row
-# comes from the same machine. Before the call, extract the earlier package (ignored path):
+# One single-GPU device call: LocalVMamba-T bf16 train (MODE) step of earlier code against the
+# working tree (and the working tree with other kernel options), all compiled at once (cold,
+# no cache), then timed one at a time (barrier + device lock), so every row comes from the
+# same machine. Before the call, extract each earlier package into an ignored path:
 #   mkdir -p .bench_old/REV && git archive REV localmamba_jax | tar -x -C .bench_old/REV
-# then run (carry .bench_old):
-#   OUT=/some/dir BEFORE=.bench_old/REV [OPTIONS="index_ahead=1"] [PROFILE=1] \
-#     bash benchmarks/before_after_step.sh
-# MODE=infer times the eval step instead; not "both": the barrier holds only the first
+# (or copy a modified package there), then run (carry .bench_old):
+#   OUT=/some/dir BEFORE=".bench_old/REV [.bench_old/OTHER ...]" [OPTIONS="index_ahead=1"] \
+#     [PROFILE=1] [DUMP=1] bash benchmarks/before_after_step.sh
+# PROFILE=1 profiles the working tree's steps (summary + kernel events kept); DUMP=1 keeps
+# the buffer assignment of the working tree's compiled train step (gzip; every buffer with the
+# value it holds), to find what fills the peak. MODE=infer times the eval step instead; not "both": the barrier holds only the first
 # mode, so the second mode's compiles would overlap the others' timed steps.
 set -u
 : "${OUT:?set OUT to the results directory}"
-: "${BEFORE:?set BEFORE to the directory holding the earlier localmamba_jax}"
+: "${BEFORE:?set BEFORE to the directories holding the earlier localmamba_jax}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 ROOT=$(pwd)
 OPTIONS=${OPTIONS:-}
-runs=3
-[ -z "$OPTIONS" ] && runs=2
+read -r -a befores <<< "$BEFORE"
+runs=$(( ${#befores[@]} + 1 ))
+[ -n "$OPTIONS" ] && runs=$(( runs + 1 ))
 B=/tmp/ba_barrier.$$; L=/tmp/ba_lock.$$; : > "$B"
-common=(--model local_vssm_tiny --mode "${MODE:-train}" --dtype bf16 --batch 128 --steps 10 --warmup 2
-        --time-budget 10 --no-compilation-cache --barrier "$B:$runs"
+common=(--model local_vssm_tiny --mode "${MODE:-train}" --dtype bf16 --batch 128 --steps 10
+        --warmup 2 --time-budget 10 --no-compilation-cache --barrier "$B:$runs"
         --barrier-timeout "${BARRIER_TIMEOUT:-330}" --device-lock "$L"
         --results "$OUT/before_after.jsonl")
 limit=${JOB_TIMEOUT:-520}
-# `python -m` puts the working directory first on sys.path: run the earlier package from its
-# own directory so that it, not the working tree's, is imported.
-(cd "$BEFORE" && timeout "$limit" python3 -m localmamba_jax.benchmark "${common[@]}" \
-  --tag "before ($BEFORE)" > "$OUT/before.log" 2>&1) &
+dump() {  # XLA flags that dump the working tree's compiled HLO (DUMP=1)
+  [ -n "${DUMP:-}" ] && echo "--xla_dump_to=/tmp/ba_dump --xla_dump_hlo_as_text"
+}
+# `python -m` puts the working directory first on sys.path: run each earlier package from
+# its own directory so that it, not the working tree's, is imported.
+for dir in "${befores[@]}"; do
+  name=$(basename "$dir")
+  (cd "$dir" && timeout "$limit" python3 -m localmamba_jax.benchmark \
+    "${common[@]}" --tag "before ($dir)" > "$OUT/before_$name.log" 2>&1) &
+done
 profile=()
 [ -n "${PROFILE:-}" ] && profile=(--profile "$OUT/profile_after")
-timeout "$limit" python3 -m localmamba_jax.benchmark "${common[@]}" "${profile[@]}" \
-  --tag "after (working tree)" > "$OUT/after.log" 2>&1 &
+XLA_FLAGS="$(dump)" timeout "$limit" python3 -m localmamba_jax.benchmark "${common[@]}" \
+  "${profile[@]}" --tag "after (working tree)" > "$OUT/after.log" 2>&1 &
 if [ -n "$OPTIONS" ]; then
   # shellcheck disable=SC2086  # OPTIONS is a list of NAME=INT words
   PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" timeout "$limit" \
@@ -39,6 +48,11 @@ if [ -n "$OPTIONS" ]; then
 fi
 wait
 grep -h "kernel option\|img/s\|compiled in\|Error" "$OUT"/*.log
+if [ -n "${DUMP:-}" ]; then
+  assignment=$(ls -S /tmp/ba_dump/*jit_train_step*buffer-assignment.txt 2>/dev/null | head -1)
+  [ -n "$assignment" ] && gzip -c "$assignment" > "$OUT/after_buffer_assignment.txt.gz"
+  rm -rf /tmp/ba_dump
+fi
 if [ -n "${PROFILE:-}" ]; then
   # keep the summary and the kernel events (small); the raw trace directory is large
   python3 benchmarks/profile_summary.py "$OUT/profile_after" --steps 3 \

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from localmamba_jax.layers.norms import layer_norm
+from localmamba_jax.layers.norms import layer_norm, pooled_layer_norm
 
 
 def gelu_exact(x):
@@ -44,8 +44,16 @@ class SCAttn(nnx.Module):
       self.spatial_select = linear(2 * reduced, 1)
 
   def __call__(self, x):
-    normed = self.norm(x)
-    pooled = gelu_exact(self.global_reduce(jnp.mean(normed, axis=1, keepdims=True)))
+    if self.spatial:
+      normed = self.norm(x)
+      mean_normed = jnp.mean(normed, axis=1, keepdims=True)
+    else:
+      # The channel gate needs only the mean over L of the normalised x: computed without
+      # writing the normalised x (or keeping it for the backward), in float32 as the
+      # official LayerNorm runs under autocast (layers.norms.pooled_layer_norm).
+      mean_normed = pooled_layer_norm(x, self.norm.scale[...], self.norm.bias[...],
+                                      epsilon=self.norm.epsilon)
+    pooled = gelu_exact(self.global_reduce(mean_normed))
     attn = jax.nn.sigmoid(self.channel_select(pooled))                # [b, 1, (K,) E]
     if self.spatial:
       local = gelu_exact(self.local_reduce(normed))                     # [b, L, (K,) r]

@@ -1,0 +1,69 @@
+"""pooled_layer_norm (SCAttn's mean over L of a LayerNorm) against the plain formula.
+
+The custom VJP must give the values and gradients (x, scale, bias) of differentiating
+mean_L(LayerNorm_E(x)) directly: checked against that formula in float64 on fresh random
+inputs, including rows with a mean 100x their spread (where a one-pass variance would lose
+digits). Tolerance: no more than twice the error of the plain formula differentiated in
+float32 (itself ~1e-7 for centred rows, ~1e-6 with the offset: float32 means of values near
+100), or 1e-6 relative (values) / 1e-5 (gradients), whichever is larger.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from localmamba_jax.layers.norms import TORCH_NORM_EPS, layer_norm, pooled_layer_norm
+
+
+def plain_formula(x, scale, bias):
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  normed = (x - mean) / jnp.sqrt(var + TORCH_NORM_EPS) * scale + bias
+  return jnp.mean(normed, axis=1, keepdims=True)
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("shape,offset", [((2, 9, 3, 8), 0.0), ((3, 5, 16), 100.0)])
+def test_values_and_gradients_match_the_plain_formula_in_float64(shape, offset):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(shape) + offset * rng.standard_normal(shape[:-1] + (1,))
+  scale, bias = 1 + 0.3 * rng.standard_normal(shape[-1]), 0.2 * rng.standard_normal(shape[-1])
+  weight = rng.standard_normal(shape[:1] + (1,) + shape[2:])
+  args32 = [jnp.asarray(a, jnp.float32) for a in (x, scale, bias)]
+  loss = lambda fn: lambda *a: jnp.sum(fn(*a) * weight.astype(a[0].dtype))
+  out = pooled_layer_norm(*args32)
+  grads = jax.grad(loss(pooled_layer_norm), argnums=(0, 1, 2))(*args32)
+  with jax.enable_x64():
+    # the float32 inputs themselves, so that only the computation's rounding is measured
+    args64 = [jnp.asarray(np.asarray(a), jnp.float64) for a in args32]
+    ref = plain_formula(*args64)
+    ref_grads = jax.grad(loss(plain_formula), argnums=(0, 1, 2))(*args64)
+    ref, ref_grads = np.asarray(ref), [np.asarray(g) for g in ref_grads]
+  plain_out = plain_formula(*args32)
+  plain_grads = jax.grad(loss(plain_formula), argnums=(0, 1, 2))(*args32)
+  assert out.dtype == jnp.float32 and out.shape == ref.shape
+  assert rel_err(out, ref) <= max(2 * rel_err(plain_out, ref), 1e-6)
+  for name, grad, plain, want in zip(("x", "scale", "bias"), grads, plain_grads, ref_grads):
+    assert grad.shape == want.shape, name
+    assert rel_err(grad, want) <= max(2 * rel_err(plain, want), 1e-5), (
+        f"gradient of {name}: {rel_err(grad, want):.2e} (plain float32 formula: "
+        f"{rel_err(plain, want):.2e})")
+
+
+def test_bf16_input_is_normalised_in_float32_and_gets_a_bf16_gradient():
+  """Under a bf16 compute dtype the scan output is float32 in the models, but a bf16 input must
+  still work: statistics in float32 (as the official LayerNorm under autocast), gradient in
+  the input's dtype."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((2, 6, 8)), jnp.bfloat16)
+  norm = layer_norm(8, rngs=nnx.Rngs(0))
+  out = pooled_layer_norm(x, norm.scale[...], norm.bias[...])
+  want = jnp.mean(norm(x.astype(jnp.float32)), axis=1, keepdims=True)
+  assert out.dtype == jnp.float32 and rel_err(out, want) < 1e-6
+  grad = jax.grad(lambda v: jnp.sum(pooled_layer_norm(v, None, None) ** 2))(x)
+  assert grad.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(grad.astype(jnp.float32))))
