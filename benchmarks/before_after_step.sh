@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# One single-GPU device call: LocalVMamba-T bf16 train (MODE) step of earlier code against the
-# working tree (and the working tree with other kernel options), all compiled at once (cold,
-# no cache), then timed one at a time (barrier + device lock), so every row comes from the
-# same machine. Before the call, extract each earlier package into an ignored path:
+# One single-GPU device call: the bf16 step of earlier code against the working tree (and
+# the working tree with other kernel options), all compiled at once (cold, no cache), then
+# timed one at a time (barrier + device lock), so every row comes from the same machine.
+# Before the call, extract each earlier package into an ignored path:
 #   mkdir -p .bench_old/REV && git archive REV localmamba_jax | tar -x -C .bench_old/REV
 # (or copy a modified package there), then run (carry .bench_old):
 #   OUT=/some/dir BEFORE=".bench_old/REV [.bench_old/OTHER ...]" [OPTIONS="index_ahead=1"] \
-#     [PROFILE=1] [DUMP=1] bash benchmarks/before_after_step.sh
+#     [MODEL=local_vssm_tiny] [MODE=train] [PROFILE=1] [DUMP=1] \
+#     bash benchmarks/before_after_step.sh
 # PROFILE=1 profiles the working tree's steps (summary + kernel events kept); DUMP=1 keeps
-# the buffer assignment of the working tree's compiled train step (gzip; every buffer with the
-# value it holds), to find what fills the peak. MODE=infer times the eval step instead; not "both": the barrier holds only the first
-# mode, so the second mode's compiles would overlap the others' timed steps.
+# the buffer assignment of the working tree's compiled step (gzip; every buffer with the
+# value it holds), to find what fills the peak. MODE=infer times the eval step instead; not
+# "both": the barrier holds only the first mode, so the second mode's compiles would overlap
+# the others' timed steps.
 set -u
 : "${OUT:?set OUT to the results directory}"
 : "${BEFORE:?set BEFORE to the directories holding the earlier localmamba_jax}"
@@ -21,8 +23,8 @@ read -r -a befores <<< "$BEFORE"
 runs=$(( ${#befores[@]} + 1 ))
 [ -n "$OPTIONS" ] && runs=$(( runs + 1 ))
 B=/tmp/ba_barrier.$$; L=/tmp/ba_lock.$$; : > "$B"
-common=(--model local_vssm_tiny --mode "${MODE:-train}" --dtype bf16 --batch 128 --steps 10
-        --warmup 2 --time-budget 10 --no-compilation-cache --barrier "$B:$runs"
+common=(--model "${MODEL:-local_vssm_tiny}" --mode "${MODE:-train}" --dtype bf16 --batch 128
+        --steps 10 --warmup 2 --time-budget 10 --no-compilation-cache --barrier "$B:$runs"
         --barrier-timeout "${BARRIER_TIMEOUT:-330}" --device-lock "$L"
         --results "$OUT/before_after.jsonl")
 limit=${JOB_TIMEOUT:-520}
@@ -49,7 +51,7 @@ fi
 wait
 grep -h "kernel option\|img/s\|compiled in\|Error" "$OUT"/*.log
 if [ -n "${DUMP:-}" ]; then
-  assignment=$(ls -S /tmp/ba_dump/*jit_train_step*buffer-assignment.txt 2>/dev/null | head -1)
+  assignment=$(ls -S /tmp/ba_dump/*_step*buffer-assignment.txt 2>/dev/null | head -1)
   [ -n "$assignment" ] && gzip -c "$assignment" > "$OUT/after_buffer_assignment.txt.gz"
   rm -rf /tmp/ba_dump
 fi

@@ -79,8 +79,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="stop timing once this many seconds of timed steps have run (at "
                            "least 3 steps); 0 = no limit")
   parser.add_argument("--profile", default="",
-                      help="after timing, trace --profile-steps train steps into this directory "
-                           "(jax.profiler, with a Perfetto JSON trace)")
+                      help="after timing, trace --profile-steps steps into this directory "
+                           "(jax.profiler, with a Perfetto JSON trace; with --mode both, one "
+                           "subdirectory per mode)")
   parser.add_argument("--profile-steps", type=int, default=3)
   parser.add_argument("--timeout", type=float, default=0.0,
                       help="with several models: seconds allowed per model subprocess (0 = none)")
@@ -360,8 +361,9 @@ def benchmark_model(args, model_name: str) -> list[dict]:
         times = time_steps(run_step, steps=args.steps, warmup=args.warmup,
                            time_budget=args.time_budget)
         peak = peak_memory_bytes(devices)
-        if args.profile and mode == "train":
-          trace_steps(run_step, args.profile, args.profile_steps)
+        if args.profile:
+          trace_steps(run_step, os.path.join(args.profile, mode) if len(modes) > 1
+                      else args.profile, args.profile_steps)
       median = statistics.median(times)
       record = dict(base, mode=mode, steps_timed=len(times), warmup=args.warmup,
                     step_ms=round(1e3 * median, 3), step_ms_min=round(1e3 * min(times), 3),

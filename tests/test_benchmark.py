@@ -143,3 +143,13 @@ def test_profile_categories():
   assert summary["kernel_ms_per_step"] == pytest.approx(2.0)
   assert summary["categories"]["scan"]["share"] == pytest.approx(0.75)
   assert summary["busy_fraction"] == pytest.approx(1.0)
+
+
+def test_profile_traces_the_timed_mode(tmp_path):
+  """--profile traces the mode that was timed (infer here; with --mode both, one subdirectory
+  per mode), so the eval step can be profiled too."""
+  code = benchmark.main(["--model", "local_vssm_tiny", "--mode", "infer", "--dtype", "fp32",
+                         "--steps", "1", "--warmup", "0", "--results", "",
+                         "--profile", str(tmp_path / "trace"), "--profile-steps", "1", *TINY])
+  assert code == 0
+  assert list((tmp_path / "trace").rglob("*.json.gz")), "no Perfetto trace written"

@@ -63,7 +63,11 @@ def _pooled_layer_norm(x, scale, bias, epsilon, axis):
 
 
 def _pooled_layer_norm_fwd(x, scale, bias, epsilon, axis):
-  mean, rstd = _row_stats(x, epsilon)
+  # The barrier ends the row-statistics fusion at the [.., 1] statistics. Without it XLA
+  # fuses statistics and normalisation into one kernel that writes the normalised rows
+  # (a float32 copy of x) for the reduction over `axis` to read back (H100 eval profile,
+  # BENCHMARKS.md); with it that reduction reads x itself.
+  mean, rstd = jax.lax.optimization_barrier(_row_stats(x, epsilon))
   pooled_hat = jnp.mean((x.astype(jnp.float32) - mean) * rstd, axis=axis, keepdims=True)
   out = pooled_hat * scale.astype(jnp.float32) + bias.astype(jnp.float32)
   return out, (x, mean, rstd, pooled_hat, scale, bias)
