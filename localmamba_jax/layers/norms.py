@@ -31,14 +31,15 @@ def rms_norm(num_features: int, *, rngs: nnx.Rngs, dtype=None, param_dtype=None)
 def pooled_layer_norm(x, scale, bias, *, epsilon: float = TORCH_NORM_EPS, axis: int = 1):
   """mean over `axis` of LayerNorm(x) over the last axis (keepdims), computed in float32.
 
-  SCAttn's channel gate needs only this mean (reference doc Sec. 3.1: `x_ = self.norm(x);
-  x_global = x_.mean(1, keepdim=True)`), but differentiating the plain formula makes XLA
-  write the normalised tensor and keep its centred input for the backward: two float32
-  copies of the K scan outputs, [b, L, K, E], about 1.2 GB each per stage-1 block of
-  LocalVMamba-T at batch 128. Here the forward reads x twice (row statistics, then the mean
-  of the normalised rows) and keeps only x and the [.., 1] statistics; the backward rebuilds
-  the normalised rows from them. Same math (PyTorch's two-pass variance, eps inside the
-  root); float32 throughout as under autocast, returned in float32.
+  SCAttn's channel gate needs only this mean (reference doc Sec. 3.1:
+  g = GELU(global_reduce(mean_over_L(LN(x))))). Differentiated as written, the formula made
+  XLA write the normalised float32 tensor ([b, L, K, E], 1.2 GB per stage-1 block of
+  LocalVMamba-T at batch 128) just to average it, and pass over such tensors five times in
+  the backward: 9.4 ms per stage-1 block on an H100 (BENCHMARKS.md, session 6). Here the
+  forward reads x twice (row statistics, then the mean of the normalised rows) and keeps only
+  x and the [.., 1] statistics; the backward rebuilds the normalised rows from them in one
+  pass. Same math (PyTorch's two-pass variance, eps inside the root); float32 throughout as
+  under autocast, returned in float32.
 
   x: [b, L, ..., E]; scale, bias: [E] or None. Returns [b, 1, ..., E] (with axis=1).
   """
