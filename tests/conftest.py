@@ -50,3 +50,23 @@ def golden_json(golden_dir):
     return json.loads(_require(golden_dir / relative).read_text())
 
   return load
+
+
+# The slowest tests (over ~40 s each on the 2-core CI machine; `pytest --durations=40`,
+# 2026-11-27) run first. Collected in file order they started last, and with
+# `pytest -n auto` the run then waited on one worker while the other sat idle.
+# Only the order changes; every test still runs.
+_SLOW_FIRST = (
+    "tests/training/test_multiprocess.py::",
+    "tests/training/test_sharding.py::test_single_device_data_parallel_and_fsdp_agree",
+    "tests/ops/test_kernel_sharding.py::",
+    "tests/models/test_scan_blocks.py::test_scanned_blocks_match_unrolled_blocks",
+    "tests/test_notebooks.py::",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  def rank(item):
+    return next((i for i, prefix in enumerate(_SLOW_FIRST) if item.nodeid.startswith(prefix)),
+                len(_SLOW_FIRST))
+  items.sort(key=rank)   # stable: the same order in every xdist worker
