@@ -53,9 +53,9 @@ def golden_json(golden_dir):
 
 
 # The slowest tests (over ~40 s each on the 2-core CI machine; `pytest --durations=40`,
-# 2026-11-27) run first. Collected in file order they started last, and with
-# `pytest -n auto` the run then waited on one worker while the other sat idle.
-# Only the order changes; every test still runs.
+# 2026-11-27) run first. In file order most of them came late, where one long test can hold
+# a `pytest -n auto` worker after the other has finished. Only the order changes; every test
+# still runs. (One CI run each way, 17:14 then 15:31, is within the run-to-run spread.)
 _SLOW_FIRST = (
     "tests/training/test_multiprocess.py::",
     "tests/training/test_sharding.py::test_single_device_data_parallel_and_fsdp_agree",

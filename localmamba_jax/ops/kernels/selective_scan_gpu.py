@@ -88,10 +88,12 @@ DEFAULT_KEEP_DECAY = False
 DEFAULT_KEEP_DL = None
 DEFAULT_SFU = True
 # The fused path's backward is ~40% slower than plain order at stage 1 while its forward is
-# not (BENCHMARKS.md, 2026-11-27); keep_tokens tests the guess that the lean adjoint waits on
-# its table loads. Correct (tested), not yet timed on a GPU: off until measured.
+# not (BENCHMARKS.md, 2026-11-27); keep_tokens and index_ahead test the guess that the lean
+# adjoint waits on its table loads. Both measured slower on an H100 (session 6): keep_tokens
+# stage-1 fused fwd+bwd 32.64 against 26.89 ms, index_ahead -9.4% in LocalVMamba-T's train
+# step. The guess was wrong; both stay off (candidates for removal).
 DEFAULT_KEEP_TOKENS = False
-DEFAULT_INDEX_AHEAD = False  # the same guess at one register instead of `chunk`; not yet timed
+DEFAULT_INDEX_AHEAD = False
 DEFAULT_LEAN = None  # None = _lean_default(): lean except short scans through a read_index
 # In LocalVMamba-T's train step (jax.profiler, H100, bf16; profiles of the batched and the lean
 # kernel on two H100 machines) the lean schedule cut the stage-1/2 backward from 30.2 / 14.9
@@ -653,8 +655,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      `chunk` more registers per thread; None = only for plain-order scans, where it was
      measured faster: through a read_index it was slower). keep_tokens: with a read_index,
      the lean backward's adjoint reuses the table entries its recompute loaded; index_ahead:
-     it loads each table entry one step before the loads that use it (both not yet timed;
-     keep_tokens wins if both are set). sfu: exp and reciprocals (softplus, sigmoid) on the
+     it loads each table entry one step before the loads that use it (both measured slower,
+     off by default; keep_tokens wins if both are set). sfu: exp and reciprocals (softplus, sigmoid) on the
      special-function unit (ex2/rcp.approx, ~2^-22 relative) instead of libdevice's
      range-checked expf and the IEEE division.
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
