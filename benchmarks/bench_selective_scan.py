@@ -238,11 +238,12 @@ def check(report):
 def parse_variant(text):
   """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
   bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
-  d = keep_dl, x = sfu, e = keep_tokens, i = index_ahead); letters may be omitted (kernel
-  default)."""
+  d = keep_dl, x = sfu, e = keep_tokens, i = index_ahead, r = bwd_max_registers,
+  q = max_registers); letters may be omitted (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
               w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
-              x="sfu", e="keep_tokens", i="index_ahead")
+              x="sfu", e="keep_tokens", i="index_ahead", r="bwd_max_registers",
+              q="max_registers")
   options, i = {}, 0
   while i < len(text):
     j = i + 1

@@ -12,10 +12,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "ben
 kernel_registers = pytest.importorskip("kernel_registers")
 
 
-@pytest.mark.parametrize("shape", ["tiny", "tiny_fused"])
-def test_both_kernels_lower_to_triton_ir_without_a_gpu(shape):
+@pytest.mark.parametrize("shape,bwd_name", [
+    ("tiny", "selective_scan_bwd"),
+    # the fused path's lean backward is capped at 168 registers by default (register_cap)
+    ("tiny_fused", "selective_scan_bwd_maxnreg168")])
+def test_both_kernels_lower_to_triton_ir_without_a_gpu(shape, bwd_name):
   kernels = kernel_registers.triton_kernels(shape, 2, jnp.dtype("float32"), {"keep_dl": 0})
-  assert [name for name, _, _ in kernels] == ["selective_scan_fwd", "selective_scan_bwd"]
+  assert [name for name, _, _ in kernels] == ["selective_scan_fwd", bwd_name]
   for name, num_warps, text in kernels:
     assert num_warps >= 1
     signature = next(line for line in text.splitlines() if f"tt.func public @{name}" in line)
@@ -28,3 +31,15 @@ def test_options_are_checked():
   assert kernel_registers.parse_options("keep_dl=0,chunk=4") == {"keep_dl": 0, "chunk": 4}
   with pytest.raises(SystemExit, match="NAME=INT"):
     kernel_registers.parse_options("keep_dl=yes")
+
+
+def test_register_cap_reaches_the_triton_ir_of_the_capped_kernel_only():
+  """The cap is an `nvvm.maxnreg` attribute on the kernel function (ops/kernels/register_cap.py);
+  Triton turns it into PTX's .maxnreg (checked on the H100 by benchmarks/register_cap_check.py).
+  The uncapped kernel must not get it."""
+  kernels = dict((name, text) for name, _, text in kernel_registers.triton_kernels(
+      "tiny", 2, jnp.dtype("float32"), {"bwd_max_registers": 144}))
+  assert sorted(kernels) == ["selective_scan_bwd_maxnreg144", "selective_scan_fwd"]
+  header = lambda text: next(line for line in text.splitlines() if "tt.func public" in line)
+  assert "nvvm.maxnreg = 144 : i32" in header(kernels["selective_scan_bwd_maxnreg144"])
+  assert "maxnreg" not in kernels["selective_scan_fwd"]

@@ -206,11 +206,41 @@ def test_dispatch_and_errors():
 
 
 def test_lean_schedule_default_follows_the_measurements():
-  """Lean backward for plain-order scans and long indexed scans; the batched schedule for
-  short scans through a read_index (the in-model H100 profile in BENCHMARKS.md)."""
+  """Lean backward for plain-order scans, long indexed scans and the shortest ones (stage 4,
+  under the register cap); the batched schedule for indexed scans in between (the H100
+  measurements in BENCHMARKS.md, sessions 5 and 7)."""
   lean = selective_scan_gpu._lean_default
   assert lean(197, indexed=False) and lean(3136, indexed=True) and lean(784, indexed=True)
-  assert not lean(196, indexed=True) and not lean(64, indexed=True)
+  assert lean(64, indexed=True) and lean(49, indexed=True)
+  assert not lean(196, indexed=True) and not lean(65, indexed=True)
+
+
+def test_register_cap_default_and_explicit_values(monkeypatch):
+  """The backward's cap defaults to 168 for the lean schedule through a read_index only
+  (measured slower for the batched schedule and in plain order); 0 means no cap; bad values
+  name the option. Interpret mode never caps (nothing is compiled by ptxas)."""
+  seen = []
+  original = selective_scan_gpu._scan
+  monkeypatch.setattr(selective_scan_gpu, "_scan", lambda cfg, *args: seen.append(
+      (cfg.lean, cfg.max_registers, cfg.bwd_max_registers)) or original(cfg, *args))
+  cap_default = selective_scan_gpu._bwd_max_registers_default
+  assert cap_default(lean=True, indexed=True) == 168
+  assert cap_default(lean=False, indexed=True) is None
+  assert cap_default(lean=True, indexed=False) is None
+  assert selective_scan_gpu._checked_cap(0, "x") is None
+  assert selective_scan_gpu._checked_cap(np.int64(160), "x") == 160
+  x = jnp.zeros((1, 4, 8), jnp.float32)
+  a = -jnp.ones((8, 16), jnp.float32)
+  bc = jnp.ones((1, 4, 1, 16), jnp.float32)
+  for bad in (300, 8, True, 1.5, "168"):
+    with pytest.raises(ValueError, match=r"bwd_max_registers=.*expected an int in \[24, 255\]"):
+      selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, bwd_max_registers=bad,
+                                               interpret=True)
+  with pytest.raises(ValueError, match=r"max_registers=300"):
+    selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, max_registers=300, interpret=True)
+  selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, bwd_max_registers=128,
+                                           interpret=True)
+  assert seen == [(True, None, None)]
 
 
 def test_keep_dl_default_applies_to_plain_order_scans_only(monkeypatch):

@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from localmamba_jax.ops.kernels import register_cap
 from localmamba_jax.ops.kernels.common import (check_read_index, fold_to,
                                                fused_multi_direction_scan)
 
@@ -101,7 +102,21 @@ DEFAULT_LEAN = None  # None = _lean_default(): lean except short scans through a
 # read through the scan-order table) from 7.2 to 9.1 ms; plain-order short scans (LocalVim,
 # L = 197) gained (1.63 -> 1.30 ms fwd+bwd).
 LEAN_MIN_INDEXED_SEQ = 512
+# Register caps (PTX .maxnreg, ops/kernels/register_cap.py). H100, bf16, batch 128, fused
+# multi-direction path, fwd+bwd, same call (2026-11-27, BENCHMARKS.md session 7): a backward cap
+# of 168 registers (12 resident warps per SM instead of 8) took the lean backward at stage 1
+# from 26.99 to 23.37 ms and stage 2 from 13.12 to 11.75; 200, 144 and 128 were slower than
+# 168. The lean backward at L = 64 (stage 4) under the cap ran 3.64 ms against 4.51 for the
+# batched schedule, while at L = 196 (stage 3) the batched one stayed ahead (7.50 against 8.33).
+# The batched schedule slows down under a cap (it already spills at 255), and so does the
+# plain-order backward (LocalVim's shape: 1.18 -> 1.73 ms), as does a forward cap of 96
+# (stage 1: 3.98 -> 4.83 ms). So the cap applies to the lean backward read through a
+# scan-order table only, and short tables (<= LEAN_MAX_SHORT_INDEXED_SEQ) take the lean one.
+LEAN_MAX_SHORT_INDEXED_SEQ = 64
+LEAN_INDEXED_BWD_MAX_REGISTERS = 168
 DEFAULT_FMA = True
+DEFAULT_MAX_REGISTERS = 0  # no cap on the forward (a cap of 96 was measured slower)
+DEFAULT_BWD_MAX_REGISTERS = None  # None = _bwd_max_registers_default()
 DEFAULT_TILE = 64
 DEFAULT_BWD_TILE = 16
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
@@ -136,7 +151,12 @@ def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
 
 
 def _lean_default(seq_len: int, indexed: bool) -> bool:
-  return not indexed or seq_len >= LEAN_MIN_INDEXED_SEQ
+  return (not indexed or seq_len >= LEAN_MIN_INDEXED_SEQ
+          or seq_len <= LEAN_MAX_SHORT_INDEXED_SEQ)
+
+
+def _bwd_max_registers_default(lean: bool, indexed: bool) -> int | None:
+  return LEAN_INDEXED_BWD_MAX_REGISTERS if lean and indexed else None
 
 
 def _keep_dl_default(indexed: bool) -> bool:
@@ -185,6 +205,24 @@ class _Config:
   fma: bool                    # fused multiply-adds written out (see _fma)
   interpret: bool
   out_dtype: str | None = None  # dtype of the output (None: u's); a name, for hashing
+  max_registers: int | None = None      # forward's PTX .maxnreg (register_cap); None: no cap
+  bwd_max_registers: int | None = None  # backward's
+
+
+def _checked_cap(value, name):
+  """A register cap as an int (numpy ints too; 0 = None = no cap), or a ValueError naming the
+  option."""
+  if value is None or (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+                       and value == 0):
+    return None
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    value = int(value)
+  if (not isinstance(value, int)
+      or not register_cap.MIN_REGISTERS <= value <= register_cap.MAX_REGISTERS):
+    raise ValueError(f"selective_scan_pallas: {name}={value!r}; expected an int in "
+                     f"[{register_cap.MIN_REGISTERS}, {register_cap.MAX_REGISTERS}] "
+                     f"(registers per thread), or 0 for no cap.")
+  return value
 
 
 def _out_dtype(cfg, u):
@@ -546,7 +584,8 @@ def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
                jax.ShapeDtypeStruct((batch, channels, num_state), jnp.float32))
   args = index + (u, delta, a2, B, C, D, bias) + ((z,) if cfg.has_z else ())
   return pl.pallas_call(kernel, out_shape=out_shape, grid=(batch, channels // cfg.tile),
-                        interpret=cfg.interpret, name="selective_scan_fwd",
+                        interpret=cfg.interpret,
+                        name=register_cap.kernel_name("selective_scan_fwd", cfg.max_registers),
                         compiler_params=_compiler_params(cfg.num_warps))(*args)
 
 
@@ -575,7 +614,9 @@ def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt
   args = index + (u, delta, a2, B, C, D, bias) + ((z,) if cfg.has_z else ()) + (
       dout, dlast, ckpt)
   return pl.pallas_call(kernel, out_shape=tuple(out_shape), grid=(batch, num_tiles),
-                        interpret=cfg.interpret, name="selective_scan_bwd",
+                        interpret=cfg.interpret,
+                        name=register_cap.kernel_name("selective_scan_bwd",
+                                                      cfg.bwd_max_registers),
                         compiler_params=_compiler_params(cfg.bwd_num_warps))(*args)
 
 
@@ -630,7 +671,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           num_warps=None, bwd_num_warps=None, keep_decay=DEFAULT_KEEP_DECAY,
                           lean=DEFAULT_LEAN, fma=DEFAULT_FMA, keep_dl=DEFAULT_KEEP_DL,
                           sfu=DEFAULT_SFU, keep_tokens=DEFAULT_KEEP_TOKENS,
-                          index_ahead=DEFAULT_INDEX_AHEAD, out_dtype=None, interpret=None):
+                          index_ahead=DEFAULT_INDEX_AHEAD, out_dtype=None,
+                          max_registers=DEFAULT_MAX_REGISTERS,
+                          bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -648,8 +691,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      per element-step less, chunk x [tile, N] more registers; BENCHMARKS.md).
      lean: backward schedule that reloads each step's inputs in the adjoint one step ahead
      instead of holding the whole chunk's loads in registers (default; False = the earlier
-     batched schedule; None = lean except for scans shorter than LEAN_MIN_INDEXED_SEQ that
-     read through a read_index, where the batched schedule measured faster). fma: the
+     batched schedule; None = lean except for scans read through a read_index that are longer
+     than LEAN_MAX_SHORT_INDEXED_SEQ and shorter than LEAN_MIN_INDEXED_SEQ steps, where the
+     batched schedule measured faster). fma: the
      recurrences' multiply-adds as fma.rn.f32 (default). keep_dl: the lean backward keeps
      each step's Delta from its recompute for the adjoint (one softplus per step less,
      `chunk` more registers per thread; None = only for plain-order scans, where it was
@@ -659,6 +703,10 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      off by default; keep_tokens wins if both are set). sfu: exp and reciprocals (softplus, sigmoid) on the
      special-function unit (ex2/rcp.approx, ~2^-22 relative) instead of libdevice's
      range-checked expf and the IEEE division.
+  max_registers, bwd_max_registers: registers per thread the forward / backward kernel may
+     use (PTX .maxnreg, `register_cap`): fewer registers, more resident warps, maybe spills.
+     0 = no cap (ptxas's choice). bwd_max_registers=None = the measured default: 168 for the
+     lean backward read through a read_index, else no cap. Ignored in interpret mode.
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -705,6 +753,13 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   chunk, checkpoint_every = _chunking(chunk, checkpoint_every, seq_len)
   if interpret is None:
     interpret = not on_gpu()
+  lean = _lean_default(seq_len, index is not None) if lean is None else bool(lean)
+  max_registers = _checked_cap(max_registers, "max_registers")
+  bwd_max_registers = (_bwd_max_registers_default(lean, index is not None)
+                       if bwd_max_registers is None
+                       else _checked_cap(bwd_max_registers, "bwd_max_registers"))
+  if interpret:  # no Triton compile to cap
+    max_registers = bwd_max_registers = None
   cfg = _Config(seq_len=seq_len, chunk=chunk, checkpoint_every=checkpoint_every, tile=fwd_tile,
                 bwd_tile=bwd_t, softplus=bool(delta_softplus), has_z=z is not None,
                 indexed=index is not None, write_at_tokens=bool(write_at_tokens),
@@ -713,10 +768,11 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 keep_decay=bool(keep_decay), sfu=bool(sfu),
                 keep_dl=_keep_dl_default(index is not None) if keep_dl is None else bool(keep_dl),
                 keep_tokens=bool(keep_tokens), index_ahead=bool(index_ahead),
-                lean=_lean_default(seq_len, index is not None) if lean is None else bool(lean),
+                lean=lean,
                 fma=bool(fma),
                 interpret=bool(interpret),
-                out_dtype=None if out_dtype is None else jnp.dtype(out_dtype).name)
+                out_dtype=None if out_dtype is None else jnp.dtype(out_dtype).name,
+                max_registers=max_registers, bwd_max_registers=bwd_max_registers)
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
