@@ -224,9 +224,10 @@ def test_register_cap_default_and_explicit_values(monkeypatch):
   monkeypatch.setattr(selective_scan_gpu, "_scan", lambda cfg, *args: seen.append(
       (cfg.lean, cfg.max_registers, cfg.bwd_max_registers)) or original(cfg, *args))
   cap_default = selective_scan_gpu._bwd_max_registers_default
-  assert cap_default(lean=True, indexed=True) == 168
-  assert cap_default(lean=False, indexed=True) is None
-  assert cap_default(lean=True, indexed=False) is None
+  assert cap_default(lean=True, indexed=True, chunk=8) == 168
+  assert cap_default(lean=False, indexed=True, chunk=4) == 168  # batched, chunk 4 (stage 3)
+  assert cap_default(lean=False, indexed=True, chunk=8) is None
+  assert cap_default(lean=True, indexed=False, chunk=8) is None
   assert selective_scan_gpu._checked_cap(0, "x") is None
   assert selective_scan_gpu._checked_cap(np.int64(160), "x") == 160
   x = jnp.zeros((1, 4, 8), jnp.float32)
@@ -241,6 +242,35 @@ def test_register_cap_default_and_explicit_values(monkeypatch):
   selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, bwd_max_registers=128,
                                            interpret=True)
   assert seen == [(True, None, None)]
+
+
+def test_chunk_defaults_and_the_forward_only_call(monkeypatch):
+  """chunk / checkpoint_every default to 8 / 8, or 4 / 4 for the batched backward through a
+  read_index (H100, BENCHMARKS.md session 7); an explicit chunk keeps checkpoints every 8. A
+  forward that no backward follows saves no checkpoints and uses chunk 8 (or the chunk given),
+  with the values of the forward of a VJP (the same arithmetic; only the compiler's contraction
+  of the differently unrolled code may round differently, ~1e-7 relative)."""
+  seen = []
+  original = selective_scan_gpu._forward_call
+  monkeypatch.setattr(selective_scan_gpu, "_forward_call", lambda cfg, *args: seen.append(
+      (cfg.chunk, cfg.checkpoint_every, cfg.save_checkpoints, cfg.lean)) or original(cfg, *args))
+  rng = np.random.default_rng(5)
+  tokens = 96
+  x = jnp.asarray(rng.standard_normal((1, tokens, 8)), jnp.float32)
+  a = -jnp.ones((8, 4), jnp.float32)
+  bc = jnp.asarray(rng.standard_normal((1, tokens, 1, 4)), jnp.float32)
+  table = np.arange(tokens)[None, ::-1].copy()  # 96 steps: the batched schedule (64 < L < 512)
+  run = lambda x, **kw: selective_scan_gpu.selective_scan_pallas(
+      x, x, a, bc, bc, delta_softplus=True, interpret=True, **kw)
+  for kw, training in (({"read_index": table}, (4, 4, True, False)),
+                       ({}, (8, 8, True, True)),
+                       ({"chunk": 2}, (2, 8, True, True))):
+    seen.clear()
+    forward_only = run(x, **kw)
+    out, pullback = jax.vjp(lambda x: run(x, **kw), x)
+    np.testing.assert_allclose(np.asarray(forward_only), np.asarray(out), rtol=1e-5, atol=1e-6)
+    assert seen == [(kw.get("chunk", 8), kw.get("chunk", 8), False, training[3]), training]
+    assert np.all(np.isfinite(pullback(jnp.ones_like(out))[0]))
 
 
 def test_keep_dl_default_applies_to_plain_order_scans_only(monkeypatch):

@@ -75,8 +75,9 @@ LN_2 = math.log(2.0)
 # slower in the backward, and keeping the decays gained nothing: both stay opt-in. The lean
 # backward schedule with written-out FMAs: fwd+bwd 22.1 vs 26.6 ms in the same run (spill
 # requests 21 M -> 0.3 M per batch-8 call under ncu).
-DEFAULT_CHUNK = 8
-DEFAULT_CHECKPOINT_EVERY = 8
+DEFAULT_CHUNK = None             # None = _chunk_default(): 8, or 4 for the batched indexed one
+DEFAULT_CHECKPOINT_EVERY = None  # None = the chunk when that is the default, else 8
+FORWARD_CHUNK = 8                # the default chunk, and that of a forward no backward follows
 DEFAULT_KEEP_DECAY = False
 # keep_dl + sfu (H100, fp32, batch 128, same run, 2026-11-27): fwd+bwd stage 1 22.48 -> 20.30 ms,
 # stage 2 11.33 -> 10.43, stage 3 7.29 -> 6.38, stage 4 3.83 -> 3.60, LocalVim-T 1.40 -> 1.20;
@@ -114,6 +115,13 @@ LEAN_MIN_INDEXED_SEQ = 512
 # scan-order table only, and short tables (<= LEAN_MAX_SHORT_INDEXED_SEQ) take the lean one.
 LEAN_MAX_SHORT_INDEXED_SEQ = 64
 LEAN_INDEXED_BWD_MAX_REGISTERS = 168
+# The batched backward through a scan-order table (stage 3, L = 196) with chunk 4, checkpoints
+# every 4 steps and the cap of 168 ran fwd+bwd 5.15 ms against 7.62 for chunk 8 uncapped (same
+# H100 call, bf16, batch 128; chunk 4 without the cap was not timed): its forward writes twice
+# the checkpoints (+0.2 ms) and its backward holds half the states. So that schedule defaults
+# to chunk 4 with the cap. A forward that no backward follows (inference) writes no
+# checkpoints and keeps chunk 8 (`_scan`).
+BATCHED_INDEXED_CHUNK = 4
 DEFAULT_FMA = True
 DEFAULT_MAX_REGISTERS = 0  # no cap on the forward (a cap of 96 was measured slower)
 DEFAULT_BWD_MAX_REGISTERS = None  # None = _bwd_max_registers_default()
@@ -155,8 +163,13 @@ def _lean_default(seq_len: int, indexed: bool) -> bool:
           or seq_len <= LEAN_MAX_SHORT_INDEXED_SEQ)
 
 
-def _bwd_max_registers_default(lean: bool, indexed: bool) -> int | None:
-  return LEAN_INDEXED_BWD_MAX_REGISTERS if lean and indexed else None
+def _chunk_default(lean: bool, indexed: bool) -> int:
+  return FORWARD_CHUNK if lean or not indexed else BATCHED_INDEXED_CHUNK
+
+
+def _bwd_max_registers_default(lean: bool, indexed: bool, chunk: int) -> int | None:
+  capped = indexed and (lean or chunk <= BATCHED_INDEXED_CHUNK)
+  return LEAN_INDEXED_BWD_MAX_REGISTERS if capped else None
 
 
 def _keep_dl_default(indexed: bool) -> bool:
@@ -205,6 +218,11 @@ class _Config:
   fma: bool                    # fused multiply-adds written out (see _fma)
   interpret: bool
   out_dtype: str | None = None  # dtype of the output (None: u's); a name, for hashing
+  # the chunk of a forward that no backward follows (`_scan`'s primal), which writes no
+  # checkpoints: they cost the forward time (stage 1: 2.5 GB per call) and only the
+  # backward reads them
+  fwd_only_chunk: int = FORWARD_CHUNK
+  save_checkpoints: bool = True
   max_registers: int | None = None      # forward's PTX .maxnreg (register_cap); None: no cap
   bwd_max_registers: int | None = None  # backward's
 
@@ -379,7 +397,8 @@ def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
 
   def segment_body(seg, h):
-    ckpt_ref[b, seg, pl.ds(c0, tile), :] = h        # the state at every segment start
+    if cfg.save_checkpoints:
+      ckpt_ref[b, seg, pl.ds(c0, tile), :] = h      # the state at every segment start
     for r in range(seg_len // chunk):
       first = seg * seg_len + r * chunk
       raws = [_load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, first + i)
@@ -578,9 +597,11 @@ def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
   kernel = functools.partial(_forward_kernel, cfg=cfg, per_group=channels // groups,
                              u_channels=u_channels, z_channels=z_channels,
                              num_chunks=num_chunks)
+  num_saved = num_chunks * cfg.chunk // cfg.checkpoint_every
+  ckpt_shape = ((batch, num_saved, channels, num_state) if cfg.save_checkpoints
+                else (1, 1, 1, num_state))  # an unused output when none are saved
   out_shape = (jax.ShapeDtypeStruct((batch, out_len, channels), _out_dtype(cfg, u)),
-               jax.ShapeDtypeStruct((batch, num_chunks * cfg.chunk // cfg.checkpoint_every,
-                                     channels, num_state), jnp.float32),
+               jax.ShapeDtypeStruct(ckpt_shape, jnp.float32),
                jax.ShapeDtypeStruct((batch, channels, num_state), jnp.float32))
   args = index + (u, delta, a2, B, C, D, bias) + ((z,) if cfg.has_z else ())
   return pl.pallas_call(kernel, out_shape=out_shape, grid=(batch, channels // cfg.tile),
@@ -626,7 +647,12 @@ def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _scan(cfg, index, u, delta, A, B, C, D, bias, z):
-  out, _, last = _forward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z)
+  # No backward follows this call (a JVP or VJP uses _scan_fwd): save no checkpoints, and take
+  # the forward's own chunk. The chunk only groups loads: the arithmetic is the same, though
+  # the compiler may contract the differently unrolled code differently (~1e-7 relative).
+  forward_only = dataclasses.replace(cfg, chunk=cfg.fwd_only_chunk,
+                                     checkpoint_every=cfg.fwd_only_chunk, save_checkpoints=False)
+  out, _, last = _forward_call(forward_only, index, u, delta, A * LOG2_E, B, C, D, bias, z)
   return out, last
 
 
@@ -685,8 +711,11 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   write_at_tokens: with read_index, write outputs at the token read (True) or in scan
      order [b, L_seq, C] (False, for a non-inverse merge done by the caller).
   chunk: steps unrolled per loop iteration (the backward recomputes `chunk` states at a time
-     in registers). checkpoint_every: steps between the states saved for the backward
-     (b * ceil(L_seq / checkpoint_every) * C * N fp32); a multiple of chunk (None = chunk).
+     in registers); None = 8, or BATCHED_INDEXED_CHUNK (4) for the batched backward through a
+     read_index (measured). checkpoint_every: steps between the states saved for the backward
+     (b * ceil(L_seq / checkpoint_every) * C * N fp32); a multiple of chunk (None = the chunk
+     when that is defaulted, else 8). A forward that no backward follows saves no states and
+     uses chunk 8 (or the chunk given).
      keep_decay: the backward keeps exp(Delta A) of its recompute for the adjoint (one exp
      per element-step less, chunk x [tile, N] more registers; BENCHMARKS.md).
      lean: backward schedule that reloads each step's inputs in the adjoint one step ahead
@@ -750,12 +779,17 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
       raise ValueError(f"selective_scan_pallas: {name} has {x.shape[2]} channels; it must have "
                        f"the {channels} channels of delta or a divisor of them shared by groups "
                        f"of channels.")
-  chunk, checkpoint_every = _chunking(chunk, checkpoint_every, seq_len)
   if interpret is None:
     interpret = not on_gpu()
   lean = _lean_default(seq_len, index is not None) if lean is None else bool(lean)
+  fwd_only_chunk = _chunking(FORWARD_CHUNK if chunk is None else chunk, None, seq_len)[0]
+  if checkpoint_every is None and chunk is not None:
+    checkpoint_every = FORWARD_CHUNK  # an explicit chunk keeps the earlier default interval
+  if chunk is None:
+    chunk = _chunk_default(lean, index is not None)
+  chunk, checkpoint_every = _chunking(chunk, checkpoint_every, seq_len)
   max_registers = _checked_cap(max_registers, "max_registers")
-  bwd_max_registers = (_bwd_max_registers_default(lean, index is not None)
+  bwd_max_registers = (_bwd_max_registers_default(lean, index is not None, chunk)
                        if bwd_max_registers is None
                        else _checked_cap(bwd_max_registers, "bwd_max_registers"))
   if interpret:  # no Triton compile to cap
@@ -772,7 +806,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 fma=bool(fma),
                 interpret=bool(interpret),
                 out_dtype=None if out_dtype is None else jnp.dtype(out_dtype).name,
-                max_registers=max_registers, bwd_max_registers=bwd_max_registers)
+                max_registers=max_registers, bwd_max_registers=bwd_max_registers,
+                fwd_only_chunk=fwd_only_chunk)
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
