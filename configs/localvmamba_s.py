@@ -13,12 +13,14 @@ epochs from 1e-7 then cosine to 1e-6, label smoothing 0.1, mixup 0.2 / cutmix 1.
       --config.input.source=image_folder --config.input.folder=/data/imagenet \
       --config.input.eval_split=val
   python train.py --config configs/localvmamba_s.py:runlocal --workdir /tmp/localvmamba_s_local   # smoke run
-Memory: --config.model.remat=True recomputes each block in the backward; with it the S train
-step at 128 images per GPU peaks at 11.5 GiB and runs at 231.5 img/s on one H200 (BENCHMARKS.md,
-2026-11-26). Without remat (the default here) XLA plans 56.4 GiB per device at 128 images per
-GPU (H100, 2026-11-27), so it fits an 80 GB card; for LocalVMamba-T that plan matched the
-measured peak within 0.1%. Keep scan_blocks off without remat (XLA planned 120 GiB scanned).
-A run that runs out of memory says what to change.
+Memory: without remat (the default here) the S train step at 128 images per GPU runs at
+380.0 img/s with a 67.6 GiB peak on one 80 GB H100 (BENCHMARKS.md, 2026-11-27). That needs more
+than the 0.75 of the GPU JAX takes by default (under it XLA plans 59.9 GiB and runs out), so
+train.py sets XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 unless you set it (do the same in a notebook,
+before JAX starts). --config.model.remat=True recomputes each block in the backward: the step
+then peaks at 11.5 GiB and ran at 231.5 img/s on one H200 (2026-11-26, older kernels). Keep
+scan_blocks off without remat (XLA planned 120 GiB scanned). A run that runs out of memory says
+what to change.
 Options: --config.optim.ema_decay=0.9999  --config.optim.clip_grad_norm=1.0
          --config.sharding.strategy=fsdp  --config.sharding.distributed=True (multi-host)
 """

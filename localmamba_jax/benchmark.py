@@ -504,6 +504,9 @@ def _subprocess_argv(argv: Sequence[str], model: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
+  # the same GPU memory share as train.py, so that a config that trains also benchmarks
+  from localmamba_jax.training.entry_points import default_gpu_memory_fraction
+  default_gpu_memory_fraction()
   try:
     models = resolve_models(args.model)
   except ValueError as e:

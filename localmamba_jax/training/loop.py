@@ -44,11 +44,19 @@ class DeviceMemoryError(RuntimeError):
   """A step ran out of accelerator memory; the message says what to change."""
 
 
+def _below(text, value):
+  """Whether an environment value (None, or text that may not be a number) is below `value`."""
+  try:
+    return text is None or float(text) < value
+  except ValueError:
+    return True
+
+
 def device_oom_error(error: BaseException, config, num_devices: int):
   """A DeviceMemoryError explaining XLA's RESOURCE_EXHAUSTED `error` (None for any other
   error): it names the batch per device and the settings that lower the peak (measured:
   LocalVMamba-T bf16 at 128 images per GPU peaks at 36.9 GiB, 11.2 GiB with remat;
-  BENCHMARKS.md)."""
+  BENCHMARKS.md), and on a GPU the allocator's share when it is below 0.9."""
   if not isinstance(error, jax.errors.JaxRuntimeError) or "RESOURCE_EXHAUSTED" not in str(error):
     return None
   batch = config.input.batch_size
@@ -64,6 +72,10 @@ def device_oom_error(error: BaseException, config, num_devices: int):
   fixes.append(f"a smaller --config.input.batch_size (now {batch}; the learning rate is not "
                f"rescaled for you)")
   fixes.append("more devices (the batch is split over all of them)")
+  fraction = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")
+  if jax.default_backend() == "gpu" and _below(fraction, 0.9):
+    fixes.append(f"or a larger share of the GPU for JAX: XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 "
+                 f"(now {fraction or 'unset: JAX takes 0.75'}; train.py sets 0.9 unless set)")
   return DeviceMemoryError(
       f"out of accelerator memory in a train/eval step of {config.model_name} at global batch "
       f"{batch} ({batch / max(num_devices, 1):g} per device over {num_devices} device(s), model "

@@ -112,6 +112,37 @@ def test_device_out_of_memory_is_explained_and_checkpoints_kept(tmp_path):
   assert "remat=True (" in str(oom) and "scan_blocks=False" in str(oom)
 
 
+def test_oom_on_a_gpu_suggests_a_larger_memory_share(monkeypatch):
+  """JAX's allocator takes 0.75 of a GPU unless told otherwise; LocalVMamba-S's train step needs
+  more (BENCHMARKS.md). The hint appears on a GPU below 0.9 only, naming the value in force."""
+  from localmamba_jax.training import loop
+  config = tiny_config()
+  error = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: x")
+  monkeypatch.setattr(loop.jax, "default_backend", lambda: "gpu")
+  for value, expected in ((None, "unset: JAX takes 0.75"), ("0.5", "now 0.5"), ("junk", "now junk")):
+    if value is None:
+      monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "")  # recorded, so restored
+      monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
+    else:
+      monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", value)
+    message = str(device_oom_error(error, config, 1))
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9" in message and expected in message
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+  assert "MEM_FRACTION" not in str(device_oom_error(error, config, 1))
+  monkeypatch.setattr(loop.jax, "default_backend", lambda: "cpu")
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
+  assert "MEM_FRACTION" not in str(device_oom_error(error, config, 1))
+
+
+def test_entry_points_set_the_gpu_memory_share_unless_set(monkeypatch):
+  from localmamba_jax.training import entry_points
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "")  # recorded, so restored afterwards
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
+  assert entry_points.default_gpu_memory_fraction() == "0.9"
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.6")
+  assert entry_points.default_gpu_memory_fraction() == "0.6"
+
+
 def test_non_finite_loss_stops_with_step_and_last_checkpoint(tmp_path):
   config = tiny_config()
   config.optim.warmup_epochs = 0.0
