@@ -11,7 +11,11 @@ Neither obvious switch works. Pallas's Triton `CompilerParams` (jax 0.10-0.11) h
 `num_warps` and `num_stages`. XLA's `--xla_gpu_asm_extra_flags=-maxrregcount=N` is ignored for
 these kernels, as ptxas ignores -maxrregcount for a function that carries `.reqntid` (checked
 offline). What does work is an `nvvm.maxnreg` attribute on the kernel function in the Triton IR:
-Triton carries it to the LLVM function and from there to PTX's `.maxnreg`.
+Triton carries it to the LLVM function and from there to PTX's `.maxnreg`. Checked with the pip
+triton 3.9 offline, and on an H100 with jax 0.11.2, which compiles Pallas kernels with jaxlib's
+Triton (benchmarks/register_cap_check.py: the PTX carries the cap, results are bit-identical).
+jax 0.10 hands the Triton IR to XLA's Triton instead; that path carries the attribute in the IR
+(tests/test_kernel_registers.py) but was not run on a GPU.
 
 How: the kernel's name carries the cap (`<name>_maxnreg<N>`, `kernel_name`), so the cap is part
 of the `pallas_call`'s parameters (jit traces and compiles each cap apart, and profiles name

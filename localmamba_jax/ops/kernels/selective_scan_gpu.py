@@ -21,6 +21,9 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     In plain order the adjoint reuses each step's Delta from the recompute (keep_dl), and
     softplus / sigmoid take their exp and reciprocal from the special-function unit (sfu):
     -8 to -14% fwd+bwd there (keep_dl slows scans read through a scan-order table).
+    The backward's registers are capped (PTX .maxnreg, `register_cap`) where that was
+    measured faster: 168 registers let 12 one-warp programs share an SM instead of 8.
+    A forward that no backward follows (inference) saves no checkpoints.
     dB/dC (summed over the channels of a group) are written as one partial per channel tile,
     [batch, tokens, tiles, N], and summed afterwards; dA, dD and d delta_bias are per-program
     partials summed over batch afterwards. No atomics, so results are deterministic.
@@ -734,8 +737,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      range-checked expf and the IEEE division.
   max_registers, bwd_max_registers: registers per thread the forward / backward kernel may
      use (PTX .maxnreg, `register_cap`): fewer registers, more resident warps, maybe spills.
-     0 = no cap (ptxas's choice). bwd_max_registers=None = the measured default: 168 for the
-     lean backward read through a read_index, else no cap. Ignored in interpret mode.
+     0 = no cap (ptxas's choice). bwd_max_registers=None = the measured default: 168 for a
+     backward read through a read_index that is lean or has chunk <= 4, else no cap.
+     Ignored in interpret mode.
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
