@@ -5,7 +5,7 @@
 # Before the call, extract each earlier package into an ignored path:
 #   mkdir -p .bench_old/REV && git archive REV localmamba_jax | tar -x -C .bench_old/REV
 # (or copy a modified package there), then run (carry .bench_old):
-#   OUT=/some/dir BEFORE=".bench_old/REV [.bench_old/OTHER ...]" [OPTIONS="index_ahead=1"] \
+#   OUT=/some/dir BEFORE=".bench_old/REV [.bench_old/OTHER ...]" [OPTIONS="bwd_max_registers=0"] \
 #     [MODEL=local_vssm_tiny] [MODE=train] [PROFILE=1] [DUMP=1] \
 #     bash benchmarks/before_after_step.sh
 # PROFILE=1 profiles the working tree's steps (summary + kernel events kept); DUMP=1 keeps

@@ -55,7 +55,7 @@ SHAPES = {
 NUM_STATE = 16
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
 # the kernel options that are flags (0/1 on command lines)
-FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "keep_tokens", "index_ahead")
+FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu")
 
 
 def load_kernel_module(path, name="kernel_under_test"):
@@ -238,11 +238,11 @@ def check(report):
 def parse_variant(text):
   """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
   bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
-  d = keep_dl, x = sfu, e = keep_tokens, i = index_ahead, r = bwd_max_registers,
+  d = keep_dl, x = sfu, r = bwd_max_registers,
   q = max_registers); letters may be omitted (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
               w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
-              x="sfu", e="keep_tokens", i="index_ahead", r="bwd_max_registers",
+              x="sfu", r="bwd_max_registers",
               q="max_registers")
   options, i = {}, 0
   while i < len(text):

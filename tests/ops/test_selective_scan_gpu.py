@@ -102,10 +102,9 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
                                                       # inverse: fused write (lean backward)
     ((3, 5), ("v", "w2_flip"), False, 4, False, {}),  # official v merge is not the inverse
                                                       # for H != W
-    ((3, 5), ("w2_flip", "v"), False, 4, True,        # lean, the adjoint reusing the
-     dict(keep_tokens=True)),                         # recompute's table entries
-    ((3, 5), ("w2", "h_flip"), True, 4, True,         # ... or loading them a step early
-     dict(index_ahead=True, chunk=4)),                # (chunk 4: entries inside the loop)
+    ((3, 5), ("w2_flip", "v"), False, 4, True, {}),   # lean, non-inverse merge
+    ((3, 5), ("w2", "h_flip"), True, 4, True,         # lean with chunk 4: table entries
+     dict(chunk=4)),                                  # inside the unrolled loop
 ])
 def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
                                                     checkpoint_every, lean, options):

@@ -92,13 +92,10 @@ DEFAULT_KEEP_DECAY = False
 # (None = _keep_dl_default); sfu stays on (fused bf16 -3.8%, fused fp32 +2.4%, plain -4%).
 DEFAULT_KEEP_DL = None
 DEFAULT_SFU = True
-# The fused path's backward is ~40% slower than plain order at stage 1 while its forward is
-# not (BENCHMARKS.md, 2026-11-27); keep_tokens and index_ahead test the guess that the lean
-# adjoint waits on its table loads. Both measured slower on an H100 (session 6): keep_tokens
-# stage-1 fused fwd+bwd 32.64 against 26.89 ms, index_ahead -9.4% in LocalVMamba-T's train
-# step. The guess was wrong; both stay off (candidates for removal).
-DEFAULT_KEEP_TOKENS = False
-DEFAULT_INDEX_AHEAD = False
+# Two options that tested the guess that the fused path's lean adjoint waits on its table
+# loads, keep_tokens (reuse the recompute's table entries) and index_ahead (load each entry a
+# step early), were measured slower on an H100 (session 6: stage-1 fused fwd+bwd 32.64 against
+# 26.89 ms; -9.4% in LocalVMamba-T's train step) and removed (BENCHMARKS.md).
 DEFAULT_LEAN = None  # None = _lean_default(): lean except short scans through a read_index
 # In LocalVMamba-T's train step (jax.profiler, H100, bf16; profiles of the batched and the lean
 # kernel on two H100 machines) the lean schedule cut the stage-1/2 backward from 30.2 / 14.9
@@ -214,8 +211,6 @@ class _Config:
   bwd_num_warps: int
   keep_decay: bool             # backward keeps exp(Delta A) of the recompute for the adjoint
   keep_dl: bool                # lean backward keeps Delta of the recompute for the adjoint
-  keep_tokens: bool            # lean backward keeps the recompute's read_index entries
-  index_ahead: bool            # lean backward loads each read_index entry a step early
   sfu: bool                    # exp / reciprocal on the special-function unit (_exp_sfu)
   lean: bool                   # backward holds one step's loads at a time (see _backward_kernel)
   fma: bool                    # fused multiply-adds written out (see _fma)
@@ -312,20 +307,17 @@ def _sigmoid(x, cfg):
   return _reciprocal(1.0 + _exp_sfu(-x, cfg), cfg)
 
 
-def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None,
-               raw_token=None):
+def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None):
   """Issues the loads of step t of one program's tile; returns them raw (unmasked).
 
   Loading is kept apart from use (`_derive`) so that a whole chunk's loads can be issued
   before any of the chunk's stores: the compiler cannot move a load above a store to another
   buffer (it cannot prove they do not alias), so a load placed after a store costs one full
-  memory latency on the critical path of every step. raw_token: step t's entry of the
-  read_index if already loaded (keep_tokens, index_ahead), else it is loaded here.
+  memory latency on the critical path of every step.
   """
   u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
   t_safe = _clamped_step(cfg, t)
-  if raw_token is None:
-    raw_token = t_safe if index_ref is None else _table_entry(cfg, index_ref, group, t)
+  raw_token = t_safe if index_ref is None else _table_entry(cfg, index_ref, group, t)
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
   raw = dict(raw_token=raw_token,
              u=plt.load(u_ref.at[b, token, pl.ds(cu0, tile)]),
@@ -530,26 +522,14 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
           states.append(h)
           decays.append(decay if cfg.keep_decay else None)
           dls.append(s["dl"] if cfg.keep_dl else None)
-        # keep_tokens: the adjoint's loads take their tokens from the recompute's, instead of
-        # a table load that each of them would wait for (one step ahead is not enough to
-        # hide two dependent loads); chunk more registers
-        # index_ahead: each table entry is loaded one step before the loads that use it
-        # (one register instead of keep_tokens' chunk)
-        tokens = ([r_["raw_token"] for r_ in raws] if cfg.keep_tokens and cfg.indexed else
-                  [None] * chunk)
         del raws
-        table_ahead = cfg.index_ahead and cfg.indexed and not cfg.keep_tokens
-        if table_ahead and chunk >= 2:
-          tokens[chunk - 2] = _table_entry(cfg, index_ref, group, chunk_first + chunk - 2)
         ahead = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, chunk_first + chunk - 1,
-                           dout_ref=dout_ref, raw_token=tokens[chunk - 1])
+                           dout_ref=dout_ref)
         for i in reversed(range(chunk)):
           current = ahead
           if i:                                # issued before this step's stores
-            if table_ahead and i >= 2:
-              tokens[i - 2] = _table_entry(cfg, index_ref, group, chunk_first + i - 2)
             ahead = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile,
-                               chunk_first + i - 1, dout_ref=dout_ref, raw_token=tokens[i - 1])
+                               chunk_first + i - 1, dout_ref=dout_ref)
           s = _derive(cfg, current, chunk_first + i, bias, dl=dls[i])
           g_next, accs = adjoint_step(s, states[i], decays[i], g_next, accs)
         continue
@@ -699,8 +679,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           checkpoint_every=DEFAULT_CHECKPOINT_EVERY, tile=None, bwd_tile=None,
                           num_warps=None, bwd_num_warps=None, keep_decay=DEFAULT_KEEP_DECAY,
                           lean=DEFAULT_LEAN, fma=DEFAULT_FMA, keep_dl=DEFAULT_KEEP_DL,
-                          sfu=DEFAULT_SFU, keep_tokens=DEFAULT_KEEP_TOKENS,
-                          index_ahead=DEFAULT_INDEX_AHEAD, out_dtype=None,
+                          sfu=DEFAULT_SFU, out_dtype=None,
                           max_registers=DEFAULT_MAX_REGISTERS,
                           bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
@@ -729,12 +708,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      recurrences' multiply-adds as fma.rn.f32 (default). keep_dl: the lean backward keeps
      each step's Delta from its recompute for the adjoint (one softplus per step less,
      `chunk` more registers per thread; None = only for plain-order scans, where it was
-     measured faster: through a read_index it was slower). keep_tokens: with a read_index,
-     the lean backward's adjoint reuses the table entries its recompute loaded; index_ahead:
-     it loads each table entry one step before the loads that use it (both measured slower,
-     off by default; keep_tokens wins if both are set). sfu: exp and reciprocals (softplus, sigmoid) on the
-     special-function unit (ex2/rcp.approx, ~2^-22 relative) instead of libdevice's
-     range-checked expf and the IEEE division.
+     measured faster: through a read_index it was slower). sfu: exp and reciprocals
+     (softplus, sigmoid) on the special-function unit (ex2/rcp.approx, ~2^-22 relative)
+     instead of libdevice's range-checked expf and the IEEE division.
   max_registers, bwd_max_registers: registers per thread the forward / backward kernel may
      use (PTX .maxnreg, `register_cap`): fewer registers, more resident warps, maybe spills.
      0 = no cap (ptxas's choice). bwd_max_registers=None = the measured default: 168 for a
@@ -805,7 +781,6 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 bwd_num_warps=bwd_num_warps or (1 if bwd_t <= 16 else 2),
                 keep_decay=bool(keep_decay), sfu=bool(sfu),
                 keep_dl=_keep_dl_default(index is not None) if keep_dl is None else bool(keep_dl),
-                keep_tokens=bool(keep_tokens), index_ahead=bool(index_ahead),
                 lean=lean,
                 fma=bool(fma),
                 interpret=bool(interpret),
