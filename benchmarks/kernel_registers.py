@@ -58,9 +58,38 @@ def parse_options(text):
   return options
 
 
+def triton_calls(lowered):
+  """[(kernel name, backend_config DictAttr)] of the Triton custom calls in a lowered jit."""
+  from jax._src.lib.mlir import ir
+  found = []
+
+  def walk(op):
+    for region in op.regions:
+      for block in region.blocks:
+        for inner in block.operations:
+          if (inner.name == "stablehlo.custom_call"
+              and "triton" in str(inner.attributes["call_target_name"])):
+            key = ("mhlo.backend_config" if "mhlo.backend_config" in inner.attributes
+                   else "backend_config")
+            config = ir.DictAttr(inner.attributes[key])
+            name = str(config["name"]).strip('"') if "name" in config else "kernel"
+            found.append((name, config))
+          walk(inner)
+  walk(lowered.compiler_ir("stablehlo").operation)
+  return found
+
+
+def triton_ir_text(config):
+  """The Triton IR (text) that jax <= 0.10.2 passes to XLA in a custom call's "ir" field."""
+  from jax._src.lib import triton as jax_triton
+  from jax._src.lib.mlir import ir
+  with ir.Context() as ctx:
+    jax_triton.dialect.register_dialect(ctx)
+    return str(ir.Module.parse(ir.StringAttr(config["ir"]).value_bytes))
+
+
 def triton_kernels(shape_name, batch, dtype, options):
   """[(name, num_warps, TTIR text)] of the kernels in grad(sum(scan * w)) lowered for CUDA."""
-  from jax._src.lib import triton as jax_triton
   from jax._src.lib.mlir import ir
   # the benchmark's own inputs, of which only shapes and dtypes are used (nothing runs)
   inputs, fused = shape_inputs(SHAPES[shape_name], batch, dtype, np.random.default_rng(0))
@@ -70,29 +99,8 @@ def triton_kernels(shape_name, batch, dtype, options):
           for k in INPUT_NAMES]
   weight = jax.ShapeDtypeStruct(args[1].shape, dtype)
   lowered = jax.jit(fwd_bwd_fn(fn)).trace(*args, weight).lower(lowering_platforms=("cuda",))
-  module = lowered.compiler_ir("stablehlo")
-  found = []
-
-  def walk(op):
-    for region in op.regions:
-      for block in region.blocks:
-        for inner in block.operations:
-          if (inner.name == "stablehlo.custom_call"
-              and "triton" in str(inner.attributes["call_target_name"])):
-            found.append(inner)
-          walk(inner)
-  walk(module.operation)
-  kernels = []
-  for op in found:
-    key = "mhlo.backend_config" if "mhlo.backend_config" in op.attributes else "backend_config"
-    config = ir.DictAttr(op.attributes[key])
-    name = str(config["name"]).strip('"') if "name" in config else "kernel"
-    num_warps = ir.IntegerAttr(config["num_warps"]).value
-    with ir.Context() as ctx:
-      jax_triton.dialect.register_dialect(ctx)
-      text = str(ir.Module.parse(ir.StringAttr(config["ir"]).value_bytes))
-    kernels.append((name, num_warps, text))
-  return kernels
+  return [(name, ir.IntegerAttr(config["num_warps"]).value, triton_ir_text(config))
+          for name, config in triton_calls(lowered)]
 
 
 def assemble(ptx_path, ptxas):

@@ -24,36 +24,22 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_selective_scan import INPUT_NAMES, SHAPES, fwd_bwd_fn, scan_fn, shape_inputs  # noqa: E402
+from bench_selective_scan import (INPUT_NAMES, SHAPES, fwd_bwd_fn, scan_fn,  # noqa: E402
+                                  shape_inputs)
+from kernel_registers import triton_calls, triton_ir_text  # noqa: E402
 
 
 def kernel_caps(lowered):
   """{kernel name: cap found in what jax hands to the GPU (None: none)} of a lowered jit."""
   from jax._src.lib.mlir import ir
   found = {}
-
-  def walk(op):
-    for region in op.regions:
-      for block in region.blocks:
-        for inner in block.operations:
-          if (inner.name == "stablehlo.custom_call"
-              and "triton" in str(inner.attributes["call_target_name"])):
-            key = ("mhlo.backend_config" if "mhlo.backend_config" in inner.attributes
-                   else "backend_config")
-            config = ir.DictAttr(inner.attributes[key])
-            name = str(config["name"]).strip('"')
-            if "opaque" in config:  # PTX inside a compressed proto
-              text = zlib.decompress(ir.StringAttr(config["opaque"]).value_bytes)
-              match = re.search(rb"\.maxnreg (\d+)", text)
-            else:  # Triton IR bytecode
-              from jax._src.lib import triton as jax_triton
-              with ir.Context() as ctx:
-                jax_triton.dialect.register_dialect(ctx)
-                text = str(ir.Module.parse(ir.StringAttr(config["ir"]).value_bytes))
-              match = re.search(r"nvvm\.maxnreg = (\d+)", text)
-            found[name] = int(match.group(1)) if match else None
-          walk(inner)
-  walk(lowered.compiler_ir("stablehlo").operation)
+  for name, config in triton_calls(lowered):
+    if "opaque" in config:  # PTX inside a compressed proto (jax > 0.10.2)
+      text = zlib.decompress(ir.StringAttr(config["opaque"]).value_bytes)
+      match = re.search(rb"\.maxnreg (\d+)", text)
+    else:  # Triton IR for XLA (jax <= 0.10.2)
+      match = re.search(r"nvvm\.maxnreg = (\d+)", triton_ir_text(config))
+    found[name] = int(match.group(1)) if match else None
   return found
 
 

@@ -227,8 +227,6 @@ def test_register_cap_default_and_explicit_values(monkeypatch):
   assert cap_default(lean=False, indexed=True, chunk=4) == 168  # batched, chunk 4 (stage 3)
   assert cap_default(lean=False, indexed=True, chunk=8) is None
   assert cap_default(lean=True, indexed=False, chunk=8) is None
-  assert selective_scan_gpu._checked_cap(0, "x") is None
-  assert selective_scan_gpu._checked_cap(np.int64(160), "x") == 160
   x = jnp.zeros((1, 4, 8), jnp.float32)
   a = -jnp.ones((8, 16), jnp.float32)
   bc = jnp.ones((1, 4, 1, 16), jnp.float32)

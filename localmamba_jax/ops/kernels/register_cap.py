@@ -32,6 +32,7 @@ import functools
 import re
 
 import jax
+import numpy as np
 
 # ptxas's own bounds for .maxnreg on sm_80/sm_90: fewer than 24 registers cannot hold the
 # kernels' address arithmetic, and 255 is the per-thread maximum.
@@ -41,15 +42,26 @@ _SUFFIX = re.compile(r"_maxnreg(\d+)$")
 _installed = False
 
 
-def kernel_name(name: str, max_registers: int | None) -> str:
+def checked_cap(value, option: str = "max_registers") -> int | None:
+  """A register cap as an int (numpy ints too), None for none (None or 0), or a ValueError
+  naming `option`, the range and how to ask for no cap."""
+  if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+    value = int(value)
+    if value == 0:
+      return None
+    if MIN_REGISTERS <= value <= MAX_REGISTERS:
+      return value
+  elif value is None:
+    return None
+  raise ValueError(f"{option}={value!r}: expected an int in [{MIN_REGISTERS}, {MAX_REGISTERS}] "
+                   f"(registers per thread), or 0 / None for no cap.")
+
+
+def kernel_name(name: str, max_registers) -> str:
   """`name`, with the register cap appended when there is one (installs the lowering hook)."""
+  max_registers = checked_cap(max_registers)
   if max_registers is None:
     return name
-  if (isinstance(max_registers, bool) or not isinstance(max_registers, int)
-      or not MIN_REGISTERS <= max_registers <= MAX_REGISTERS):
-    raise ValueError(f"max_registers={max_registers!r}: expected an int in "
-                     f"[{MIN_REGISTERS}, {MAX_REGISTERS}] (registers per thread), or None for "
-                     f"no cap.")
   install()
   return f"{name}_maxnreg{max_registers}"
 

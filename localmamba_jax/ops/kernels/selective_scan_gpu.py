@@ -225,22 +225,6 @@ class _Config:
   bwd_max_registers: int | None = None  # backward's
 
 
-def _checked_cap(value, name):
-  """A register cap as an int (numpy ints too; 0 = None = no cap), or a ValueError naming the
-  option."""
-  if value is None or (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-                       and value == 0):
-    return None
-  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-    value = int(value)
-  if (not isinstance(value, int)
-      or not register_cap.MIN_REGISTERS <= value <= register_cap.MAX_REGISTERS):
-    raise ValueError(f"selective_scan_pallas: {name}={value!r}; expected an int in "
-                     f"[{register_cap.MIN_REGISTERS}, {register_cap.MAX_REGISTERS}] "
-                     f"(registers per thread), or 0 for no cap.")
-  return value
-
-
 def _out_dtype(cfg, u):
   return jnp.dtype(cfg.out_dtype) if cfg.out_dtype is not None else u.dtype
 
@@ -768,10 +752,10 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   if chunk is None:
     chunk = _chunk_default(lean, index is not None)
   chunk, checkpoint_every = _chunking(chunk, checkpoint_every, seq_len)
-  max_registers = _checked_cap(max_registers, "max_registers")
+  max_registers = register_cap.checked_cap(max_registers, "max_registers")
   bwd_max_registers = (_bwd_max_registers_default(lean, index is not None, chunk)
                        if bwd_max_registers is None
-                       else _checked_cap(bwd_max_registers, "bwd_max_registers"))
+                       else register_cap.checked_cap(bwd_max_registers, "bwd_max_registers"))
   if interpret:  # no Triton compile to cap
     max_registers = bwd_max_registers = None
   cfg = _Config(seq_len=seq_len, chunk=chunk, checkpoint_every=checkpoint_every, tile=fwd_tile,
