@@ -6,8 +6,9 @@
 #   mkdir -p .bench_old/REV && git archive REV localmamba_jax | tar -x -C .bench_old/REV
 # (or copy a modified package there), then run (carry .bench_old):
 #   OUT=/some/dir BEFORE=".bench_old/REV [.bench_old/OTHER ...]" [OPTIONS="bwd_max_registers=0"] \
-#     [MODEL=local_vssm_tiny] [MODE=train] [PROFILE=1] [DUMP=1] \
+#     [MODEL=local_vssm_tiny] [MODE=train] [PROFILE=1] [DUMP=1] [EXTRA="--override remat=true"] \
 #     bash benchmarks/before_after_step.sh
+# EXTRA: more benchmark arguments, given to every run (e.g. model config overrides).
 # PROFILE=1 profiles the working tree's steps (summary + kernel events kept); DUMP=1 keeps
 # the buffer assignment of the working tree's compiled step (gzip; every buffer with the
 # value it holds), to find what fills the peak. MODE=infer times the eval step instead; not
@@ -27,6 +28,8 @@ common=(--model "${MODEL:-local_vssm_tiny}" --mode "${MODE:-train}" --dtype bf16
         --steps 10 --warmup 2 --time-budget 10 --no-compilation-cache --barrier "$B:$runs"
         --barrier-timeout "${BARRIER_TIMEOUT:-330}" --device-lock "$L"
         --results "$OUT/before_after.jsonl")
+# shellcheck disable=SC2206  # EXTRA is a list of words
+[ -n "${EXTRA:-}" ] && common+=($EXTRA)
 limit=${JOB_TIMEOUT:-520}
 dump() {  # XLA flags that dump the working tree's compiled HLO (DUMP=1)
   [ -n "${DUMP:-}" ] && echo "--xla_dump_to=/tmp/ba_dump --xla_dump_hlo_as_text"

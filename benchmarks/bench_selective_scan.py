@@ -299,8 +299,10 @@ def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chun
                                (16, 4, 8), (8, 1, 8)):
       variants.append((f"bwd t{tile} w{warps} c{chunk}", scan_fn(
           "pallas_gpu", bwd_tile=tile, bwd_num_warps=warps, chunk=chunk), True))
-  for text in variants_text:
-    variants.append((text, scan_fn("pallas_gpu", fused, **parse_variant(text)), True))
+  for text in variants_text:  # "fwd:" in front = time the forward alone (inference variants)
+    forward_only = text.startswith("fwd:")
+    options = parse_variant(text[4:] if forward_only else text)
+    variants.append((text, scan_fn("pallas_gpu", fused, **options), not forward_only))
   if baseline_module is not None:  # an earlier version of the kernel, timed in the same run
     def baseline(u, delta, A, B, C, D, delta_bias, z):
       return baseline_module.selective_scan_pallas(u, delta, A, B, C, D, z, delta_bias,
@@ -335,7 +337,7 @@ def main(argv=None):
   parser.add_argument("--chunks", default="", help="extra checkpoint intervals at stage 1")
   parser.add_argument("--variants", default="",
                       help="comma-separated kernel option sets timed at every shape, e.g. "
-                           "c8s32k1 (see parse_variant)")
+                           "c8s32k1 (see parse_variant); 'fwd:c4' times the forward alone")
   parser.add_argument("--baseline", default=None,
                       help="path of an earlier selective_scan_gpu.py to time alongside")
   parser.add_argument("--out", default=None)
