@@ -16,10 +16,66 @@ def layer_norm(num_features: int, *, rngs: nnx.Rngs, affine: bool = True, dtype=
                param_dtype=None) -> nnx.LayerNorm:
   """torch.nn.LayerNorm(num_features, eps=1e-5[, elementwise_affine=affine])."""
   kwargs = {} if param_dtype is None else {"param_dtype": param_dtype}
-  # Two-pass variance (E[(x - mean)^2]) as PyTorch computes it; the one-pass form loses
-  # digits on activations with large means and would break the 1e-5 parity.
+  # Two-pass variance (E[(x - mean)^2]) as PyTorch computes it; the unshifted one-pass form
+  # loses digits on activations with large means and would break the 1e-5 parity (the
+  # shifted one, one_pass_layer_norm, does not; it serves where x is a costly fusion).
   return nnx.LayerNorm(num_features, epsilon=TORCH_NORM_EPS, use_bias=affine, use_scale=affine,
                        use_fast_variance=False, dtype=dtype, rngs=rngs, **kwargs)
+
+
+class OnePassLayerNorm(nnx.LayerNorm):
+  """nnx.LayerNorm (same parameters and state-dict layout) whose statistics come from one pass
+  over x (`one_pass_moments`) instead of PyTorch's two (mean, then E[(x - mean)^2]).
+
+  Why: where x is itself a fusion of larger tensors (SS2D's out_norm normalises the sum over
+  the K branches of the float32 scan output times SCAttn's gate), XLA recomputes x from those
+  tensors for every pass, so each pass over x costs a pass over the 4x larger scan output.
+  Same values as the two-pass form within float32 rounding (tests/layers/test_norms.py).
+  """
+
+  def __call__(self, x, *, mask=None):
+    if mask is not None:
+      raise ValueError("OnePassLayerNorm: masks are not supported; use layer_norm(...) "
+                       "(nnx.LayerNorm) for masked normalisation.")
+    if self.reduction_axes != -1 and tuple(self.reduction_axes) != (-1,):
+      raise ValueError(f"OnePassLayerNorm normalises the last axis only, got reduction_axes="
+                       f"{self.reduction_axes}.")
+    mean, var = one_pass_moments(x)
+    y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
+    if self.scale is not None:
+      y = y * self.scale[...].astype(jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(self.dtype or jnp.result_type(x, *(
+        p[...] for p in (self.scale, self.bias) if p is not None)))
+
+
+def one_pass_layer_norm(num_features: int, *, rngs: nnx.Rngs, dtype=None,
+                        param_dtype=None) -> OnePassLayerNorm:
+  """torch.nn.LayerNorm(num_features, eps=1e-5) with one-pass statistics (OnePassLayerNorm)."""
+  kwargs = {} if param_dtype is None else {"param_dtype": param_dtype}
+  return OnePassLayerNorm(num_features, epsilon=TORCH_NORM_EPS, dtype=dtype, rngs=rngs, **kwargs)
+
+
+def one_pass_moments(x, *, shift_size: int = 8):
+  """(mean, biased variance) over the last axis of x, in float32, keepdims, from one pass over
+  x: the sums of d and d^2 for d = x - shift read x once (XLA fuses the two sibling
+  reductions into one kernel), where the two-pass form reads it twice.
+
+  The shift is the mean of the row's first `shift_size` elements (no gradient: the moments do
+  not depend on it). Without a shift, E[x^2] - E[x]^2 cancels catastrophically for rows whose
+  mean is large against their spread (the reason PyTorch and `layer_norm` use two passes);
+  with it the float32 error of the variance is ~eps * (1 + (mean - shift)^2 / var), and the
+  shift lies within a fraction of a standard deviation of the mean for any row whose first
+  elements are typical of it.
+  """
+  x = x.astype(jnp.float32)
+  count = min(shift_size, x.shape[-1])
+  shift = jax.lax.stop_gradient(jnp.mean(x[..., :count], axis=-1, keepdims=True))
+  d = x - shift
+  m1 = jnp.mean(d, axis=-1, keepdims=True)
+  m2 = jnp.mean(jnp.square(d), axis=-1, keepdims=True)
+  return shift + m1, jnp.maximum(m2 - jnp.square(m1), 0.0)
 
 
 def rms_norm(num_features: int, *, rngs: nnx.Rngs, dtype=None, param_dtype=None) -> nnx.RMSNorm:
@@ -36,10 +92,11 @@ def pooled_layer_norm(x, scale, bias, *, epsilon: float = TORCH_NORM_EPS, axis: 
   XLA write the normalised float32 tensor ([b, L, K, E], 1.2 GB per stage-1 block of
   LocalVMamba-T at batch 128) just to average it, and pass over such tensors five times in
   the backward: 9.4 ms per stage-1 block on an H100 (BENCHMARKS.md, session 6). Here the
-  forward reads x twice (row statistics, then the mean of the normalised rows) and keeps only
-  x and the [.., 1] statistics; the backward rebuilds the normalised rows from them in one
-  pass. Same math (PyTorch's two-pass variance, eps inside the root); float32 throughout as
-  under autocast, returned in float32.
+  forward reads x twice (both row moments in one pass, `one_pass_moments`, then the mean of
+  the normalised rows) and keeps only x and the [.., 1] statistics; the backward rebuilds the
+  normalised rows from them in one pass. Same values as PyTorch's two-pass variance within
+  float32 rounding (eps inside the root); float32 throughout as under autocast, returned in
+  float32.
 
   x: [b, L, ..., E]; scale, bias: [E] or None. Returns [b, 1, ..., E] (with axis=1).
   """
@@ -52,9 +109,10 @@ def pooled_layer_norm(x, scale, bias, *, epsilon: float = TORCH_NORM_EPS, axis: 
 
 
 def _row_stats(x, epsilon):
-  x = x.astype(jnp.float32)
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  # one pass over x for both moments (one_pass_moments): x is the [b, L, K, E] float32 scan
+  # output, and every pass over it costs ~0.4 ms per stage-1 block of LocalVMamba-T at batch
+  # 128 on an H100
+  mean, var = one_pass_moments(x)
   return mean, jax.lax.rsqrt(var + epsilon)
 
 

@@ -1,4 +1,5 @@
-"""pooled_layer_norm (SCAttn's mean over L of a LayerNorm) against the plain formula.
+"""pooled_layer_norm (SCAttn's mean over L of a LayerNorm) and OnePassLayerNorm against the
+plain formula.
 
 The custom VJP must give the values and gradients (x, scale, bias) of differentiating
 mean_L(LayerNorm_E(x)) directly: checked against that formula in float64 on fresh random
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from localmamba_jax.layers.norms import TORCH_NORM_EPS, layer_norm, pooled_layer_norm
+from localmamba_jax.layers.norms import (TORCH_NORM_EPS, OnePassLayerNorm, layer_norm,
+                                         one_pass_layer_norm, pooled_layer_norm)
 
 
 def plain_formula(x, scale, bias):
@@ -67,3 +69,63 @@ def test_bf16_input_is_normalised_in_float32_and_gets_a_bf16_gradient():
   assert out.dtype == jnp.float32 and rel_err(out, want) < 1e-6
   grad = jax.grad(lambda v: jnp.sum(pooled_layer_norm(v, None, None) ** 2))(x)
   assert grad.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(grad.astype(jnp.float32))))
+
+
+def layer_norm_formula(x, scale, bias):
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  return (x - mean) / jnp.sqrt(var + TORCH_NORM_EPS) * scale + bias
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0, 1000.0])
+def test_one_pass_layer_norm_matches_the_two_pass_formula_in_float64(offset):
+  """One pass over x for both moments, shifted by the mean of each row's first elements: values
+  and gradients (x, scale, bias) within twice the error of the two-pass formula computed in
+  float32 (or 1e-6 / 1e-5 relative), also for rows whose mean is 100-1000x their spread, where
+  an unshifted E[x^2] - E[x]^2 loses most digits. Fresh random inputs, one outlier row."""
+  rng = np.random.default_rng(int(offset) + 7)
+  shape = (3, 11, 192)
+  x = rng.standard_normal(shape) * rng.uniform(0.1, 3.0, shape[:-1] + (1,))
+  x = x + offset * rng.standard_normal(shape[:-1] + (1,))
+  x[0, 0, 0] += 30.0 * (1 + offset)                 # an outlier inside the shift window
+  norm = one_pass_layer_norm(shape[-1], rngs=nnx.Rngs(0), dtype=jnp.float32)
+  norm.scale[...] = jnp.asarray(1 + 0.3 * rng.standard_normal(shape[-1]), jnp.float32)
+  norm.bias[...] = jnp.asarray(0.2 * rng.standard_normal(shape[-1]), jnp.float32)
+  weight = rng.standard_normal(shape)
+  x32 = jnp.asarray(x, jnp.float32)
+  scale, bias = norm.scale[...], norm.bias[...]
+
+  loss = lambda fn: lambda *a: jnp.sum(fn(*a) * weight.astype(a[0].dtype))
+  out = norm(x32)
+  module_grads, x_grad = nnx.grad(lambda m, x: jnp.sum(m(x) * weight.astype(x.dtype)),
+                                  argnums=(0, 1))(norm, x32)
+  grads = (x_grad, module_grads["scale"][...], module_grads["bias"][...])
+  with jax.enable_x64():
+    args64 = [jnp.asarray(np.asarray(a), jnp.float64) for a in (x32, scale, bias)]
+    ref = np.asarray(layer_norm_formula(*args64))
+    ref_grads = [np.asarray(g) for g in
+                 jax.grad(loss(layer_norm_formula), argnums=(0, 1, 2))(*args64)]
+  two_pass = layer_norm_formula(x32, scale, bias)
+  two_pass_grads = jax.grad(loss(layer_norm_formula), argnums=(0, 1, 2))(x32, scale, bias)
+  assert out.dtype == jnp.float32 and out.shape == shape
+  assert rel_err(out, ref) <= max(2 * rel_err(two_pass, ref), 1e-6), rel_err(out, ref)
+  for name, grad, plain, want in zip(("x", "scale", "bias"), grads, two_pass_grads, ref_grads):
+    assert rel_err(grad, want) <= max(2 * rel_err(plain, want), 1e-5), (
+        f"gradient of {name}: {rel_err(grad, want):.2e} (two-pass float32: "
+        f"{rel_err(plain, want):.2e})")
+
+
+def test_one_pass_layer_norm_is_a_drop_in_for_layer_norm():
+  """Same parameters (names, shapes, dtypes: checkpoints and the converter see no difference),
+  same output dtype for bf16 input (float32 statistics and result, as layer_norm with
+  dtype=float32), and a clear error for what it does not support (masks)."""
+  one = one_pass_layer_norm(8, rngs=nnx.Rngs(0), dtype=jnp.float32)
+  two = layer_norm(8, rngs=nnx.Rngs(0), dtype=jnp.float32)
+  assert isinstance(one, OnePassLayerNorm) and isinstance(one, nnx.LayerNorm)
+  describe = lambda m: jax.tree.map(lambda v: (v.shape, v.dtype), nnx.state(m))
+  assert describe(one) == describe(two)
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 8)), jnp.bfloat16)
+  assert one(x).dtype == two(x).dtype == jnp.float32
+  assert rel_err(one(x), two(x)) < 1e-6
+  with pytest.raises(ValueError, match="masks are not supported"):
+    one(x, mask=jnp.ones((4, 8), bool))

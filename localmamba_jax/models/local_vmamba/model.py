@@ -25,7 +25,7 @@ from flax import nnx
 
 from localmamba_jax.layers.branch_merge import BranchMerge
 from localmamba_jax.layers.drop_path import drop_path
-from localmamba_jax.layers.norms import layer_norm
+from localmamba_jax.layers.norms import layer_norm, one_pass_layer_norm
 from localmamba_jax.layers.scattn import SCAttn
 from localmamba_jax.models.local_vmamba.config import LocalVMambaConfig
 from localmamba_jax.ops.multi_direction import multi_direction_selective_scan
@@ -101,7 +101,8 @@ class SS2D(nnx.Module):
 
   def __init__(self, dim: int, *, directions, search: bool, d_state: int, ssm_ratio: float,
                dt_rank: int, d_conv: int, scattn_spatial: bool, exact_inverse: bool,
-               scan_impl: str, scan_chunk_size: int, dtype=None, rngs: nnx.Rngs):
+               scan_impl: str, scan_chunk_size: int, dtype=None, one_pass_out_norm: bool = True,
+               rngs: nnx.Rngs):
     inner = int(ssm_ratio * dim)
     num_dirs = len(directions)
     self.directions = tuple(directions)
@@ -131,7 +132,14 @@ class SS2D(nnx.Module):
     self.Ds = nnx.Param(jnp.ones((num_dirs * inner,), jnp.float32))
     self.attn = SCAttn(inner, spatial=scattn_spatial, rngs=rngs, dtype=dtype)
     self.branch_merge = BranchMerge(num_dirs, search=search, rngs=rngs)
-    self.out_norm = layer_norm(inner, rngs=rngs, dtype=jnp.float32)
+    # One-pass statistics: the norm's input, the K-branch sum of the float32 scan output, is
+    # not written out but recomputed by XLA for each pass over it (layers.norms.OnePassLayerNorm;
+    # LocalVMamba-T's bf16 eval step +7%, train step +3% on an H100, BENCHMARKS.md session 8).
+    # With block remat the two-pass form stays: compiled for the CPU, the one-pass form
+    # undid most of what remat saves (tests/models/test_remat.py), for reasons not found.
+    # Same parameters either way, values equal within float32 rounding.
+    norm = one_pass_layer_norm if one_pass_out_norm else layer_norm
+    self.out_norm = norm(inner, rngs=rngs, dtype=jnp.float32)
     self.out_proj = nnx.Linear(inner, dim, use_bias=False, dtype=dtype, kernel_init=linear_init,
                                rngs=rngs)
 
@@ -297,7 +305,8 @@ class LocalVMamba(nnx.Module):
             d_state=config.d_state, ssm_ratio=config.ssm_ratio, dt_rank=config.stage_dt_rank(s),
             d_conv=config.d_conv, scattn_spatial=config.scattn_spatial,
             exact_inverse=config.exact_inverse, scan_impl=config.scan_impl,
-            scan_chunk_size=config.scan_chunk_size, dtype=dtype))
+            scan_chunk_size=config.scan_chunk_size, dtype=dtype,
+            one_pass_out_norm=not config.remat))
         block_index += 1
       last = s == len(config.dims) - 1
       downsample = None if last else PatchMerging2D(dim, config.dims[s + 1], dtype=dtype,
