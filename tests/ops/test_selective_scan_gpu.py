@@ -205,13 +205,17 @@ def test_dispatch_and_errors():
 
 
 def test_lean_schedule_default_follows_the_measurements():
-  """Lean backward for plain-order scans, long indexed scans and the shortest ones (stage 4,
-  under the register cap); the batched schedule for indexed scans in between (the H100
-  measurements in BENCHMARKS.md, sessions 5 and 7)."""
+  """Lean backward for long scans and the shortest indexed ones (stage 4, under the register
+  cap); the batched schedule for indexed scans in between and for plain-order scans shorter
+  than 512 steps (LocalVim; the H100 measurements in BENCHMARKS.md, sessions 5, 7 and 8)."""
   lean = selective_scan_gpu._lean_default
-  assert lean(197, indexed=False) and lean(3136, indexed=True) and lean(784, indexed=True)
+  assert lean(3136, indexed=False) and lean(3136, indexed=True) and lean(784, indexed=True)
   assert lean(64, indexed=True) and lean(49, indexed=True)
   assert not lean(196, indexed=True) and not lean(65, indexed=True)
+  assert not lean(197, indexed=False) and not lean(49, indexed=False)
+  chunk = selective_scan_gpu._chunk_default
+  assert chunk(lean=True, indexed=True) == 8 and chunk(lean=False, indexed=True) == 4
+  assert chunk(lean=True, indexed=False) == 4 and chunk(lean=False, indexed=False) == 4
 
 
 def test_register_cap_default_and_explicit_values(monkeypatch):
@@ -221,7 +225,8 @@ def test_register_cap_default_and_explicit_values(monkeypatch):
   seen = []
   original = selective_scan_gpu._scan
   monkeypatch.setattr(selective_scan_gpu, "_scan", lambda cfg, *args: seen.append(
-      (cfg.lean, cfg.max_registers, cfg.bwd_max_registers)) or original(cfg, *args))
+      (cfg.lean, cfg.max_registers, cfg.bwd_max_registers, cfg.fwd_only_max_registers))
+      or original(cfg, *args))
   cap_default = selective_scan_gpu._bwd_max_registers_default
   assert cap_default(lean=True, indexed=True, chunk=8) == 168
   assert cap_default(lean=False, indexed=True, chunk=4) == 168  # batched, chunk 4 (stage 3)
@@ -238,13 +243,20 @@ def test_register_cap_default_and_explicit_values(monkeypatch):
     selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, max_registers=300, interpret=True)
   selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, bwd_max_registers=128,
                                            interpret=True)
-  assert seen == [(True, None, None)]
+  assert seen == [(False, None, None, None)]
+  # compiled (not interpret): the forward-only cap defaults to 80, a given cap applies to
+  # every forward, 0 to none; traced only (lowering needs no GPU for the config)
+  seen.clear()
+  for kw in ({}, {"max_registers": 96}, {"max_registers": 0}):
+    jax.eval_shape(lambda x: selective_scan_gpu.selective_scan_pallas(
+        x, x, a, bc, bc, interpret=False, **kw), x)
+  assert [(s[1], s[3]) for s in seen] == [(None, 80), (96, 96), (None, None)]
 
 
 def test_chunk_defaults_and_the_forward_only_call(monkeypatch):
-  """chunk / checkpoint_every default to 8 / 8, or 4 / 4 for the batched backward through a
-  read_index (H100, BENCHMARKS.md session 7); an explicit chunk keeps checkpoints every 8. A
-  forward that no backward follows saves no checkpoints and uses chunk 8 (or the chunk given),
+  """chunk / checkpoint_every default to 8 / 8 for the lean backward through a read_index,
+  else 4 / 4 (H100, BENCHMARKS.md sessions 7 and 8); an explicit chunk keeps checkpoints every
+  8. A forward that no backward follows saves no checkpoints and uses chunk 4 (or the chunk given),
   with the values of the forward of a VJP (the same arithmetic; only the compiler's contraction
   of the differently unrolled code may round differently, ~1e-7 relative)."""
   seen = []
@@ -260,13 +272,13 @@ def test_chunk_defaults_and_the_forward_only_call(monkeypatch):
   run = lambda x, **kw: selective_scan_gpu.selective_scan_pallas(
       x, x, a, bc, bc, delta_softplus=True, interpret=True, **kw)
   for kw, training in (({"read_index": table}, (4, 4, True, False)),
-                       ({}, (8, 8, True, True)),
-                       ({"chunk": 2}, (2, 8, True, True))):
+                       ({}, (4, 4, True, False)),
+                       ({"chunk": 2}, (2, 8, True, False))):
     seen.clear()
     forward_only = run(x, **kw)
     out, pullback = jax.vjp(lambda x: run(x, **kw), x)
     np.testing.assert_allclose(np.asarray(forward_only), np.asarray(out), rtol=1e-5, atol=1e-6)
-    assert seen == [(kw.get("chunk", 8), kw.get("chunk", 8), False, training[3]), training]
+    assert seen == [(kw.get("chunk", 4), kw.get("chunk", 4), False, training[3]), training]
     assert np.all(np.isfinite(pullback(jnp.ones_like(out))[0]))
 
 

@@ -23,7 +23,8 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     -8 to -14% fwd+bwd there (keep_dl slows scans read through a scan-order table).
     The backward's registers are capped (PTX .maxnreg, `register_cap`) where that was
     measured faster: 168 registers let 12 one-warp programs share an SM instead of 8.
-    A forward that no backward follows (inference) saves no checkpoints.
+    A forward that no backward follows (inference) saves no checkpoints, and takes chunk 4
+    under a cap of 80 registers (more resident warps; measured, FORWARD_ONLY_CHUNK).
     dB/dC (summed over the channels of a group) are written as one partial per channel tile,
     [batch, tokens, tiles, N], and summed afterwards; dA, dD and d delta_bias are per-program
     partials summed over batch afterwards. No atomics, so results are deterministic.
@@ -78,9 +79,18 @@ LN_2 = math.log(2.0)
 # slower in the backward, and keeping the decays gained nothing: both stay opt-in. The lean
 # backward schedule with written-out FMAs: fwd+bwd 22.1 vs 26.6 ms in the same run (spill
 # requests 21 M -> 0.3 M per batch-8 call under ncu).
-DEFAULT_CHUNK = None             # None = _chunk_default(): 8, or 4 for the batched indexed one
+DEFAULT_CHUNK = None             # None = _chunk_default(): 8 for the lean indexed backward, else 4
 DEFAULT_CHECKPOINT_EVERY = None  # None = the chunk when that is the default, else 8
-FORWARD_CHUNK = 8                # the default chunk, and that of a forward no backward follows
+FORWARD_CHUNK = 8                # the chunk of the lean backward read through a read_index
+# A forward that no backward follows (inference) writes no checkpoints, so its chunk only
+# groups loads, and nothing else competes for its registers. Chunk 4 under a cap of 80
+# registers (24 resident warps per SM instead of 16 at the 121 registers ptxas takes for chunk
+# 8: stage 1's 1536 programs then fit in one wave of the H100's 132 SMs): LocalVMamba-T's bf16
+# eval step 3423.1 -> 3518.4 img/s (+2.8%, same H100 call, 2026-11-27; BENCHMARKS.md session
+# 8). A sharp optimum in the micro-benchmark (stage-1 forward: cap 72 3.29 ms, 80 3.08,
+# 88 3.93, chunk 8 uncapped 3.22), so it is re-measured with the step whenever Triton changes.
+FORWARD_ONLY_CHUNK = 4
+FORWARD_ONLY_MAX_REGISTERS = 80
 DEFAULT_KEEP_DECAY = False
 # keep_dl + sfu (H100, fp32, batch 128, same run, 2026-11-27): fwd+bwd stage 1 22.48 -> 20.30 ms,
 # stage 2 11.33 -> 10.43, stage 3 7.29 -> 6.38, stage 4 3.83 -> 3.60, LocalVim-T 1.40 -> 1.20;
@@ -122,8 +132,16 @@ LEAN_INDEXED_BWD_MAX_REGISTERS = 168
 # to chunk 4 with the cap. A forward that no backward follows (inference) writes no
 # checkpoints and keeps chunk 8 (`_scan`).
 BATCHED_INDEXED_CHUNK = 4
+# Plain-order scans (no read_index) also back-propagate faster with chunk 4 and checkpoints
+# every 4, uncapped (H100, 2026-11-27, same call; BENCHMARKS.md session 8): stage-1 shape
+# (L = 3136, lean) fwd+bwd fp32 20.17 -> 18.27 ms, bf16 22.03 -> 18.53; LocalVim-T's shape
+# (L = 197) with the batched schedule bf16 1.29 -> 1.15, fp32 1.17 -> 1.04 (lean, chunk 8 before).
+# The price is twice the checkpoints: b * L / 4 * C * N float32.
+PLAIN_CHUNK = 4
 DEFAULT_FMA = True
-DEFAULT_MAX_REGISTERS = 0  # no cap on the forward (a cap of 96 was measured slower)
+# None: no cap on a forward a backward follows (a cap of 96 was measured slower there), and
+# FORWARD_ONLY_MAX_REGISTERS on one that no backward follows
+DEFAULT_MAX_REGISTERS = None
 DEFAULT_BWD_MAX_REGISTERS = None  # None = _bwd_max_registers_default()
 DEFAULT_TILE = 64
 DEFAULT_BWD_TILE = 16
@@ -159,12 +177,13 @@ def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
 
 
 def _lean_default(seq_len: int, indexed: bool) -> bool:
-  return (not indexed or seq_len >= LEAN_MIN_INDEXED_SEQ
-          or seq_len <= LEAN_MAX_SHORT_INDEXED_SEQ)
+  return seq_len >= LEAN_MIN_INDEXED_SEQ or (indexed and seq_len <= LEAN_MAX_SHORT_INDEXED_SEQ)
 
 
 def _chunk_default(lean: bool, indexed: bool) -> int:
-  return FORWARD_CHUNK if lean or not indexed else BATCHED_INDEXED_CHUNK
+  if not indexed:
+    return PLAIN_CHUNK
+  return FORWARD_CHUNK if lean else BATCHED_INDEXED_CHUNK
 
 
 def _bwd_max_registers_default(lean: bool, indexed: bool, chunk: int) -> int | None:
@@ -219,7 +238,8 @@ class _Config:
   # the chunk of a forward that no backward follows (`_scan`'s primal), which writes no
   # checkpoints: they cost the forward time (stage 1: 2.5 GB per call) and only the
   # backward reads them
-  fwd_only_chunk: int = FORWARD_CHUNK
+  fwd_only_chunk: int = FORWARD_ONLY_CHUNK
+  fwd_only_max_registers: int | None = FORWARD_ONLY_MAX_REGISTERS
   save_checkpoints: bool = True
   max_registers: int | None = None      # forward's PTX .maxnreg (register_cap); None: no cap
   bwd_max_registers: int | None = None  # backward's
@@ -618,7 +638,8 @@ def _scan(cfg, index, u, delta, A, B, C, D, bias, z):
   # the forward's own chunk. The chunk only groups loads: the arithmetic is the same, though
   # the compiler may contract the differently unrolled code differently (~1e-7 relative).
   forward_only = dataclasses.replace(cfg, chunk=cfg.fwd_only_chunk,
-                                     checkpoint_every=cfg.fwd_only_chunk, save_checkpoints=False)
+                                     checkpoint_every=cfg.fwd_only_chunk, save_checkpoints=False,
+                                     max_registers=cfg.fwd_only_max_registers)
   out, _, last = _forward_call(forward_only, index, u, delta, A * LOG2_E, B, C, D, bias, z)
   return out, last
 
@@ -677,18 +698,18 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   write_at_tokens: with read_index, write outputs at the token read (True) or in scan
      order [b, L_seq, C] (False, for a non-inverse merge done by the caller).
   chunk: steps unrolled per loop iteration (the backward recomputes `chunk` states at a time
-     in registers); None = 8, or BATCHED_INDEXED_CHUNK (4) for the batched backward through a
-     read_index (measured). checkpoint_every: steps between the states saved for the backward
+     in registers); None = the measured default: 8 for the lean backward through a
+     read_index, else 4. checkpoint_every: steps between the states saved for the backward
      (b * ceil(L_seq / checkpoint_every) * C * N fp32); a multiple of chunk (None = the chunk
      when that is defaulted, else 8). A forward that no backward follows saves no states and
-     uses chunk 8 (or the chunk given).
+     uses FORWARD_ONLY_CHUNK (4; or the chunk given).
      keep_decay: the backward keeps exp(Delta A) of its recompute for the adjoint (one exp
      per element-step less, chunk x [tile, N] more registers; BENCHMARKS.md).
      lean: backward schedule that reloads each step's inputs in the adjoint one step ahead
-     instead of holding the whole chunk's loads in registers (default; False = the earlier
-     batched schedule; None = lean except for scans read through a read_index that are longer
-     than LEAN_MAX_SHORT_INDEXED_SEQ and shorter than LEAN_MIN_INDEXED_SEQ steps, where the
-     batched schedule measured faster). fma: the
+     instead of holding the whole chunk's loads in registers (False = the batched schedule;
+     None = the measured default: lean for scans of at least LEAN_MIN_INDEXED_SEQ steps and
+     for those read through a read_index of at most LEAN_MAX_SHORT_INDEXED_SEQ, else
+     batched). fma: the
      recurrences' multiply-adds as fma.rn.f32 (default). keep_dl: the lean backward keeps
      each step's Delta from its recompute for the adjoint (one softplus per step less,
      `chunk` more registers per thread; None = only for plain-order scans, where it was
@@ -697,7 +718,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      instead of libdevice's range-checked expf and the IEEE division.
   max_registers, bwd_max_registers: registers per thread the forward / backward kernel may
      use (PTX .maxnreg, `register_cap`): fewer registers, more resident warps, maybe spills.
-     0 = no cap (ptxas's choice). bwd_max_registers=None = the measured default: 168 for a
+     0 = no cap (ptxas's choice). max_registers=None = the measured default: no cap on a
+     forward a backward follows, FORWARD_ONLY_MAX_REGISTERS (80) on one that none follows;
+     a value given applies to both. bwd_max_registers=None = the measured default: 168 for a
      backward read through a read_index that is lean or has chunk <= 4, else no cap.
      Ignored in interpret mode.
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
@@ -746,18 +769,22 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   if interpret is None:
     interpret = not on_gpu()
   lean = _lean_default(seq_len, index is not None) if lean is None else bool(lean)
-  fwd_only_chunk = _chunking(FORWARD_CHUNK if chunk is None else chunk, None, seq_len)[0]
+  fwd_only_chunk = _chunking(FORWARD_ONLY_CHUNK if chunk is None else chunk, None, seq_len)[0]
   if checkpoint_every is None and chunk is not None:
     checkpoint_every = FORWARD_CHUNK  # an explicit chunk keeps the earlier default interval
   if chunk is None:
     chunk = _chunk_default(lean, index is not None)
   chunk, checkpoint_every = _chunking(chunk, checkpoint_every, seq_len)
-  max_registers = register_cap.checked_cap(max_registers, "max_registers")
+  if max_registers is None:  # the measured defaults: a cap only where no backward follows
+    fwd_only_max_registers, max_registers = FORWARD_ONLY_MAX_REGISTERS, None
+  else:
+    max_registers = fwd_only_max_registers = register_cap.checked_cap(max_registers,
+                                                                      "max_registers")
   bwd_max_registers = (_bwd_max_registers_default(lean, index is not None, chunk)
                        if bwd_max_registers is None
                        else register_cap.checked_cap(bwd_max_registers, "bwd_max_registers"))
   if interpret:  # no Triton compile to cap
-    max_registers = bwd_max_registers = None
+    max_registers = bwd_max_registers = fwd_only_max_registers = None
   cfg = _Config(seq_len=seq_len, chunk=chunk, checkpoint_every=checkpoint_every, tile=fwd_tile,
                 bwd_tile=bwd_t, softplus=bool(delta_softplus), has_z=z is not None,
                 indexed=index is not None, write_at_tokens=bool(write_at_tokens),
@@ -770,7 +797,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 interpret=bool(interpret),
                 out_dtype=None if out_dtype is None else jnp.dtype(out_dtype).name,
                 max_registers=max_registers, bwd_max_registers=bwd_max_registers,
-                fwd_only_chunk=fwd_only_chunk)
+                fwd_only_chunk=fwd_only_chunk,
+                fwd_only_max_registers=fwd_only_max_registers)
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
