@@ -55,7 +55,7 @@ def _below(text, value):
 def device_oom_error(error: BaseException, config, num_devices: int):
   """A DeviceMemoryError explaining XLA's RESOURCE_EXHAUSTED `error` (None for any other
   error): it names the batch per device and the settings that lower the peak (measured:
-  LocalVMamba-T bf16 at 128 images per GPU peaks at 36.9 GiB, 11.2 GiB with remat;
+  LocalVMamba-T bf16 at 128 images per GPU peaks at 37.0 GiB, 9.7 GiB with remat on an H100;
   BENCHMARKS.md), and on a GPU the allocator's share when it is below 0.9."""
   if not isinstance(error, jax.errors.JaxRuntimeError) or "RESOURCE_EXHAUSTED" not in str(error):
     return None
@@ -64,7 +64,7 @@ def device_oom_error(error: BaseException, config, num_devices: int):
   fixes = []
   if not remat:
     fixes.append("--config.model.remat=True (recomputes each block in the backward: "
-                 "LocalVMamba-T's peak fell from 36.9 to 11.2 GiB for 14% less throughput)")
+                 "LocalVMamba-T's peak fell from 37.0 to 9.7 GiB for 20% less throughput)")
     if config.model.get("scan_blocks", False):
       # XLA's plan for LocalVMamba-S at 128/GPU: 120 GiB scanned vs 56 GiB unrolled (H100)
       fixes.append("or --config.model.scan_blocks=False (without remat, scanned blocks keep "
