@@ -12,6 +12,10 @@ epochs from 1e-7 then cosine to 1e-6, label smoothing 0.1, mixup 0.2 / cutmix 1.
       --config.input.source=image_folder --config.input.folder=/data/imagenet \
       --config.input.eval_split=val
   python train.py --config configs/localvim_s.py:runlocal --workdir /tmp/localvim_s_local   # smoke run
+Memory (not measured since the change): at 128 images per GPU in fp32 this step took 61.6 GiB
+on an H200 (2026-11-26); plain-order scans now keep twice the checkpoints (LocalVim-T +5.6 GiB,
+H100, 2026-11-27), so expect ~73 GiB, above the 0.9 x 80 GB that JAX may use on an 80 GB card:
+there, add --config.model.remat=True or use 64 images per GPU.
 Options: --config.optim.ema_decay=0.9999  --config.optim.clip_grad_norm=1.0
          --config.sharding.strategy=fsdp  --config.sharding.distributed=True (multi-host)
 """

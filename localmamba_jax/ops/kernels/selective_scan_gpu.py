@@ -130,7 +130,7 @@ LEAN_INDEXED_BWD_MAX_REGISTERS = 168
 # H100 call, bf16, batch 128; chunk 4 without the cap was not timed): its forward writes twice
 # the checkpoints (+0.2 ms) and its backward holds half the states. So that schedule defaults
 # to chunk 4 with the cap. A forward that no backward follows (inference) writes no
-# checkpoints and keeps chunk 8 (`_scan`).
+# checkpoints and takes FORWARD_ONLY_CHUNK (`_scan`).
 BATCHED_INDEXED_CHUNK = 4
 # Plain-order scans (no read_index) also back-propagate faster with chunk 4 and checkpoints
 # every 4, uncapped (H100, 2026-11-27, same call; BENCHMARKS.md session 8): stage-1 shape
