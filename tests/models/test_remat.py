@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from localmamba_jax.layers.norms import OnePassLayerNorm
 from localmamba_jax.models import create_model, get_config
 from localmamba_jax.models.local_vim import LocalVim, LocalVimConfig
 from localmamba_jax.models.local_vmamba import LocalVMamba, LocalVMambaConfig
@@ -181,3 +182,15 @@ def test_remat_through_registry_and_training_config():
 def test_remat_must_be_a_bool(config_class):
   with pytest.raises(ValueError, match="remat must be True"):
     config_class(remat="block")
+
+
+def test_out_norm_statistics_follow_remat():
+  """Without remat SS2D's out_norm takes its statistics in one pass (faster on the GPU); with
+  remat it keeps the two-pass form, whose compiled CPU program kept remat's memory saving
+  (test_remat_lowers_compiled_train_step_memory). Same parameters either way."""
+  plain, remat = build("local_vmamba", False), build("local_vmamba", True)
+  norms = lambda model: [block.op.out_norm for stage in model.layers for block in stage.blocks]
+  assert all(isinstance(n, OnePassLayerNorm) for n in norms(plain))
+  assert not any(isinstance(n, OnePassLayerNorm) for n in norms(remat))
+  describe = lambda model: jax.tree.map(lambda v: (v.shape, v.dtype), nnx.state(model, nnx.Param))
+  assert describe(plain) == describe(remat)
