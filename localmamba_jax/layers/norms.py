@@ -37,9 +37,11 @@ class OnePassLayerNorm(nnx.LayerNorm):
     if mask is not None:
       raise ValueError("OnePassLayerNorm: masks are not supported; use layer_norm(...) "
                        "(nnx.LayerNorm) for masked normalisation.")
-    if self.reduction_axes != -1 and tuple(self.reduction_axes) != (-1,):
-      raise ValueError(f"OnePassLayerNorm normalises the last axis only, got reduction_axes="
-                       f"{self.reduction_axes}.")
+    axes = self.reduction_axes
+    if (axes if isinstance(axes, int) else tuple(axes)) not in (-1, (-1,)) or self.axis_name:
+      raise ValueError(f"OnePassLayerNorm normalises the last axis of each device's x only, got "
+                       f"reduction_axes={axes}, axis_name={self.axis_name}; use layer_norm(...) "
+                       f"(nnx.LayerNorm) for other axes or cross-device statistics.")
     mean, var = one_pass_moments(x)
     y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
     if self.scale is not None:

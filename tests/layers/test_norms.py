@@ -129,3 +129,5 @@ def test_one_pass_layer_norm_is_a_drop_in_for_layer_norm():
   assert rel_err(one(x), two(x)) < 1e-6
   with pytest.raises(ValueError, match="masks are not supported"):
     one(x, mask=jnp.ones((4, 8), bool))
+  with pytest.raises(ValueError, match="last axis of each device's x only"):
+    OnePassLayerNorm(8, reduction_axes=(-2, -1), rngs=nnx.Rngs(0))(x)

@@ -106,13 +106,14 @@ DEFAULT_SFU = True
 # loads, keep_tokens (reuse the recompute's table entries) and index_ahead (load each entry a
 # step early), were measured slower on an H100 (session 6: stage-1 fused fwd+bwd 32.64 against
 # 26.89 ms; -9.4% in LocalVMamba-T's train step) and removed (BENCHMARKS.md).
-DEFAULT_LEAN = None  # None = _lean_default(): lean except short scans through a read_index
+DEFAULT_LEAN = None  # None = _lean_default(): lean for long scans and the shortest indexed ones
 # In LocalVMamba-T's train step (jax.profiler, H100, bf16; profiles of the batched and the lean
 # kernel on two H100 machines) the lean schedule cut the stage-1/2 backward from 30.2 / 14.9
 # to 24.4 / 11.9 ms per call but slowed the stage-3 one (L = 196,
 # read through the scan-order table) from 7.2 to 9.1 ms; plain-order short scans (LocalVim,
-# L = 197) gained (1.63 -> 1.30 ms fwd+bwd).
-LEAN_MIN_INDEXED_SEQ = 512
+# L = 197) gained (1.63 -> 1.30 ms fwd+bwd) at chunk 8; at chunk 4 the batched schedule is
+# faster there (PLAIN_CHUNK below), so scans shorter than this take the batched one in both orders.
+LEAN_MIN_SEQ = 512
 # Register caps (PTX .maxnreg, ops/kernels/register_cap.py). H100, bf16, batch 128, fused
 # multi-direction path, fwd+bwd, same call (2026-11-27, BENCHMARKS.md session 7): a backward cap
 # of 168 registers (12 resident warps per SM instead of 8) took the lean backward at stage 1
@@ -177,7 +178,7 @@ def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
 
 
 def _lean_default(seq_len: int, indexed: bool) -> bool:
-  return seq_len >= LEAN_MIN_INDEXED_SEQ or (indexed and seq_len <= LEAN_MAX_SHORT_INDEXED_SEQ)
+  return seq_len >= LEAN_MIN_SEQ or (indexed and seq_len <= LEAN_MAX_SHORT_INDEXED_SEQ)
 
 
 def _chunk_default(lean: bool, indexed: bool) -> int:
@@ -707,7 +708,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      per element-step less, chunk x [tile, N] more registers; BENCHMARKS.md).
      lean: backward schedule that reloads each step's inputs in the adjoint one step ahead
      instead of holding the whole chunk's loads in registers (False = the batched schedule;
-     None = the measured default: lean for scans of at least LEAN_MIN_INDEXED_SEQ steps and
+     None = the measured default: lean for scans of at least LEAN_MIN_SEQ steps and
      for those read through a read_index of at most LEAN_MAX_SHORT_INDEXED_SEQ, else
      batched). fma: the
      recurrences' multiply-adds as fma.rn.f32 (default). keep_dl: the lean backward keeps
