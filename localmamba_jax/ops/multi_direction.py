@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -78,7 +79,7 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
                                    grid_hw: tuple[int, int], directions: Sequence[str],
                                    delta_softplus: bool = True, exact_inverse: bool = False,
                                    impl: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
-                                   tables=None, out_dtype=None):
+                                   tables=None, out_dtype=None, recompute: bool = False):
   """Selective scans of K directions over an H x W token grid, merged back to spatial order.
 
   u:          [batch, H*W, E] (shared) or [batch, H*W, K, E]
@@ -98,6 +99,8 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
               the official SelectiveScan's cast_inputs=float32 under autocast. The GPU kernel
               converts as it reads (half the input, residual and gradient bytes); the other
               paths cast the inputs first.
+  recompute:  keep only the inputs for the backward and recompute the scans' forward there
+              (`selective_scan`'s recompute; the GPU kernel rebuilds just its checkpoints).
   Returns [batch, H*W, K, E] in out_dtype.
   """
   height, width = grid_hw
@@ -146,7 +149,7 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
     return multi_direction_selective_scan(
         u, delta, A, B, C, D, delta_bias, z, grid_hw=grid_hw, directions=directions,
         delta_softplus=delta_softplus, exact_inverse=exact_inverse, impl=resolved,
-        chunk_size=chunk_size, tables=tables).astype(out_dtype)
+        chunk_size=chunk_size, tables=tables, recompute=recompute).astype(out_dtype)
   if resolved in ("pallas_tpu", "pallas_gpu"):
     # GPU: the kernel reads each direction's tokens through orders.gather and writes outputs
     # (and gradients) back at their tokens: no gathered copies of the inputs in memory.
@@ -154,10 +157,14 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
     kernel = (selective_scan_tpu.multi_direction_scan_pallas_tpu if resolved == "pallas_tpu"
               else selective_scan_gpu.multi_direction_scan_pallas)
     out_options = {} if out_dtype is None else {"out_dtype": out_dtype}   # GPU kernel only
+    if recompute and resolved == "pallas_gpu":  # the kernel rebuilds its checkpoints itself
+      out_options["recompute_checkpoints"] = True
     if tables is None:
       def call(u, delta, A, B, C, D, delta_bias, z):
         return kernel(u, delta, A, B, C, D, delta_bias, z, gather=orders.gather,
                       merge=orders.merge, delta_softplus=delta_softplus, **out_options)
+      if recompute and resolved == "pallas_tpu":  # recomputed whole
+        call = jax.checkpoint(call)
       # Under a device mesh the kernel runs per batch shard (kernels.common.shard_over_batch).
       return kernels_common.shard_over_batch(
           call, u, delta, A, B, C, D, delta_bias, z,
@@ -185,5 +192,5 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
       None if D is None else D.reshape(-1),
       None if z is None else flat(gathered(z)),
       None if delta_bias is None else delta_bias.reshape(-1),
-      delta_softplus=delta_softplus, impl=impl, chunk_size=chunk_size)
+      delta_softplus=delta_softplus, impl=impl, chunk_size=chunk_size, recompute=recompute)
   return merge_tokens(out.reshape(batch, max_length, num_dirs, channels), merge_table)

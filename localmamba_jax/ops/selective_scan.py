@@ -207,8 +207,15 @@ def _tpu_kernel_supported(u, delta, A, B, C, z):
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                    delta_softplus: bool = False, return_last_state: bool = False,
-                   impl: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE):
+                   impl: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE,
+                   recompute: bool = False):
   """Runs the selective scan; see the module docstring for shapes, math and dtypes.
+
+  recompute: under differentiation, keep only the inputs for the backward and recompute the
+  scan's forward there (the GPU kernel: its state checkpoints, b * L / 4..8 * C * N float32;
+  the XLA paths: the states at their chunk boundaries) instead of keeping what the forward
+  computed. Same values and gradients; less memory between forward and backward, one more
+  forward per scan. No effect without a backward.
 
   Returns out [batch, L, channels] (dtype of u), and the last state
   [batch, channels, N] when `return_last_state`.
@@ -223,15 +230,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     kernel = (selective_scan_tpu.selective_scan_pallas_tpu if impl == "pallas_tpu"
               else selective_scan_gpu.selective_scan_pallas)
 
+    # The GPU kernel rebuilds its checkpoints itself (one states-only forward in its VJP);
+    # the TPU kernel is recomputed whole.
+    options = {"recompute_checkpoints": True} if recompute and impl == "pallas_gpu" else {}
+
     def call(u, delta, A, B, C, D, z, delta_bias):
       return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
-                    return_last_state=return_last_state)
+                    return_last_state=return_last_state, **options)
+    if recompute and impl == "pallas_tpu":
+      call = jax.checkpoint(call)
     # Under a device mesh the kernel runs per batch shard (common.shard_over_batch).
     return common.shard_over_batch(call, u, delta, A, B, C, D, z, delta_bias,
                                    batched=(True, True, False, True, True, False, True, False))
-  out, last_state = selective_scan_core(u, delta, A, B, C, D, z, delta_bias,
-                                       delta_softplus=delta_softplus, impl=impl,
-                                       chunk_size=chunk_size)
+  core = functools.partial(selective_scan_core, delta_softplus=delta_softplus, impl=impl,
+                           chunk_size=chunk_size)
+  if recompute:
+    core = jax.checkpoint(core)
+  out, last_state = core(u, delta, A, B, C, D, z, delta_bias)
   return (out, last_state) if return_last_state else out
 
 

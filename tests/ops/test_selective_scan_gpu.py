@@ -357,3 +357,65 @@ def test_bf16_inputs_with_float32_output_equal_float32_cast_inputs():
     assert grad.dtype == arg.dtype, name
     tol = 1e-6 if arg.dtype == jnp.float32 else 1e-4
     assert rel_err(grad, ref) < tol, f"gradient of {name}: {rel_err(grad, ref):.2e}"
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_recompute_checkpoints_keeps_gradients_and_drops_the_saved_states(monkeypatch, indexed):
+  """recompute_checkpoints: the first forward runs as an inference forward (no checkpoints in
+  the residuals) and the backward rebuilds them with a states-only forward (no outputs
+  written); values and gradients equal those of the default path (the same kernels recompute
+  the same states: equal up to the contraction note of the forward-only call, ~1e-7)."""
+  seen = []
+  original = selective_scan_gpu._forward_call
+  monkeypatch.setattr(selective_scan_gpu, "_forward_call", lambda cfg, *args: seen.append(
+      (cfg.save_checkpoints, cfg.write_output)) or original(cfg, *args))
+  rng = np.random.default_rng(11)
+  inputs = random_inputs(rng, batch=2, length=30, channels=16, groups=2, num_state=4,
+                         with_z=True)
+  args = [inputs[k] for k in NAMES]
+  table = None
+  if indexed:  # one direction reversed, one with two pad steps (decay-only)
+    table = np.stack([np.r_[np.arange(30)[::-1], -1, -1],
+                      np.r_[np.arange(15), -1, -1, np.arange(15, 30)]])
+  def kernel(recompute):
+    return lambda *a: selective_scan_gpu.selective_scan_pallas(
+        *a[:5], a[5], a[7], a[6], delta_softplus=True, chunk=2, read_index=table,
+        recompute_checkpoints=recompute, interpret=True)
+  weight = jnp.asarray(rng.standard_normal((2, 30, 16)), jnp.float32)
+  results = {}
+  for recompute in (False, True):
+    out = kernel(recompute)(*args)                   # an inference call: no checkpoints
+    seen.clear()
+    grads = jax.grad(lambda a: jnp.sum(kernel(recompute)(*a) * weight))(tuple(args))
+    results[recompute] = out, grads
+    results[recompute, "calls"] = list(seen)
+  # under grad, default: one forward with checkpoints; recompute: an inference forward, then
+  # (in the backward) a states-only one
+  assert results[False, "calls"] == [(True, True)]
+  assert results[True, "calls"] == [(False, True), (True, False)]
+  (out, grads), (out_r, grads_r) = results[False], results[True]
+  np.testing.assert_allclose(np.asarray(out_r), np.asarray(out), rtol=1e-6, atol=1e-6)
+  for name, g, g_r in zip(NAMES, grads, grads_r):
+    np.testing.assert_allclose(np.asarray(g_r), np.asarray(g), rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+
+  def saved_states(recompute):  # residual leaves shaped like the checkpoints [b, segs, C, N]
+    _, vjp_fn = jax.eval_shape(lambda *a: jax.vjp(kernel(recompute), *a), *args)
+    return [leaf.shape for leaf in jax.tree.leaves(vjp_fn)
+            if leaf.ndim == 4 and leaf.shape[-2:] == (16, 4)]
+  assert saved_states(False) == [(2, 4, 16, 4)]     # chunk 2 given: checkpoints every 8
+  assert saved_states(True) == []
+
+
+def test_recompute_checkpoints_matches_float64_reference():
+  rng = np.random.default_rng(12)
+  inputs = random_inputs(rng, batch=2, length=21, channels=16, groups=2, num_state=4,
+                         with_z=False)
+  args = [inputs[k] for k in NAMES[:7]]
+  kernel = lambda *a: selective_scan_gpu.selective_scan_pallas(
+      *a[:5], a[5], None, a[6], delta_softplus=True, chunk=2, checkpoint_every=4,
+      recompute_checkpoints=True, interpret=True)
+  reference = lambda *a: selective_scan(*a[:5], a[5], None, a[6], delta_softplus=True,
+                                        impl="reference")
+  weight = jnp.asarray(rng.standard_normal((2, 21, 16)), jnp.float32)
+  assert_matches(kernel, reference, args, weight, NAMES[:7])

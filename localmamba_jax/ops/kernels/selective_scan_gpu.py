@@ -140,6 +140,9 @@ BATCHED_INDEXED_CHUNK = 4
 # The price is twice the checkpoints: b * L / 4 * C * N float32.
 PLAIN_CHUNK = 4
 DEFAULT_FMA = True
+# Keep the forward's state checkpoints for the backward (False, the fast default) or rebuild
+# them there (True: less memory, one more forward per scan; `recompute_checkpoints`).
+DEFAULT_RECOMPUTE_CHECKPOINTS = False
 # None: no cap on a forward a backward follows (a cap of 96 was measured slower there), and
 # FORWARD_ONLY_MAX_REGISTERS on one that no backward follows
 DEFAULT_MAX_REGISTERS = None
@@ -242,6 +245,14 @@ class _Config:
   fwd_only_chunk: int = FORWARD_ONLY_CHUNK
   fwd_only_max_registers: int | None = FORWARD_ONLY_MAX_REGISTERS
   save_checkpoints: bool = True
+  # The forward writes out (False: a forward run only to rebuild the checkpoints for the
+  # backward, `recompute_checkpoints`: it then skips C, z, the outputs and their stores).
+  write_output: bool = True
+  # The backward rebuilds the checkpoints with one more forward instead of keeping them from
+  # the first one (whose residuals are then only the inputs): less memory between a model's
+  # forward and backward (b * L / checkpoint_every * C * N float32 per call), one more
+  # forward per call.
+  recompute_checkpoints: bool = False
   max_registers: int | None = None      # forward's PTX .maxnreg (register_cap); None: no cap
   bwd_max_registers: int | None = None  # backward's
 
@@ -401,12 +412,15 @@ def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
       ckpt_ref[b, seg, pl.ds(c0, tile), :] = h      # the state at every segment start
     for r in range(seg_len // chunk):
       first = seg * seg_len + r * chunk
-      raws = [_load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, first + i)
+      raws = [_load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, first + i,
+                         need_c=cfg.write_output)
               for i in range(chunk)]                # a chunk's loads before its first store
       for i in range(chunk):
         s = _derive(cfg, raws[i], first + i, bias)
         decay = _exp2(s["dl"][:, None] * a2, cfg)
         h = _fma(decay, h, (s["dl"] * s["u"])[:, None] * s["bt"][None, :], cfg)
+        if not cfg.write_output:                    # only the states (checkpoints) wanted
+          continue
         y = _fma(d, s["u"], jnp.sum(h * s["ct"][None, :], axis=1), cfg)
         if cfg.has_z:
           y = y * s["zt"] * _sigmoid(s["zt"], cfg)
@@ -582,13 +596,14 @@ def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
   batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index = _common(
       cfg, index, u, delta, B, z)
   out_len = delta.shape[1] if cfg.write_at_tokens else cfg.seq_len
+  out_dims = (batch, out_len, channels) if cfg.write_output else (1, 1, 1)  # unused if not
   kernel = functools.partial(_forward_kernel, cfg=cfg, per_group=channels // groups,
                              u_channels=u_channels, z_channels=z_channels,
                              num_chunks=num_chunks)
   num_saved = num_chunks * cfg.chunk // cfg.checkpoint_every
   ckpt_shape = ((batch, num_saved, channels, num_state) if cfg.save_checkpoints
                 else (1, 1, 1, num_state))  # an unused output when none are saved
-  out_shape = (jax.ShapeDtypeStruct((batch, out_len, channels), _out_dtype(cfg, u)),
+  out_shape = (jax.ShapeDtypeStruct(out_dims, _out_dtype(cfg, u)),
                jax.ShapeDtypeStruct(ckpt_shape, jnp.float32),
                jax.ShapeDtypeStruct((batch, channels, num_state), jnp.float32))
   args = index + (u, delta, a2, B, C, D, bias) + ((z,) if cfg.has_z else ())
@@ -633,11 +648,10 @@ def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt
 
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scan(cfg, index, u, delta, A, B, C, D, bias, z):
-  # No backward follows this call (a JVP or VJP uses _scan_fwd): save no checkpoints, and take
-  # the forward's own chunk. The chunk only groups loads: the arithmetic is the same, though
-  # the compiler may contract the differently unrolled code differently (~1e-7 relative).
+def _forward_only(cfg, index, u, delta, A, B, C, D, bias, z):
+  """A forward whose states no backward reads: no checkpoints, and the forward's own chunk.
+  The chunk only groups loads: the arithmetic is the same, though the compiler may contract
+  the differently unrolled code differently (~1e-7 relative)."""
   forward_only = dataclasses.replace(cfg, chunk=cfg.fwd_only_chunk,
                                      checkpoint_every=cfg.fwd_only_chunk, save_checkpoints=False,
                                      max_registers=cfg.fwd_only_max_registers)
@@ -645,14 +659,27 @@ def _scan(cfg, index, u, delta, A, B, C, D, bias, z):
   return out, last
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scan(cfg, index, u, delta, A, B, C, D, bias, z):
+  # No backward follows this call (a JVP or VJP uses _scan_fwd).
+  return _forward_only(cfg, index, u, delta, A, B, C, D, bias, z)
+
+
 def _scan_fwd(cfg, index, u, delta, A, B, C, D, bias, z):
-  out, ckpt, last = _forward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z)
+  if cfg.recompute_checkpoints:  # the backward rebuilds them (_scan_bwd)
+    out, last = _forward_only(cfg, index, u, delta, A, B, C, D, bias, z)
+    ckpt = None
+  else:
+    out, ckpt, last = _forward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z)
   return (out, last), (index, u, delta, A, B, C, D, bias, z, ckpt)
 
 
 def _scan_bwd(cfg, residuals, cotangents):
   index, u, delta, A, B, C, D, bias, z, ckpt = residuals
   dout, dlast = cotangents
+  if ckpt is None:  # recompute_checkpoints: one more forward, states only (no C, z, outputs)
+    _, ckpt, _ = _forward_call(dataclasses.replace(cfg, write_output=False), index, u, delta,
+                               A * LOG2_E, B, C, D, bias, z)
   grads = list(_backward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z,
                               dout.astype(_out_dtype(cfg, u)), dlast.astype(jnp.float32),
                               ckpt))
@@ -687,7 +714,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           lean=DEFAULT_LEAN, fma=DEFAULT_FMA, keep_dl=DEFAULT_KEEP_DL,
                           sfu=DEFAULT_SFU, out_dtype=None,
                           max_registers=DEFAULT_MAX_REGISTERS,
-                          bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS, interpret=None):
+                          bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS,
+                          recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -724,6 +752,11 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      a value given applies to both. bwd_max_registers=None = the measured default: 168 for a
      backward read through a read_index that is lean or has chunk <= 4, else no cap.
      Ignored in interpret mode.
+  recompute_checkpoints: the backward reruns the forward (states only) to rebuild the
+     checkpoints instead of keeping them from the first forward, which then runs as an
+     inference forward: the residuals held between forward and backward shrink to the inputs
+     (b * ceil(L_seq / checkpoint_every) * C * N float32 less per call), for one more
+     forward per call. The gradients are the same (the same kernels recompute the same states).
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -799,7 +832,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 out_dtype=None if out_dtype is None else jnp.dtype(out_dtype).name,
                 max_registers=max_registers, bwd_max_registers=bwd_max_registers,
                 fwd_only_chunk=fwd_only_chunk,
-                fwd_only_max_registers=fwd_only_max_registers)
+                fwd_only_max_registers=fwd_only_max_registers,
+                recompute_checkpoints=bool(recompute_checkpoints))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
