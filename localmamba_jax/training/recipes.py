@@ -21,6 +21,9 @@ def imagenet_config(model_name: str, *, drop_path_rate: float, model_dtype: str 
   c.model.drop_path_rate = drop_path_rate
   c.model.directions = ""  # "" = the registered lists; a path = a direction file (search.py)
   c.model.remat = False    # True = recompute each block in the backward (less memory, slower)
+  # True = recompute each selective scan's forward in the backward instead of keeping its
+  # states (a middle ground between the default and remat; models' config docstrings)
+  c.model.recompute_scan = False
   if model_name.startswith("local_vssm"):
     # True = one lax.scan over each stage's blocks of equal scan-table layout (compile time)
     c.model.scan_blocks = False

@@ -102,7 +102,7 @@ class SS2D(nnx.Module):
   def __init__(self, dim: int, *, directions, search: bool, d_state: int, ssm_ratio: float,
                dt_rank: int, d_conv: int, scattn_spatial: bool, exact_inverse: bool,
                scan_impl: str, scan_chunk_size: int, dtype=None, one_pass_out_norm: bool = True,
-               rngs: nnx.Rngs):
+               recompute_scan: bool = False, rngs: nnx.Rngs):
     inner = int(ssm_ratio * dim)
     num_dirs = len(directions)
     self.directions = tuple(directions)
@@ -110,6 +110,7 @@ class SS2D(nnx.Module):
     self.exact_inverse, self.scan_impl, self.scan_chunk_size = (exact_inverse, scan_impl,
                                                                 scan_chunk_size)
     self.dtype = dtype
+    self.recompute_scan = recompute_scan   # LocalVMambaConfig.recompute_scan
     self.in_proj = nnx.Linear(dim, 2 * inner, use_bias=False, dtype=dtype,
                               kernel_init=linear_init, rngs=rngs)
     if d_conv > 1:
@@ -172,7 +173,7 @@ class SS2D(nnx.Module):
         B, C, f32(self.Ds[...]).reshape(num_dirs, inner),
         f32(self.dt_projs_bias[...]), grid_hw=(height, width), directions=self.directions,
         delta_softplus=True, exact_inverse=self.exact_inverse, impl=self.scan_impl,
-        chunk_size=self.scan_chunk_size, tables=scan_tables,
+        chunk_size=self.scan_chunk_size, tables=scan_tables, recompute=self.recompute_scan,
         out_dtype=jnp.float32)                                         # [b, HW, K, E] f32
     y = self.branch_merge(self.attn(y))                                # SCAttn per branch
     y = self.out_norm(y).reshape(batch, height, width, inner)
@@ -306,7 +307,7 @@ class LocalVMamba(nnx.Module):
             d_conv=config.d_conv, scattn_spatial=config.scattn_spatial,
             exact_inverse=config.exact_inverse, scan_impl=config.scan_impl,
             scan_chunk_size=config.scan_chunk_size, dtype=dtype,
-            one_pass_out_norm=not config.remat))
+            one_pass_out_norm=not config.remat, recompute_scan=config.recompute_scan))
         block_index += 1
       last = s == len(config.dims) - 1
       downsample = None if last else PatchMerging2D(dim, config.dims[s + 1], dtype=dtype,

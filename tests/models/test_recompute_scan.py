@@ -1,0 +1,106 @@
+"""`recompute_scan=True`: each selective scan keeps only its inputs for the backward and
+recomputes its forward there. Same parameters, values and gradients; fewer residual bytes.
+
+The XLA scan path (CPU) does it with jax.checkpoint around the scan; the GPU kernel rebuilds
+only its state checkpoints (tests/ops/test_selective_scan_gpu.py checks that in interpret
+mode; here, that the option reaches it). Tolerance as tests/models/test_remat.py: every
+gradient leaf within 1e-6 * max|leaf|.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from localmamba_jax.models.local_vim import LocalVim, LocalVimConfig
+from localmamba_jax.models.local_vmamba import LocalVMamba, LocalVMambaConfig
+from localmamba_jax.ops import multi_direction_selective_scan, selective_scan
+from localmamba_jax.ops.kernels import selective_scan_gpu
+from localmamba_jax.training.model_factory import build_model, model_kwargs
+from localmamba_jax.training.recipes import imagenet_config
+from tests.models.test_remat import (FAST_COMPILE, VIM_DIRECTIONS, VMAMBA_DIRECTIONS,
+                                     assert_tree_close, loss_fn)
+
+
+def build(family, recompute_scan, abstract=False):
+  if family == "local_vmamba":
+    config = LocalVMambaConfig(dims=(16, 32), depths=(2, 1), directions=VMAMBA_DIRECTIONS,
+                               num_classes=10, drop_path_rate=0.5, scan_impl="associative",
+                               scan_chunk_size=8, recompute_scan=recompute_scan)
+    make = lambda: LocalVMamba(config, rngs=nnx.Rngs(0))
+  else:
+    config = LocalVimConfig.tiny_test(depth=3, directions=VIM_DIRECTIONS, drop_path_rate=0.5,
+                                      scan_impl="associative", recompute_scan=recompute_scan)
+    make = lambda: LocalVim(config, rngs=nnx.Rngs(0))
+  return nnx.eval_shape(make) if abstract else make()
+
+
+def image_size(family):
+  return 32 if family == "local_vmamba" else 64
+
+
+@pytest.mark.parametrize("family", ["local_vmamba", "local_vim"])
+def test_recompute_scan_keeps_parameters_values_and_gradients(family):
+  images = jax.random.normal(jax.random.key(1), (2, image_size(family), image_size(family), 3))
+  key = jax.random.key(3)
+  results = {}
+  for recompute in (False, True):
+    model = build(family, recompute)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    grad = jax.value_and_grad(loss_fn(graphdef, rest), has_aux=True)
+    (loss, logits), grads = jax.jit(grad).lower(params, images, key).compile(FAST_COMPILE)(
+        params, images, key)
+    results[recompute] = dict(params=params, loss=loss, logits=logits, grads=grads)
+  for name in ("params", "loss", "logits", "grads"):
+    assert_tree_close(name, results[True][name], results[False][name])
+
+
+@pytest.mark.parametrize("family", ["local_vmamba", "local_vim"])
+def test_recompute_scan_holds_fewer_residuals(family):
+  """Bytes of the residuals jax.vjp holds for the backward (abstract, no compile): the scans'
+  chunk-boundary states (and the other per-step values of the XLA path) are not among them."""
+  def residual_bytes(recompute):
+    graphdef, params, rest = nnx.split(build(family, recompute, abstract=True), nnx.Param, ...)
+    loss = loss_fn(graphdef, rest)
+    size = image_size(family)
+    images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    leaves = jax.eval_shape(
+        lambda p, x, k: jax.tree.leaves(jax.vjp(lambda q: loss(q, x, k)[0], p)[1]),
+        params, images, jax.random.key(0))
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in leaves)
+
+  plain, recompute = residual_bytes(False), residual_bytes(True)
+  assert recompute < 0.9 * plain, (family, plain, recompute)
+
+
+def test_ops_pass_recompute_to_the_gpu_kernel(monkeypatch):
+  """Both ops hand `recompute` to the GPU kernel as recompute_checkpoints (interpret mode)."""
+  seen = []
+  original = selective_scan_gpu._scan
+  monkeypatch.setattr(selective_scan_gpu, "_scan", lambda cfg, *a: seen.append(
+      cfg.recompute_checkpoints) or original(cfg, *a))
+  rng = np.random.default_rng(0)
+  f32 = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  u, a = f32(1, 12, 16), -jnp.ones((16, 4), jnp.float32)
+  for recompute in (False, True):
+    selective_scan(u, u, a, f32(1, 12, 2, 4), f32(1, 12, 2, 4), impl="pallas_gpu",
+                   recompute=recompute)
+    multi_direction_selective_scan(
+        f32(1, 12, 8), f32(1, 12, 2, 8), -jnp.ones((2, 8, 4)), f32(1, 12, 2, 4),
+        f32(1, 12, 2, 4), grid_hw=(3, 4), directions=("h", "v"), impl="pallas_gpu",
+        recompute=recompute)
+  assert seen == [False, False, True, True]
+
+
+def test_recompute_scan_config_and_training_path():
+  config = imagenet_config("local_vssm_tiny", drop_path_rate=0.1)
+  assert model_kwargs(config)["recompute_scan"] is False   # so --config.model.recompute_scan works
+  config.model.recompute_scan = True
+  model = nnx.eval_shape(lambda: build_model(config, 10, nnx.Rngs(0)))
+  assert model.config.recompute_scan is True
+  assert all(block.op.recompute_scan for stage in model.layers for block in stage.blocks)
+  for config_class in (LocalVMambaConfig, LocalVimConfig):
+    with pytest.raises(ValueError, match="recompute_scan must be True"):
+      config_class(recompute_scan="yes")
