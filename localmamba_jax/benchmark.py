@@ -73,6 +73,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--num-devices", type=int, default=0, help="0 = every device")
   parser.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
                       help="model config override, e.g. --override 'depths=[1,1]' (repeatable)")
+  parser.add_argument("--gpu-scheduler-memory-slop", type=int, default=0, metavar="PERCENT",
+                      help="config.gpu_scheduler_memory_slop of the train step (XLA's "
+                           "xla_gpu_memory_limit_slop_factor; 0 = XLA's default)")
   parser.add_argument("--results", default=DEFAULT_RESULTS,
                       help="JSON-lines file the results are appended to ('' = none)")
   parser.add_argument("--time-budget", type=float, default=0.0,
@@ -162,6 +165,7 @@ def build_config(args, model_name: str):
   config.total_steps = 100_000  # fixes the lr schedule's length; the value is not timed
   config.sharding.strategy = args.strategy
   config.sharding.num_devices = args.num_devices
+  config.gpu_scheduler_memory_slop = args.gpu_scheduler_memory_slop
   model = config.model.to_dict()
   if args.scan_impl != "auto":
     model["scan_impl"] = args.scan_impl
@@ -312,6 +316,7 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S"),
       "commit": _git_commit(), "tag": args.tag or None,
       "overrides": parse_overrides(args.override) or None,
+      "gpu_scheduler_memory_slop": args.gpu_scheduler_memory_slop or None,
       # a compile served by the cache is not a cold compile time
       "compilation_cache": cache_dir,
   }

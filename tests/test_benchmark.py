@@ -24,7 +24,8 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   results = tmp_path / "bench.jsonl"
   results.write_text('{"earlier": "line"}\n')  # appended to, not overwritten
   code = benchmark.main(["--model", "local_vssm_tiny", "--mode", "train", "--dtype", "fp32",
-                         "--steps", "2", "--warmup", "1", "--results", str(results), *TINY])
+                         "--steps", "2", "--warmup", "1", "--results", str(results),
+                         "--gpu-scheduler-memory-slop", "22", *TINY])
   assert code == 0
   lines = results.read_text().splitlines()
   assert len(lines) == 2 and json.loads(lines[0]) == {"earlier": "line"}
@@ -33,6 +34,8 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   assert record["batch"] == 4 and record["image_size"] == 8 and record["dtype"] == "fp32"
   assert record["steps_timed"] == 2 and record["warmup"] == 1
   assert record["scan_impl_used"] == "associative"
+  # a GPU-only XLA option: accepted (and ignored) by the CPU compiler, recorded
+  assert record["gpu_scheduler_memory_slop"] == 22
   assert record["step_ms_min"] <= record["step_ms"] <= record["step_ms_max"]
   assert record["img_per_s"] == pytest.approx(4 / (record["step_ms"] / 1e3), rel=1e-2)
   assert record["compile_s"] > 0 and record["lower_s"] > 0
@@ -153,3 +156,33 @@ def test_profile_traces_the_timed_mode(tmp_path):
                          "--profile", str(tmp_path / "trace"), "--profile-steps", "1", *TINY])
   assert code == 0
   assert list((tmp_path / "trace").rglob("*.json.gz")), "no Perfetto trace written"
+
+
+_LIVE = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "hlo_live_buffers.py"
+_TINY_HLO = """HloModule m
+
+ENTRY %main (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  %a = f32[256]{0} fusion(%p), kind=kLoop, metadata={op_name="jit(f)/saved"}
+  %t = (f32[1024]{0}, bf16[64]{0}) custom-call(%p), metadata={op_name="jit(f)/pair"}
+  %v = f32[1024]{0} bitcast(%t#0)
+  %b = f32[8]{0} fusion(%v), kind=kLoop, metadata={op_name="jit(f)/reads_first"}
+  %c = f32[16]{0} fusion(%t#1, %a), kind=kLoop, metadata={op_name="jit(f)/reads_second"}
+  ROOT %r = f32[4]{0} fusion(%b, %c), kind=kLoop
+}
+"""
+
+
+def test_hlo_live_buffers_follows_tuple_elements_and_aliases():
+  """The peak is at %b: `a` (1 KiB), the pair's first element (4 KiB, read through a bitcast
+  by %b) and its second (128 B, read later by %c) and %b's own output are live; the first
+  element dies at %b, so at %c only `a`, the second element, b and c are."""
+  spec = importlib.util.spec_from_file_location("hlo_live_buffers", _LIVE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  peak, line, live = module.live_at_peak(_TINY_HLO)
+  assert peak == 1024 + 4096 + 128 + 32
+  assert "%b =" in line
+  assert [(size, name) for size, name, _ in live] == [(4096, "t#0"), (1024, "a"), (128, "t#1"),
+                                                       (32, "b")]
+  assert live[0][2] == "jit(f)/pair"

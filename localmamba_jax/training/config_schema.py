@@ -99,6 +99,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.tensorboard = True
   c.compilation_cache = True        # JAX's persistent compilation cache on accelerators (a restart
                                     # skips compiling; training/compile_cache.py says where)
+  # XLA's xla_gpu_memory_limit_slop_factor for the train step, in percent; 0 = XLA's default
+  # (95). XLA's GPU scheduler only weighs memory once its plan exceeds (device memory XLA plans
+  # for) x slop / 100, so a low value trades a little speed for a lower peak: with
+  # model.recompute_scan, 22 took LocalVMamba-T (bf16, 128 per H100) from 21.1 to 19.1 GiB for
+  # -2.8% img/s; 30 changed nothing (BENCHMARKS.md, docs/training.md). Ignored off GPUs.
+  c.gpu_scheduler_memory_slop = 0
   return c
 
 
@@ -182,6 +188,9 @@ def _check_values(c, num_devices, process_count):
   positive("optim.weight_decay", c.optim.weight_decay, allow_zero=True)
   positive("optim.clip_grad_norm", c.optim.clip_grad_norm, allow_zero=True)
   positive("eval_every_epochs", c.eval_every_epochs, allow_zero=True)
+  if not 0 <= c.gpu_scheduler_memory_slop <= 1000:
+    problems.append(f"config.gpu_scheduler_memory_slop={c.gpu_scheduler_memory_slop} must be a "
+                    f"percentage in [1, 1000], or 0 for XLA's default (95)")
   if c.total_steps <= 0:
     positive("total_epochs", c.total_epochs)
   if not 0.0 <= c.optim.ema_decay < 1.0:

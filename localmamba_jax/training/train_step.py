@@ -120,13 +120,22 @@ def make_eval_step(bridge: ModelBridge, config):
   return eval_step
 
 
+def train_step_compiler_options(config) -> dict | None:
+  """XLA options of the train step's compile (None = XLA's defaults): the GPU scheduler's
+  memory slop (config.gpu_scheduler_memory_slop; a debug option every backend accepts and
+  only the GPU compiler reads)."""
+  slop = int(config.get("gpu_scheduler_memory_slop", 0) or 0)
+  return {"xla_gpu_memory_limit_slop_factor": slop} if slop else None
+
+
 def jit_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int, mesh,
                    state_sharding):
   """The train step as the loop runs it: sharded state and batch in, the state donated,
   replicated metrics out. train.py, the benchmark and the TPU lowering test share it."""
   return jax.jit(make_train_step(bridge, tx, schedule, config, num_classes),
                  in_shardings=(state_sharding, shd.batch_sharding(mesh)),
-                 out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=(0,))
+                 out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=(0,),
+                 compiler_options=train_step_compiler_options(config))
 
 
 def jit_eval_step(bridge: ModelBridge, config, mesh, params_sharding):

@@ -104,3 +104,23 @@ def test_paper_configs_build_their_registered_model(name, params):
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state)) == params
   mask = jax.tree.leaves(decay_mask(state))
   assert 0 < sum(mask) < len(mask)  # both decayed and exempt parameters exist
+
+
+def test_gpu_scheduler_memory_slop_is_checked_and_reaches_the_train_step_compile(monkeypatch):
+  from localmamba_jax.training import train_step
+  c = base_config()
+  c.gpu_scheduler_memory_slop = -5
+  with pytest.raises(ValueError, match="gpu_scheduler_memory_slop=-5 must be a percentage"):
+    validate_config(c)
+  c.gpu_scheduler_memory_slop = 0
+  assert train_step.train_step_compiler_options(c) is None      # XLA's default
+  c.gpu_scheduler_memory_slop = 22
+  validate_config(c)
+  assert train_step.train_step_compiler_options(c) == {"xla_gpu_memory_limit_slop_factor": 22}
+  seen = {}
+  monkeypatch.setattr(train_step, "make_train_step", lambda *a: (lambda state, batch: state))
+  monkeypatch.setattr(train_step.jax, "jit", lambda fn, **kw: seen.update(kw) or fn)
+  monkeypatch.setattr(train_step.shd, "batch_sharding", lambda mesh: None)
+  monkeypatch.setattr(train_step.shd, "replicated", lambda mesh: None)
+  train_step.jit_train_step(None, None, None, c, 10, None, None)
+  assert seen["compiler_options"] == {"xla_gpu_memory_limit_slop_factor": 22}
