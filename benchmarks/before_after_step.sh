@@ -4,19 +4,20 @@
 # timed one at a time (barrier + device lock), so every row comes from the same machine.
 # Before the call, extract each earlier package into an ignored path:
 #   mkdir -p .bench_old/REV && git archive REV localmamba_jax | tar -x -C .bench_old/REV
-# (or copy a modified package there), then run (carry .bench_old):
+# (or copy a modified package there; BEFORE="" times only the working tree, with and
+# without OPTIONS), then run (carry .bench_old):
 #   OUT=/some/dir BEFORE=".bench_old/REV [.bench_old/OTHER ...]" [OPTIONS="bwd_max_registers=0"] \
 #     [MODEL=local_vssm_tiny] [MODE=train] [PROFILE=1] [DUMP=1] [EXTRA="--override remat=true"] \
 #     bash benchmarks/before_after_step.sh
 # EXTRA: more benchmark arguments, given to every run (e.g. model config overrides).
 # PROFILE=1 profiles the working tree's steps (summary + kernel events kept); DUMP=1 keeps
-# the buffer assignment of the working tree's compiled step (gzip; every buffer with the
-# value it holds), to find what fills the peak. MODE=infer times the eval step instead; not
+# the buffer assignment, the scheduled HLO and the memory report of the working tree's
+# compiled step (gzip), to find what fills the peak. MODE=infer times the eval step instead; not
 # "both": the barrier holds only the first mode, so the second mode's compiles would overlap
 # the others' timed steps.
 set -u
 : "${OUT:?set OUT to the results directory}"
-: "${BEFORE:?set BEFORE to the directories holding the earlier localmamba_jax}"
+: "${BEFORE?set BEFORE to the directories holding the earlier localmamba_jax (\"\" = none)}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 ROOT=$(pwd)
 OPTIONS=${OPTIONS:-}
@@ -56,6 +57,13 @@ grep -h "kernel option\|img/s\|compiled in\|Error" "$OUT"/*.log
 if [ -n "${DUMP:-}" ]; then
   assignment=$(ls -S /tmp/ba_dump/*_step*buffer-assignment.txt 2>/dev/null | head -1)
   [ -n "$assignment" ] && gzip -c "$assignment" > "$OUT/after_buffer_assignment.txt.gz"
+  # the scheduled HLO (instruction order = execution order) and XLA's memory report, from
+  # which the live buffers at the peak can be worked out
+  scheduled=$(ls -S /tmp/ba_dump/*_step*after_optimizations.txt 2>/dev/null | head -1)
+  [ -n "$scheduled" ] && gzip -c "$scheduled" > "$OUT/after_optimized_hlo.txt.gz"
+  report=$(ls -S /tmp/ba_dump/*_step*memory-usage-report.txt 2>/dev/null | head -1)
+  [ -n "$report" ] && gzip -c "$report" > "$OUT/after_memory_report.txt.gz"
+  ls /tmp/ba_dump | grep "_step" | head -40 > "$OUT/dump_listing.txt"
   rm -rf /tmp/ba_dump
 fi
 if [ -n "${PROFILE:-}" ]; then

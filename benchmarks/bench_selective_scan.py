@@ -55,7 +55,7 @@ SHAPES = {
 NUM_STATE = 16
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
 # the kernel options that are flags (0/1 on command lines)
-FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu")
+FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "recompute_checkpoints")
 
 
 def load_kernel_module(path, name="kernel_under_test"):
@@ -165,7 +165,8 @@ def reference64(fn, args, w):
     return np.asarray(out), [None if g is None else np.asarray(g) for g in grads]
 
 
-def check(report):
+def check(report, only=""):
+  """only: run the cases whose name contains this text (all when empty)."""
   rng = np.random.default_rng(int(time.time()))
   cases = []
   names = INPUT_NAMES
@@ -186,7 +187,8 @@ def check(report):
     for label, opts in (("plain batched no-fma keep", dict(lean=False, fma=False,
                                                            keep_decay=True)),
                         ("plain sfu keep_dl", dict(sfu=True, keep_dl=True, lean=True)),
-                        ("plain sfu", dict(sfu=True))):
+                        ("plain sfu", dict(sfu=True)),
+                        ("plain recompute", dict(recompute_checkpoints=True))):
       kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
           a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
       cases.append((label, dtype, kern_opts, ref, args, w, tol_out, tol_grad))
@@ -199,14 +201,20 @@ def check(report):
       margs = [m["u"][:, :, :e], shp(m["delta"]), m["A"].reshape(k, e, NUM_STATE), m["B"],
                m["C"], m["D"].reshape(k, e), m["delta_bias"].reshape(k, e)]
 
-      def mk(impl, directions=directions, hw=hw):
+      def mk(impl, directions=directions, hw=hw, recompute=False):
         return lambda u, d, A, B, C, D, bias: multi_direction_selective_scan(
-            u, d, A, B, C, D, bias, grid_hw=hw, directions=directions, impl=impl)
+            u, d, A, B, C, D, bias, grid_hw=hw, directions=directions, impl=impl,
+            recompute=recompute)
       mw = jnp.asarray(rng.standard_normal((2, tokens, k, e)), jnp.float32)
       cases.append(("fused " + ",".join(directions), dtype, mk("pallas_gpu"), mk("reference"),
                     margs, mw, tol_out, tol_grad))
+      cases.append(("fused recompute " + ",".join(directions), dtype,
+                    mk("pallas_gpu", recompute=True), mk("reference"), margs, mw, tol_out,
+                    tol_grad))
   ok = True
   for name, dtype, kern, ref, args, w, tol_out, tol_grad in cases:
+    if only not in name:
+      continue
     present = [i for i, a in enumerate(args) if a is not None]
     try:
       out = jax.jit(kern)(*args)
@@ -239,11 +247,11 @@ def parse_variant(text):
   """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
   bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
   d = keep_dl, x = sfu, r = bwd_max_registers,
-  q = max_registers); letters may be omitted (kernel default)."""
+  q = max_registers, e = recompute_checkpoints); letters may be omitted (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
               w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
               x="sfu", r="bwd_max_registers",
-              q="max_registers")
+              q="max_registers", e="recompute_checkpoints")
   options, i = {}, 0
   while i < len(text):
     j = i + 1
@@ -328,6 +336,7 @@ def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chun
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--check", action="store_true")
+  parser.add_argument("--check-only", default="", help="only the check cases naming this text")
   parser.add_argument("--shapes", default="stage1,stage2,stage3,stage4,localvim")
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--batch", type=int, default=128)
@@ -348,7 +357,7 @@ def main(argv=None):
   baseline = load_kernel_module(args.baseline, "baseline_kernel") if args.baseline else None
   ok = True
   if args.check:
-    ok = check(report)
+    ok = check(report, args.check_only)
   for name in args.shapes.split(","):
     if not name:
       continue
