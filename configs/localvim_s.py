@@ -15,7 +15,9 @@ epochs from 1e-7 then cosine to 1e-6, label smoothing 0.1, mixup 0.2 / cutmix 1.
 Memory (not measured since the change): at 128 images per GPU in fp32 this step took 61.6 GiB
 on an H200 (2026-11-26); plain-order scans now keep twice the checkpoints (LocalVim-T +5.6 GiB,
 H100, 2026-11-27), so expect ~73 GiB, above the 0.9 x 80 GB that JAX may use on an 80 GB card:
-there, add --config.model.remat=True or use 64 images per GPU.
+there, add --config.model.recompute_scan=True (the scans rebuild their checkpoints in the
+backward: LocalVim-T 23.0 -> 12.3 GiB for -5% img/s, H100, 2026-11-27), or remat, or use 64
+images per GPU.
 Options: --config.optim.ema_decay=0.9999  --config.optim.clip_grad_norm=1.0
          --config.sharding.strategy=fsdp  --config.sharding.distributed=True (multi-host)
 """
