@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from localmamba_jax.ops import scan_orders as scan_orders_lib
-from localmamba_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, resolve_impl, selective_scan
+from localmamba_jax.ops.selective_scan import (DEFAULT_CHUNK_SIZE, resolve_impl, selective_scan,
+                                               tpu_recompute)
 
 
 def _array_module(table):
@@ -164,7 +164,7 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
         return kernel(u, delta, A, B, C, D, delta_bias, z, gather=orders.gather,
                       merge=orders.merge, delta_softplus=delta_softplus, **out_options)
       if recompute and resolved == "pallas_tpu":  # recomputed whole
-        call = jax.checkpoint(call)
+        call = tpu_recompute(call)
       # Under a device mesh the kernel runs per batch shard (kernels.common.shard_over_batch).
       return kernels_common.shard_over_batch(
           call, u, delta, A, B, C, D, delta_bias, z,

@@ -180,6 +180,15 @@ def _associative_scan(u, delta, A, B, C, dtype, chunk_size):
   return y, h_last.reshape(batch, channels, num_state)
 
 
+def tpu_recompute(call):
+  """`call` (a TPU-kernel scan) under jax.checkpoint: its backward reruns its forward.
+  Not in interpret mode (CPU tests): jax.checkpoint cannot partially evaluate the interpreter's
+  IO callbacks, and there is no device memory to save; values and gradients are the same
+  either way."""
+  from localmamba_jax.ops.kernels import selective_scan_tpu
+  return call if selective_scan_tpu.interprets_by_default() else jax.checkpoint(call)
+
+
 def resolve_impl(impl: str, kernel_supported: bool = False, tpu_supported: bool = False) -> str:
   """`kernel_supported`: the Pallas GPU kernel covers the problem (see kernels.is_supported);
   `tpu_supported`: the Pallas TPU kernel does (selective_scan_tpu.is_supported)."""
@@ -231,14 +240,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
               else selective_scan_gpu.selective_scan_pallas)
 
     # The GPU kernel rebuilds its checkpoints itself (one states-only forward in its VJP);
-    # the TPU kernel is recomputed whole.
+    # the TPU kernel is recomputed whole (`tpu_recompute`).
     options = {"recompute_checkpoints": True} if recompute and impl == "pallas_gpu" else {}
 
     def call(u, delta, A, B, C, D, z, delta_bias):
       return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
                     return_last_state=return_last_state, **options)
     if recompute and impl == "pallas_tpu":
-      call = jax.checkpoint(call)
+      call = tpu_recompute(call)
     # Under a device mesh the kernel runs per batch shard (common.shard_over_batch).
     return common.shard_over_batch(call, u, delta, A, B, C, D, z, delta_bias,
                                    batched=(True, True, False, True, True, False, True, False))

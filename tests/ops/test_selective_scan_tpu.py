@@ -203,3 +203,33 @@ def test_tile_choice_and_errors():
     selective_scan_tpu.selective_scan_pallas_tpu(**dict(case, u=case["u"].astype(np.float64)))
   with pytest.raises(ValueError, match="exactly once"):
     selective_scan_tpu.selective_scan_pallas_tpu(**case, read_index=np.zeros((1, 8), np.int32))
+
+
+def test_recompute_runs_the_tpu_kernels_again_in_the_backward():
+  """recompute_scan on TPU: each block's scan is recomputed whole (jax.checkpoint), so the
+  lowered train step has a second forward kernel per block: 3 calls per block instead of 2.
+  In interpret mode (CPU) nothing is wrapped and the gradients are those without it."""
+  from localmamba_jax.models.registry import create_model
+  model = create_model("local_vssm_tiny", dims=(8, 16, 32, 64), depths=(1, 1, 1, 1),
+                       directions=[["h", "v_flip", "w2", "w2_flip"]] * 4, num_classes=10,
+                       drop_path_rate=0.0, scan_impl="pallas_tpu", recompute_scan=True,
+                       rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params, images, labels):
+    logits = nnx.merge(graphdef, params, rest)(images)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+  abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  text = _tpu_module_text(jax.value_and_grad(loss), abstract(params),
+                          jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32),
+                          jax.ShapeDtypeStruct((2,), jnp.int32))
+  assert text.count("tpu_custom_call") == 12
+
+  rng = np.random.default_rng(4)
+  f32 = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  u, a, bc = f32(1, 16, 128), -jnp.exp(f32(128, 4)), f32(1, 16, 1, 4)
+  grads = [jax.grad(lambda u: jnp.sum(selective_scan(
+      u, 0.1 * u, a, bc, bc, delta_softplus=True, impl="pallas_tpu", recompute=rc) ** 2))(u)
+      for rc in (False, True)]
+  np.testing.assert_array_equal(np.asarray(grads[1]), np.asarray(grads[0]))

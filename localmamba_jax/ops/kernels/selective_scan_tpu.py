@@ -92,6 +92,12 @@ def on_tpu() -> bool:
     return False
 
 
+def interprets_by_default() -> bool:
+  """Whether a call with interpret=None runs in interpret mode (no TPU and not lowering
+  for one)."""
+  return not (on_tpu() or _LOWERING_FOR_TPU.get())
+
+
 def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
   """Whether the TPU kernel covers the problem (else callers use the pure-JAX scan)."""
   if not _HAVE_PALLAS_TPU or groups < 1 or channels % groups or not 1 <= num_state <= 256:
@@ -570,7 +576,7 @@ def selective_scan_pallas_tpu(u, delta, A, B, C, D=None, z=None, delta_bias=None
   cap = tile or DEFAULT_TILE
   channel_tile = _tile_for(padded_per_group, cap)
   if interpret is None:
-    interpret = not (on_tpu() or _LOWERING_FOR_TPU.get())
+    interpret = interprets_by_default()
   if gathered and tile is None:  # token-resident blocks: shrink the tile to fit VMEM
     resident = 5 + 2 * (z is not None)
     while channel_tile > LANES and 2 * resident * tokens * channel_tile * 4 > _VMEM_BUDGET:
