@@ -62,8 +62,8 @@ class LocalVimConfig:
     much less activation memory. Parameters, outputs and gradients are unchanged.
   recompute_scan: True = each selective scan keeps only its inputs for the backward and
     recomputes its forward there (the GPU kernel: just its state checkpoints, b * L / 4 *
-    K*E * N float32 per block): less memory than the default, one more scan forward per
-    block, much faster than remat. Outputs and gradients are unchanged.
+    K*E * N float32 per block; LocalVim-T, bf16, 128 per H100: 23.0 -> 12.3 GiB for -5.2%
+    img/s): one more scan forward per block. Outputs and gradients are unchanged.
   """
 
   embed_dim: int = 192

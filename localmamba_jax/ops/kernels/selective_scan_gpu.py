@@ -25,6 +25,10 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     measured faster: 168 registers let 12 one-warp programs share an SM instead of 8.
     A forward that no backward follows (inference) saves no checkpoints, and takes chunk 4
     under a cap of 80 registers (more resident warps; measured, FORWARD_ONLY_CHUNK).
+    With recompute_checkpoints the training forward is such a forward too, and the backward
+    first rebuilds the checkpoints with a states-only forward (no C, z or outputs): less
+    memory held between a model's forward and backward (LocalVMamba-T bf16 at 128 per H100:
+    37.0 -> 21.1 GiB for -5.7% img/s; BENCHMARKS.md session 9).
     dB/dC (summed over the channels of a group) are written as one partial per channel tile,
     [batch, tokens, tiles, N], and summed afterwards; dA, dD and d delta_bias are per-program
     partials summed over batch afterwards. No atomics, so results are deterministic.
