@@ -18,6 +18,7 @@ from localmamba_jax.models.local_vim import LocalVim, LocalVimConfig
 from localmamba_jax.models.local_vmamba import LocalVMamba, LocalVMambaConfig
 from localmamba_jax.ops import multi_direction_selective_scan, selective_scan
 from localmamba_jax.ops.kernels import selective_scan_gpu
+from localmamba_jax.ops.scan_orders import stacked_scan_orders
 from localmamba_jax.training.model_factory import build_model, model_kwargs
 from localmamba_jax.training.recipes import imagenet_config
 from tests.models.test_remat import (FAST_COMPILE, VIM_DIRECTIONS, VMAMBA_DIRECTIONS,
@@ -76,7 +77,8 @@ def test_recompute_scan_holds_fewer_residuals(family):
 
 
 def test_ops_pass_recompute_to_the_gpu_kernel(monkeypatch):
-  """Both ops hand `recompute` to the GPU kernel as recompute_checkpoints (interpret mode)."""
+  """Both ops hand `recompute` to the GPU kernel as recompute_checkpoints (interpret mode),
+  also with scan-order tables passed as data (LocalVMamba's scan_blocks)."""
   seen = []
   original = selective_scan_gpu._scan
   monkeypatch.setattr(selective_scan_gpu, "_scan", lambda cfg, *a: seen.append(
@@ -84,14 +86,17 @@ def test_ops_pass_recompute_to_the_gpu_kernel(monkeypatch):
   rng = np.random.default_rng(0)
   f32 = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
   u, a = f32(1, 12, 16), -jnp.ones((16, 4), jnp.float32)
+  orders = stacked_scan_orders(3, 4, ("h", "v"))
+  tables = (jnp.asarray(orders.gather), jnp.asarray(orders.merge))  # as data (scan_blocks)
   for recompute in (False, True):
     selective_scan(u, u, a, f32(1, 12, 2, 4), f32(1, 12, 2, 4), impl="pallas_gpu",
                    recompute=recompute)
-    multi_direction_selective_scan(
-        f32(1, 12, 8), f32(1, 12, 2, 8), -jnp.ones((2, 8, 4)), f32(1, 12, 2, 4),
-        f32(1, 12, 2, 4), grid_hw=(3, 4), directions=("h", "v"), impl="pallas_gpu",
-        recompute=recompute)
-  assert seen == [False, False, True, True]
+    for given in (None, tables):
+      multi_direction_selective_scan(
+          f32(1, 12, 8), f32(1, 12, 2, 8), -jnp.ones((2, 8, 4)), f32(1, 12, 2, 4),
+          f32(1, 12, 2, 4), grid_hw=(3, 4), directions=("h", "v"), impl="pallas_gpu",
+          tables=given, recompute=recompute)
+  assert seen == [False] * 3 + [True] * 3
 
 
 def test_recompute_scan_config_and_training_path():
