@@ -110,6 +110,16 @@ def test_device_out_of_memory_is_explained_and_checkpoints_kept(tmp_path):
     config.model.scan_blocks = True
   oom = device_oom_error(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: x"), config, 1)
   assert "remat=True (" in str(oom) and "scan_blocks=False" in str(oom)
+  # where the config has the key (the recipe configs), recomputing the scans is suggested
+  # first, and not again once on
+  with config.unlocked():
+    config.model.recompute_scan = False
+  oom = device_oom_error(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: x"), config, 1)
+  assert "--config.model.recompute_scan=True" in str(oom)
+  assert "--config.gpu_scheduler_memory_slop=22" in str(oom)
+  config.model.recompute_scan = True
+  oom = device_oom_error(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: x"), config, 1)
+  assert "recompute_scan=True" not in str(oom)
 
 
 def test_oom_on_a_gpu_suggests_a_larger_memory_share(monkeypatch):
