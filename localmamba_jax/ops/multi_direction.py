@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from localmamba_jax.ops import scan_orders as scan_orders_lib
-from localmamba_jax.ops.selective_scan import (DEFAULT_CHUNK_SIZE, resolve_impl, selective_scan,
-                                               tpu_recompute)
+from localmamba_jax.ops.selective_scan import (DEFAULT_CHUNK_SIZE, kernel_recompute,
+                                               resolve_impl, selective_scan)
 
 
 def _array_module(table):
@@ -156,15 +156,14 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
     # TPU: the same fusion, with scalar-prefetched gather tables driving the row reads.
     kernel = (selective_scan_tpu.multi_direction_scan_pallas_tpu if resolved == "pallas_tpu"
               else selective_scan_gpu.multi_direction_scan_pallas)
-    out_options = {} if out_dtype is None else {"out_dtype": out_dtype}   # GPU kernel only
-    if recompute and resolved == "pallas_gpu":  # the kernel rebuilds its checkpoints itself
-      out_options["recompute_checkpoints"] = True
+    out_options, wrap = kernel_recompute(resolved, recompute)
+    if out_dtype is not None:  # GPU kernel only
+      out_options["out_dtype"] = out_dtype
     if tables is None:
+      @wrap
       def call(u, delta, A, B, C, D, delta_bias, z):
         return kernel(u, delta, A, B, C, D, delta_bias, z, gather=orders.gather,
                       merge=orders.merge, delta_softplus=delta_softplus, **out_options)
-      if recompute and resolved == "pallas_tpu":  # recomputed whole
-        call = tpu_recompute(call)
       # Under a device mesh the kernel runs per batch shard (kernels.common.shard_over_batch).
       return kernels_common.shard_over_batch(
           call, u, delta, A, B, C, D, delta_bias, z,

@@ -180,13 +180,20 @@ def _associative_scan(u, delta, A, B, C, dtype, chunk_size):
   return y, h_last.reshape(batch, channels, num_state)
 
 
-def tpu_recompute(call):
-  """`call` (a TPU-kernel scan) under jax.checkpoint: its backward reruns its forward.
-  Not in interpret mode (CPU tests): jax.checkpoint cannot partially evaluate the interpreter's
-  IO callbacks, and there is no device memory to save; values and gradients are the same
-  either way."""
+def kernel_recompute(impl: str, recompute: bool):
+  """How a kernel scan (impl 'pallas_gpu' / 'pallas_tpu') honours `recompute`: returns
+  (extra kernel options, a wrapper for the call). The GPU kernel rebuilds only its state
+  checkpoints itself (one states-only forward in its VJP: `recompute_checkpoints`); the TPU
+  kernel is recomputed whole under jax.checkpoint, except in interpret mode (CPU tests):
+  jax.checkpoint cannot partially evaluate the interpreter's IO callbacks, and there is no
+  device memory to save there. Values and gradients are the same either way."""
+  keep = lambda call: call
+  if not recompute:
+    return {}, keep
+  if impl == "pallas_gpu":
+    return {"recompute_checkpoints": True}, keep
   from localmamba_jax.ops.kernels import selective_scan_tpu
-  return call if selective_scan_tpu.interprets_by_default() else jax.checkpoint(call)
+  return {}, keep if selective_scan_tpu.interprets_by_default() else jax.checkpoint
 
 
 def resolve_impl(impl: str, kernel_supported: bool = False, tpu_supported: bool = False) -> str:
@@ -239,15 +246,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     kernel = (selective_scan_tpu.selective_scan_pallas_tpu if impl == "pallas_tpu"
               else selective_scan_gpu.selective_scan_pallas)
 
-    # The GPU kernel rebuilds its checkpoints itself (one states-only forward in its VJP);
-    # the TPU kernel is recomputed whole (`tpu_recompute`).
-    options = {"recompute_checkpoints": True} if recompute and impl == "pallas_gpu" else {}
+    options, wrap = kernel_recompute(impl, recompute)
 
+    @wrap
     def call(u, delta, A, B, C, D, z, delta_bias):
       return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus=delta_softplus,
                     return_last_state=return_last_state, **options)
-    if recompute and impl == "pallas_tpu":
-      call = tpu_recompute(call)
     # Under a device mesh the kernel runs per batch shard (common.shard_over_batch).
     return common.shard_over_batch(call, u, delta, A, B, C, D, z, delta_bias,
                                    batched=(True, True, False, True, True, False, True, False))

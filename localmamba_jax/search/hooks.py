@@ -22,6 +22,7 @@ from localmamba_jax.search.architecture import SearchLayer, get_path, layer_prob
 from localmamba_jax.training import device_augment
 from localmamba_jax.training import sharding as shd
 from localmamba_jax.training.loop import LoopHooks
+from localmamba_jax.training.train_step import train_step_compiler_options
 
 
 def probability_metrics(params, layers: list[SearchLayer]) -> dict:
@@ -123,7 +124,9 @@ def make_search_hooks(config, options, layers: list[SearchLayer]) -> LoopHooks:
       arch = optax.apply_updates(arch, updates)
       return _set_paths(params, paths, arch), arch_opt_state, loss
 
-    return jax.jit(arch_step, donate_argnums=(0, 1))
+    # a forward and backward through the supernet like the train step: same XLA options
+    return jax.jit(arch_step, donate_argnums=(0, 1),
+                   compiler_options=train_step_compiler_options(config))
 
   def after_step(step, state, context):
     if "fn" not in compiled:
