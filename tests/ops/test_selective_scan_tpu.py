@@ -159,11 +159,12 @@ def test_kernels_lower_for_tpu():
   assert text.count("tpu_custom_call") == 2
 
 
-def test_small_local_vmamba_train_step_lowers_for_tpu():
+def _small_local_vmamba_train_step_for_tpu(stages: int, image_size: int, **overrides) -> str:
+  """The lowered TPU module of a small LocalVMamba's loss and gradients (one block a stage)."""
   from localmamba_jax.models.registry import create_model
-  model = create_model("local_vssm_tiny", dims=(8, 16, 32, 64), depths=(1, 1, 1, 1),
-                       directions=[["h", "v_flip", "w2", "w2_flip"]] * 4, num_classes=10, drop_path_rate=0.0,
-                       scan_impl="pallas_tpu", rngs=nnx.Rngs(0))
+  model = create_model("local_vssm_tiny", dims=(8, 16, 32, 64)[:stages], depths=(1,) * stages,
+                       directions=[["h", "v_flip", "w2", "w2_flip"]] * stages, num_classes=10,
+                       drop_path_rate=0.0, scan_impl="pallas_tpu", rngs=nnx.Rngs(0), **overrides)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
   def loss(params, images, labels):
@@ -171,9 +172,13 @@ def test_small_local_vmamba_train_step_lowers_for_tpu():
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
 
   abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-  text = _tpu_module_text(jax.value_and_grad(loss), abstract(params),
-                          jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32),
+  return _tpu_module_text(jax.value_and_grad(loss), abstract(params),
+                          jax.ShapeDtypeStruct((2, image_size, image_size, 3), jnp.float32),
                           jax.ShapeDtypeStruct((2,), jnp.int32))
+
+
+def test_small_local_vmamba_train_step_lowers_for_tpu():
+  text = _small_local_vmamba_train_step_for_tpu(stages=4, image_size=64)
   # 4 stages x 1 block, each a forward and a backward kernel.
   assert text.count("tpu_custom_call") == 8
 
@@ -209,21 +214,7 @@ def test_recompute_runs_the_tpu_kernels_again_in_the_backward():
   """recompute_scan on TPU: each block's scan is recomputed whole (jax.checkpoint), so the
   lowered train step has a second forward kernel per block: 3 calls per block instead of 2.
   In interpret mode (CPU) nothing is wrapped and the gradients are those without it."""
-  from localmamba_jax.models.registry import create_model
-  model = create_model("local_vssm_tiny", dims=(8, 16), depths=(1, 1),
-                       directions=[["h", "v_flip", "w2", "w2_flip"]] * 2, num_classes=10,
-                       drop_path_rate=0.0, scan_impl="pallas_tpu", recompute_scan=True,
-                       rngs=nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-  def loss(params, images, labels):
-    logits = nnx.merge(graphdef, params, rest)(images)
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
-
-  abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-  text = _tpu_module_text(jax.value_and_grad(loss), abstract(params),
-                          jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32),
-                          jax.ShapeDtypeStruct((2,), jnp.int32))
+  text = _small_local_vmamba_train_step_for_tpu(stages=2, image_size=32, recompute_scan=True)
   assert text.count("tpu_custom_call") == 6          # 2 blocks x (forward, again, backward)
 
   rng = np.random.default_rng(4)
