@@ -3,6 +3,7 @@
     python -m localmamba_jax.benchmark --model local_vssm_tiny --batch 128 [--mode train|infer|both]
         [--dtype bf16|fp32] [--steps N] [--warmup W] [--scan-impl auto] [--results FILE]
         [--profile DIR] [--model all|name,name|'glob*'] [--timeout S] [--no-compilation-cache]
+        [--compile-only] [--profile-compile DIR]
 
 What is timed is the step `train.py` runs, built from the same pieces as
 `training.loop.train_and_evaluate`: the recipe config (`training.recipes.imagenet_config`),
@@ -86,6 +87,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            "(jax.profiler, with a Perfetto JSON trace; with --mode both, one "
                            "subdirectory per mode)")
   parser.add_argument("--profile-steps", type=int, default=3)
+  parser.add_argument("--compile-only", action="store_true",
+                      help="lower and compile, record the compile time and XLA's memory plan, "
+                           "run no step (a compile-time study needs neither device memory for "
+                           "the step nor time for it)")
+  parser.add_argument("--profile-compile", default="", metavar="DIR",
+                      help="trace the compile itself (jax.profiler, Perfetto JSON) into this "
+                           "directory: XLA marks each HLO pass, autotuning and code generation, "
+                           "so benchmarks/compile_profile_summary.py can say where compile time "
+                           "goes; needs --compile-only; add --no-compilation-cache for a cold "
+                           "compile")
   parser.add_argument("--timeout", type=float, default=0.0,
                       help="with several models: seconds allowed per model subprocess (0 = none)")
   parser.add_argument("--device-lock", default="",
@@ -110,6 +121,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   for name in ("batch", "steps", "image_size", "num_classes", "profile_steps"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+  if args.profile_compile and not args.compile_only:
+    # seen on an H100 (2026-11-27): in 2 of 2 runs the steps after a traced compile did not
+    # finish within minutes, while the same step untraced ran; so the trace runs alone
+    parser.error("--profile-compile needs --compile-only (time the steps in a run without "
+                 "the compile trace)")
+  if args.compile_only and (args.barrier or args.profile):
+    parser.error("--compile-only runs no step, so it takes neither --barrier (the others would "
+                 "wait for it) nor --profile (nothing to trace); drop one of them")
   if args.warmup < 0:
     parser.error(f"--warmup must be >= 0, got {args.warmup}")
   return args
@@ -340,15 +359,23 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       t0 = time.perf_counter()
       lowered = step_fn.lower(abstract_input, batch)
       lower_s = time.perf_counter() - t0
-      t0 = time.perf_counter()
-      compiled = lowered.compile()
-      compile_s = time.perf_counter() - t0
+      with _maybe_trace(args.profile_compile and (
+          os.path.join(args.profile_compile, mode) if len(modes) > 1 else args.profile_compile)):
+        t0 = time.perf_counter()
+        compiled = lowered.compile()
+        compile_s = time.perf_counter() - t0
       print(f"[{model_name} {mode} {args.dtype}] traced+lowered in {lower_s:.1f} s, compiled in "
             f"{compile_s:.1f} s (persistent compilation cache: {cache_dir or 'off'})", flush=True)
       xla_memory = _xla_memory_bytes(compiled)
       if xla_memory:
         print(f"[{model_name} {mode} {args.dtype}] XLA memory plan per device (GiB): "
               + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in xla_memory.items()), flush=True)
+      if args.compile_only:
+        record = dict(base, mode=mode, compile_only=True, lower_s=round(lower_s, 2),
+                      compile_s=round(compile_s, 2), xla_memory_bytes=xla_memory)
+        append_record(args.results, record)
+        records.append(record)
+        continue
       holder = {"input": make_input(), "losses": []}
 
       def run_step():
@@ -458,6 +485,19 @@ def device_lock(path: str, until_exit: bool = False):
     else:
       fcntl.flock(f, fcntl.LOCK_UN)
       f.close()
+
+
+@contextlib.contextmanager
+def _maybe_trace(directory: str):
+  """A jax.profiler trace around the block when `directory` is given (the compile trace)."""
+  if not directory:
+    yield
+    return
+  import jax
+  os.makedirs(directory, exist_ok=True)
+  with jax.profiler.trace(directory, create_perfetto_trace=True):
+    yield
+  print(f"compile trace written under {directory}", flush=True)
 
 
 def trace_steps(run_step, directory: str, steps: int) -> None:

@@ -186,3 +186,59 @@ def test_hlo_live_buffers_follows_tuple_elements_and_aliases():
   assert [(size, name) for size, name, _ in live] == [(4096, "t#0"), (1024, "a"), (128, "t#1"),
                                                        (32, "b")]
   assert live[0][2] == "jit(f)/pair"
+
+
+_COMPILE_SUMMARY = (pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+                    / "compile_profile_summary.py")
+
+
+def _load_compile_summary():
+  import sys
+  sys.path.insert(0, str(_COMPILE_SUMMARY.parent))  # it imports profile_summary beside it
+  spec = importlib.util.spec_from_file_location("compile_profile_summary", _COMPILE_SUMMARY)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_compile_summary_counts_self_time_once():
+  """A pipeline spanning two passes costs only its own gap; a second thread (autotuning
+  running in parallel) adds busy time but not wall time; device lines are ignored."""
+  cs = _load_compile_summary()
+  events = [{"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+            {"ph": "X", "pid": 2, "tid": 1, "ts": 0.0, "dur": 9e6, "name": "kernel"},
+            {"ph": "X", "pid": 1, "tid": 1, "ts": 0.0, "dur": 10e6, "name": "$stages.py compile"},
+            {"ph": "X", "pid": 1, "tid": 1, "ts": 1e6, "dur": 8e6, "name": "optimization"},
+            {"ph": "X", "pid": 1, "tid": 1, "ts": 1e6, "dur": 3e6, "name": "algsimp"},
+            {"ph": "X", "pid": 1, "tid": 1, "ts": 5e6, "dur": 4e6, "name": "gemm-fusion-autotuner"},
+            {"ph": "X", "pid": 1, "tid": 2, "ts": 5e6, "dur": 2e6, "name": "ptxas"}]
+  s = cs.summarize(events)
+  assert s["wall_s"] == pytest.approx(10.0)
+  assert s["busy_s_all_threads"] == pytest.approx(12.0)
+  self_s = {r["name"]: r["self_s"] for r in s["top_self"]}
+  assert self_s == {"$stages.py compile": 2.0, "optimization": 1.0, "algsimp": 3.0,
+                    "gemm-fusion-autotuner": 4.0, "ptxas": 2.0}
+  assert s["kinds"]["autotuning"]["s"] == pytest.approx(4.0)
+  assert s["kinds"]["llvm/ptx codegen"]["s"] == pytest.approx(2.0)
+  assert s["kinds"]["hlo passes / other"]["s"] == pytest.approx(4.0)
+  assert s["longest_thread_outermost"] == [{"name": "$stages.py compile", "s": 10.0, "calls": 1}]
+
+
+def test_profile_compile_traces_the_compile(tmp_path):
+  """--compile-only --profile-compile records the compile (no step) and writes a trace of it
+  that the summary can read."""
+  results = tmp_path / "bench.jsonl"
+  code = benchmark.main(["--model", "local_vssm_tiny", "--mode", "infer", "--dtype", "fp32",
+                         "--compile-only", "--results", str(results),
+                         "--profile-compile", str(tmp_path / "ctrace"), *TINY])
+  assert code == 0
+  (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+  assert record["compile_only"] and record["compile_s"] > 0 and "img_per_s" not in record
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(["--compile-only", "--barrier", "/tmp/b:2"])
+  with pytest.raises(SystemExit):  # a traced compile is not followed by timed steps
+    benchmark.parse_args(["--profile-compile", str(tmp_path / "t")])
+  cs = _load_compile_summary()
+  s = cs.summarize(cs.load_events(cs.find_trace(str(tmp_path / "ctrace"))))
+  assert s["busy_s_all_threads"] > 0
+  assert any(r["name"].startswith("$") for r in s["top_self"])  # jax's compile frames
