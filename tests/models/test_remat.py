@@ -1,8 +1,11 @@
 """Per-block rematerialisation (`remat=True`): same parameters, values and gradients, less memory.
 
-Tolerance for remat on vs off: every gradient leaf within 1e-6 * max|leaf| (+1e-12), loss and
-logits within 1e-6 relative. (Measured: bitwise equal on CPU with the reference scan; the
-bound leaves room for a different fusion of the recomputed forward.)
+Tolerance for remat on vs off: every gradient leaf within 1e-6 * max|leaf| (+1e-12), logits
+within 1e-6 relative, the loss within 1e-6 of the sum of its terms' sizes (its weights run from
+-1 to 1, so the terms cancel: a 0.02 loss had a 2.2e-8 rounding difference). (Measured: bitwise
+equal on CPU with the reference scan at XLA's default code generation; at the tests' level 0
+(tests/conftest.py) the loss differs in its last bits. The bound leaves room for a different
+fusion of the recomputed forward.)
 
 Memory: the claim is checked twice. (1) At the JAX level, the residuals that `jax.vjp` keeps for
 the backward (the leaves of the vjp function, from `jax.eval_shape`, no compile) shrink to the
@@ -65,21 +68,31 @@ def build(family, remat):
   return LocalVim(vim_config(remat=remat), rngs=nnx.Rngs(0))
 
 
+def _loss_weights(logits):
+  return jnp.linspace(-1.0, 1.0, logits.size).reshape(logits.shape)
+
+
 def loss_fn(graphdef, rest):
   def loss(params, images, key):
     logits = nnx.merge(graphdef, params, rest)(images, key=key)
-    weights = jnp.linspace(-1.0, 1.0, logits.size).reshape(logits.shape)
-    return jnp.sum(logits * weights), logits
+    return jnp.sum(logits * _loss_weights(logits)), logits
   return loss
 
 
-def assert_tree_close(name, ours, theirs):
+def loss_scale(logits) -> float:
+  """The size of the terms the loss sums: its weights run from -1 to 1, so the terms cancel
+  and the loss can be far smaller than its rounding error, which follows the terms."""
+  return float(jnp.sum(jnp.abs(logits * _loss_weights(logits))))
+
+
+def assert_tree_close(name, ours, theirs, scale=None):
+  """Every leaf within REL x (max |leaf of theirs|, or `scale` where given)."""
   ours_flat = jax.tree_util.tree_flatten_with_path(ours)[0]
   theirs_flat = jax.tree_util.tree_flatten_with_path(theirs)[0]
   assert [p for p, _ in ours_flat] == [p for p, _ in theirs_flat], f"{name}: structures differ"
   for (path, a), (_, b) in zip(ours_flat, theirs_flat):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    bound = REL * float(np.max(np.abs(b))) + 1e-12
+    bound = REL * (float(np.max(np.abs(b))) if scale is None else scale) + 1e-12
     err = float(np.max(np.abs(a - b)))
     assert err <= bound, f"{name} {jax.tree_util.keystr(path)}: {err:.3g} > {bound:.3g}"
 
@@ -108,7 +121,8 @@ def test_remat_keeps_parameters_values_and_gradients(family):
   change = float(jnp.max(jnp.abs(plain["logits"] - plain["eval_logits"])))
   assert change > 1e-3 * float(jnp.max(jnp.abs(plain["eval_logits"]))), change
   for name in ("loss", "logits", "eval_logits", "grads"):
-    assert_tree_close(name, remat[name], plain[name])
+    assert_tree_close(name, remat[name], plain[name],
+                      scale=loss_scale(plain["logits"]) if name == "loss" else None)
 
 
 @pytest.mark.parametrize("family", ["local_vmamba", "local_vim"])

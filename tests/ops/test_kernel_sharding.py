@@ -92,7 +92,8 @@ SCRIPT = textwrap.dedent(r"""
 
 
 def test_kernels_run_per_batch_shard_under_a_mesh():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                          "--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=600)

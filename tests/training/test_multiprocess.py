@@ -129,7 +129,8 @@ def _free_port():
 
 
 def _start(args, local_devices):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}",
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                          f"--xla_force_host_platform_device_count={local_devices}",
              JAX_PLATFORMS="cpu", REPO_ROOT=str(ROOT))
   args = dict(args, local_devices=local_devices)
   return subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(args)], env=env, cwd=ROOT,

@@ -58,7 +58,8 @@ SCRIPT = textwrap.dedent(r"""
 
 
 def test_single_device_data_parallel_and_fsdp_agree(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                          "--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu", REPO_ROOT=str(ROOT))
   proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=900)
