@@ -2,10 +2,11 @@
 
     python benchmarks/compile_profile_summary.py TRACE_DIR_OR_FILE [--top 30] [--json OUT.json]
 
-Made for `python -m localmamba_jax.benchmark ... --profile-compile DIR --no-compilation-cache`,
-which traces `lowered.compile()` alone. XLA marks every HLO pass with a profiler event named
-after the pass (HloPassPipeline), and its GPU compiler marks autotuning and code generation
-as well, so the host threads of the trace say what the compile spent its time on.
+Made for `python -m localmamba_jax.benchmark ... --compile-only --profile-compile DIR
+--no-compilation-cache`, which traces `lowered.compile()` alone. XLA marks every HLO pass
+with a profiler event named after the pass (HloPassPipeline), and its GPU compiler marks each
+module it compiles and each PTX->cubin step as well, so the host threads of the trace say what
+the compile spent its time on.
 
 Events on one thread nest; a pipeline's event spans its passes. So each event's *self* time
 (its duration minus that of the events directly inside it) is what it cost itself, and the
@@ -33,8 +34,10 @@ from profile_summary import find_trace, load_events  # noqa: E402  (same folder)
 
 # First match wins, on the lower-cased event name.
 KINDS = (
+    # jax 0.11's XLA names no "autotuner" event on the GPU: its GEMM autotuning shows as the
+    # pass "config-assigner" (with the candidate kernels compiling on other threads)
     ("autotuning", ("autotun", "algorithm_picker", "algorithm-picker", "algorithmpicker",
-                    "gemm-fusion-autotuner", "conv-algorithm", "profil")),
+                    "gemm-fusion-autotuner", "conv-algorithm", "config-assigner")),
     ("llvm/ptx codegen", ("llvm", "ptx", "cubin", "nvptx", "compiletotarget", "codegen",
                           "emit", "triton", "ptxas", "nvlink")),
     ("buffer assignment / scheduling", ("schedul", "buffer", "rematerial", "memory")),
