@@ -98,13 +98,11 @@ def summarize(events: list[dict], top: int = 30, depth: int = 3, min_s: float = 
   by_name = collections.defaultdict(lambda: [0.0, 0])
   by_kind = collections.Counter()
   busy = {}
-  outermost = {}
   rows_of = {}
   start, end = float("inf"), float("-inf")
   for key, evs in lines.items():
     rows = rows_of[key] = self_times(evs)
     busy[key] = sum(r[1] for r in rows)
-    outermost[key] = [r[0] for r in rows if r[2] == 0]
     for e, self_us, _, _ in rows:
       by_name[e["name"]][0] += self_us
       by_name[e["name"]][1] += 1
@@ -121,7 +119,7 @@ def summarize(events: list[dict], top: int = 30, depth: int = 3, min_s: float = 
               for e, self_us, _, d in sorted(rows_of[longest], key=lambda r: r[0]["ts"])
               if not e["name"].startswith("$") and d <= depth and e["dur"] >= min_s * 1e6]
   seq = collections.defaultdict(lambda: [0.0, 0])
-  for e in outermost[longest]:
+  for e in (r[0] for r in rows_of[longest] if r[2] == 0):  # outermost events
     seq[e["name"]][0] += e["dur"]
     seq[e["name"]][1] += 1
   return {

@@ -488,8 +488,9 @@ def device_lock(path: str, until_exit: bool = False):
 
 
 @contextlib.contextmanager
-def _maybe_trace(directory: str):
-  """A jax.profiler trace around the block when `directory` is given (the compile trace)."""
+def _maybe_trace(directory: str, what: str = "compile"):
+  """A jax.profiler trace (Perfetto JSON, TensorBoard's xplane beside it) around the block
+  when `directory` is given; `what` names it in the message."""
   if not directory:
     yield
     return
@@ -497,18 +498,15 @@ def _maybe_trace(directory: str):
   os.makedirs(directory, exist_ok=True)
   with jax.profiler.trace(directory, create_perfetto_trace=True):
     yield
-  print(f"compile trace written under {directory}", flush=True)
+  print(f"{what} trace written under {directory}", flush=True)
 
 
 def trace_steps(run_step, directory: str, steps: int) -> None:
-  """A jax.profiler trace of `steps` already-compiled steps (Perfetto JSON for
-  benchmarks/profile_summary.py; TensorBoard's xplane beside it)."""
-  import jax
-  os.makedirs(directory, exist_ok=True)
-  with jax.profiler.trace(directory, create_perfetto_trace=True):
+  """A jax.profiler trace of `steps` already-compiled steps (for
+  benchmarks/profile_summary.py)."""
+  with _maybe_trace(directory, f"profile of {steps} steps:"):
     for _ in range(steps):
       run_step()
-  print(f"profile of {steps} steps written under {directory}", flush=True)
 
 
 def print_record(r: dict) -> None:

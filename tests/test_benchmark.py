@@ -193,8 +193,6 @@ _COMPILE_SUMMARY = (pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load_compile_summary():
-  import sys
-  sys.path.insert(0, str(_COMPILE_SUMMARY.parent))  # it imports profile_summary beside it
   spec = importlib.util.spec_from_file_location("compile_profile_summary", _COMPILE_SUMMARY)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
