@@ -188,9 +188,7 @@ def check(report, only=""):
                                                            keep_decay=True)),
                         ("plain sfu keep_dl", dict(sfu=True, keep_dl=True, lean=True)),
                         ("plain sfu", dict(sfu=True)),
-                        ("plain recompute", dict(recompute_checkpoints=True)),
-                        ("plain split 2", dict(n_split=2, bwd_n_split=2)),
-                        ("plain split 4 batched", dict(n_split=4, bwd_n_split=4, lean=False))):
+                        ("plain recompute", dict(recompute_checkpoints=True))):
       kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
           a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
       cases.append((label, dtype, kern_opts, ref, args, w, tol_out, tol_grad))
@@ -213,13 +211,6 @@ def check(report, only=""):
       cases.append(("fused recompute " + ",".join(directions), dtype,
                     mk("pallas_gpu", recompute=True), mk("reference"), margs, mw, tol_out,
                     tol_grad))
-      orders = stacked_scan_orders(*hw, directions)
-      split = lambda u, d, A, B, C, D, bias, orders=orders: (
-          selective_scan_gpu.multi_direction_scan_pallas(
-              u, d, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge,
-              n_split=2, bwd_n_split=2))
-      cases.append(("fused split 2 " + ",".join(directions), dtype, split, mk("reference"),
-                    margs, mw, tol_out, tol_grad))
   ok = True
   for name, dtype, kern, ref, args, w, tol_out, tol_grad in cases:
     if only not in name:
@@ -256,12 +247,11 @@ def parse_variant(text):
   """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
   bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
   d = keep_dl, x = sfu, r = bwd_max_registers,
-  q = max_registers, e = recompute_checkpoints, n = bwd_n_split, p = n_split); letters may be
-  omitted (kernel default)."""
+  q = max_registers, e = recompute_checkpoints); letters may be omitted (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
               w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
               x="sfu", r="bwd_max_registers",
-              q="max_registers", e="recompute_checkpoints", n="bwd_n_split", p="n_split")
+              q="max_registers", e="recompute_checkpoints")
   options, i = {}, 0
   while i < len(text):
     j = i + 1

@@ -67,17 +67,15 @@ def random_inputs(rng, batch, length, channels, groups, num_state, with_z):
       z=f32(rng.standard_normal((batch, length, channels))) if with_z else None)
 
 
-@pytest.mark.parametrize("checkpoint_every,keep_decay,lean,keep_dl,splits", [
-    (2, False, False, False, (1, 1)),  # one saved state per chunk (recompute straight from it)
-    (6, True, False, False, (1, 2)),   # 3 chunks per saved state: sub-checkpoints rebuilt in
-                                       # the backward; decays kept for the adjoint; the
-                                       # backward's state in two column blocks of N
-    (2, False, True, False, (2, 1)),   # lean backward schedule: the adjoint reloads each step
-    (6, True, True, True, (4, 4)),     # ... and reuses the recompute's Delta; N = 4 blocks of 1
+@pytest.mark.parametrize("checkpoint_every,keep_decay,lean,keep_dl", [
+    (2, False, False, False),  # one saved state per chunk (recompute straight from it)
+    (6, True, False, False),   # 3 chunks per saved state: sub-checkpoints rebuilt in the
+                               # backward; decays kept for the adjoint
+    (2, False, True, False),   # lean backward schedule: the adjoint reloads each step
+    (6, True, True, True),     # ... and reuses the recompute's Delta
 ])
 def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_every,
-                                                                    keep_decay, lean, keep_dl,
-                                                                    splits):
+                                                                    keep_decay, lean, keep_dl):
   # L = 11 is not a multiple of the chunk (2) nor of the checkpoint interval: the tail steps
   # must be identities. (sfu=True only changes the GPU lowering; bench_selective_scan --check
   # covers it on the GPU.)
@@ -90,7 +88,7 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
     return selective_scan_gpu.selective_scan_pallas(
         u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
         checkpoint_every=checkpoint_every, keep_decay=keep_decay, lean=lean, keep_dl=keep_dl,
-        n_split=splits[0], bwd_n_split=splits[1], interpret=True)
+        interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
@@ -107,8 +105,6 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
     ((3, 5), ("w2_flip", "v"), False, 4, True, {}),   # lean, non-inverse merge
     ((3, 5), ("w2", "h_flip"), True, 4, True,         # lean with chunk 4: table entries
      dict(chunk=4)),                                  # inside the unrolled loop
-    ((3, 5), ("h", "w2_flip"), True, 2, False,        # the states in column blocks of N
-     dict(n_split=2, bwd_n_split=2)),
 ])
 def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
                                                     checkpoint_every, lean, options):
@@ -203,10 +199,6 @@ def test_dispatch_and_errors():
   with pytest.raises(ValueError, match="multiple of chunk"):
     selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, chunk=2, checkpoint_every=3,
                                              interpret=True)
-  with pytest.raises(ValueError, match="bwd_n_split=3.*power of two that divides N=16"):
-    selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, bwd_n_split=3, interpret=True)
-  with pytest.raises(ValueError, match="n_split=32.*divides N=16"):
-    selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, n_split=32, interpret=True)
   with pytest.raises(ValueError, match="exactly once"):
     selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, read_index=np.array([[0, 0, 1, 2]]),
                                              interpret=True)

@@ -153,9 +153,6 @@ DEFAULT_MAX_REGISTERS = None
 DEFAULT_BWD_MAX_REGISTERS = None  # None = _bwd_max_registers_default()
 DEFAULT_TILE = 64
 DEFAULT_BWD_TILE = 16
-# The state held as this many column blocks of N (_state_columns); 1 = one [tile, N] block.
-DEFAULT_N_SPLIT = 1
-DEFAULT_BWD_N_SPLIT = 1
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -262,32 +259,10 @@ class _Config:
   recompute_checkpoints: bool = False
   max_registers: int | None = None      # forward's PTX .maxnreg (register_cap); None: no cap
   bwd_max_registers: int | None = None  # backward's
-  # The state [tile, N] held as n_split column blocks [tile, N / n_split] (forward) and
-  # bwd_n_split (backward): see _state_columns.
-  n_split: int = 1
-  bwd_n_split: int = 1
 
 
 def _out_dtype(cfg, u):
   return jnp.dtype(cfg.out_dtype) if cfg.out_dtype is not None else u.dtype
-
-
-def _state_columns(num_state, parts):
-  """Column blocks of N in which a kernel holds its [tile, N] state (and B_t, C_t, dB, dC).
-
-  Why: Triton lays a [16, 16] fp32 tile of one warp out as 8 lanes of channels x 4 lanes of N
-  (4-wide vectors along N), so every per-channel value (Delta, u, softplus, sigmoid, du, ...)
-  is held, and computed, twice per thread and replicated over 4 lanes. Two [16, 8] blocks
-  take 16 lanes of channels x 2 of N: one channel per thread, half the per-channel
-  instructions, for one shuffle level less in the N-sums and one more in the channel sums.
-  """
-  width = num_state // parts
-  return [pl.ds(k * width, width) for k in range(parts)]
-
-
-def _sum(values):
-  """values[0] + values[1] + ... (no leading 0 as Python's sum would add)."""
-  return functools.reduce(lambda a, b: a + b, values)
 
 
 # ----------------------------------------------------------------------------- kernel pieces
@@ -352,8 +327,7 @@ def _sigmoid(x, cfg):
   return _reciprocal(1.0 + _exp_sfu(-x, cfg), cfg)
 
 
-def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, columns, *, need_c=True,
-               dout_ref=None):
+def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None):
   """Issues the loads of step t of one program's tile; returns them raw (unmasked).
 
   Loading is kept apart from use (`_derive`) so that a whole chunk's loads can be issued
@@ -368,9 +342,9 @@ def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, columns, *, need_c=Tr
   raw = dict(raw_token=raw_token,
              u=plt.load(u_ref.at[b, token, pl.ds(cu0, tile)]),
              draw=plt.load(delta_ref.at[b, token, pl.ds(c0, tile)]),
-             bt=[plt.load(b_ref.at[b, token, group, n]) for n in columns])
+             bt=plt.load(b_ref.at[b, token, group, :]))
   if need_c:
-    raw["ct"] = [plt.load(c_ref.at[b, token, group, n]) for n in columns]
+    raw["ct"] = plt.load(c_ref.at[b, token, group, :])
     if cfg.has_z:
       raw["zt"] = plt.load(z_ref.at[b, token, pl.ds(cz0, tile)])
   if dout_ref is not None:
@@ -398,18 +372,17 @@ def _derive(cfg, raw, t, bias, dl=None):
   real = jnp.logical_and(raw_token >= 0, in_range) if cfg.indexed else in_range
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
   zero = jnp.float32(0.0)
-  masked = lambda x: jnp.where(real, x.astype(jnp.float32), zero)
-  f32 = lambda name: masked(raw[name])
+  f32 = lambda name: jnp.where(real, raw[name].astype(jnp.float32), zero)
   pre = f32("draw") + bias
   if dl is None:
     dl = _softplus(pre, cfg) if cfg.softplus else pre
     dl = jnp.where(in_range, dl, zero)  # steps past the sequence end are identities
   write_ok = real if cfg.write_at_tokens else in_range
-  s = dict(u=f32("u"), pre=pre, dl=dl, bt=[masked(x) for x in raw["bt"]], token=token, real=real, in_range=in_range,
+  s = dict(u=f32("u"), pre=pre, dl=dl, bt=f32("bt"), token=token, real=real, in_range=in_range,
            write_pos=token if cfg.write_at_tokens else jnp.minimum(t, cfg.seq_len - 1),
            write_ok=write_ok)
   if "ct" in raw:
-    s["ct"] = [masked(x) for x in raw["ct"]]
+    s["ct"] = f32("ct")
     s["zt"] = raw["zt"].astype(jnp.float32) if cfg.has_z else None
   if "dout" in raw:
     s["dout"] = jnp.where(write_ok, raw["dout"].astype(jnp.float32), zero)
@@ -433,30 +406,26 @@ def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   tile, chunk = cfg.tile, cfg.chunk
   seg_len = cfg.checkpoint_every
   b, _, c0, group, cu0, cz0 = _program_coords(cfg, tile, per_group, u_channels, z_channels)
-  columns = _state_columns(a_ref.shape[1], cfg.n_split)  # the state h is a list of blocks
-  a2 = [a_ref[pl.ds(c0, tile), n] for n in columns]  # A * log2(e), [tile, N] fp32
+  a2 = a_ref[pl.ds(c0, tile), :]                    # A * log2(e), [tile, N] fp32
   d = d_ref[pl.ds(c0, tile)]
   bias = bias_ref[pl.ds(c0, tile)]
   load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
 
   def segment_body(seg, h):
-    if cfg.save_checkpoints:                        # the state at every segment start
-      for n, h_n in zip(columns, h):
-        ckpt_ref[b, seg, pl.ds(c0, tile), n] = h_n
+    if cfg.save_checkpoints:
+      ckpt_ref[b, seg, pl.ds(c0, tile), :] = h      # the state at every segment start
     for r in range(seg_len // chunk):
       first = seg * seg_len + r * chunk
-      raws = [_load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, first + i, columns,
+      raws = [_load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, first + i,
                          need_c=cfg.write_output)
               for i in range(chunk)]                # a chunk's loads before its first store
       for i in range(chunk):
         s = _derive(cfg, raws[i], first + i, bias)
-        dlu = (s["dl"] * s["u"])[:, None]
-        h = [_fma(_exp2(s["dl"][:, None] * a2_n, cfg), h_n, dlu * bt_n[None, :], cfg)
-             for a2_n, h_n, bt_n in zip(a2, h, s["bt"])]
+        decay = _exp2(s["dl"][:, None] * a2, cfg)
+        h = _fma(decay, h, (s["dl"] * s["u"])[:, None] * s["bt"][None, :], cfg)
         if not cfg.write_output:                    # only the states (checkpoints) wanted
           continue
-        y = _fma(d, s["u"], _sum([jnp.sum(h_n * ct_n[None, :], axis=1)
-                                  for h_n, ct_n in zip(h, s["ct"])]), cfg)
+        y = _fma(d, s["u"], jnp.sum(h * s["ct"][None, :], axis=1), cfg)
         if cfg.has_z:
           y = y * s["zt"] * _sigmoid(s["zt"], cfg)
         mask = jnp.broadcast_to(s["write_ok"], (tile,))
@@ -464,11 +433,9 @@ def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
                   mask=mask)
     return h
 
-  h0 = [jnp.zeros((tile, a2_n.shape[1]), jnp.float32) for a2_n in a2]
+  h0 = jnp.zeros((tile, a2.shape[1]), jnp.float32)
   num_segments = num_chunks * chunk // seg_len
-  last = jax.lax.fori_loop(0, num_segments, segment_body, h0)
-  for n, last_n in zip(columns, last):
-    last_ref[b, pl.ds(c0, tile), n] = last_n
+  last_ref[b, pl.ds(c0, tile), :] = jax.lax.fori_loop(0, num_segments, segment_body, h0)
 
 
 def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
@@ -496,30 +463,20 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   ratio = seg_len // chunk
   num_segments = num_chunks // ratio
   b, j, c0, group, cu0, cz0 = _program_coords(cfg, tile, per_group, u_channels, z_channels)
-  # every [tile, N] value (states, adjoints, decays, dA) is a list of column blocks
-  columns = _state_columns(a_ref.shape[1], cfg.bwd_n_split)
-  a2 = [a_ref[pl.ds(c0, tile), n] for n in columns]
-  a_nat = [a2_n * LN_2 for a2_n in a2]
+  a2 = a_ref[pl.ds(c0, tile), :]
+  a_nat = a2 * LN_2
   d = d_ref[pl.ds(c0, tile)]
   bias = bias_ref[pl.ds(c0, tile)]
   load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
-  width = a2[0].shape[1]
-
-  def load_step(t, full=True):
-    return _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, t, columns, need_c=full,
-                      dout_ref=dout_ref if full else None)
+  num_state = a2.shape[1]
 
   def load_chunk(first, full):
-    return [load_step(first + i, full) for i in range(chunk)]
-
-  def decays_of(dl):
-    return [_exp2(dl[:, None] * a2_n, cfg) for a2_n in a2]
+    return [_load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, first + i, need_c=full,
+                       dout_ref=dout_ref if full else None) for i in range(chunk)]
 
   def step_state(h, s):
-    decay = decays_of(s["dl"])
-    dlu = (s["dl"] * s["u"])[:, None]
-    return [_fma(e, h_n, dlu * bt_n[None, :], cfg)
-            for e, h_n, bt_n in zip(decay, h, s["bt"])], decay
+    decay = _exp2(s["dl"][:, None] * a2, cfg)
+    return _fma(decay, h, (s["dl"] * s["u"])[:, None] * s["bt"][None, :], cfg), decay
 
   def adjoint_step(s, h, decay, g_next, accs):
     da_acc, dd_acc, dbias_acc = accs
@@ -528,24 +485,21 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
     if cfg.has_z:
       zt = s["zt"]
       sig = _sigmoid(zt, cfg)
-      y = _sum([jnp.sum(h_n * ct_n[None, :], axis=1) for h_n, ct_n in zip(h, ct)]) + d * u
+      y = jnp.sum(h * ct[None, :], axis=1) + d * u
       dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
       plt.store(dz_ref.at[b, s["token"], pl.ds(c0, tile)], dz.astype(dz_ref.dtype),
                 mask=store_mask)
       dy = dout * zt * sig
     else:
       dy = dout
-    g = [_fma(dy[:, None], ct_n[None, :], g_n, cfg) for ct_n, g_n in zip(ct, g_next)]
+    g = _fma(dy[:, None], ct[None, :], g_next, cfg)
     dlu = dl * u
     # dL/dDelta_t = sum_n g (B u + A exp(Delta A) h_{t-1}), dL/dA = sum_t g Delta exp(..) h_{t-1},
     # with exp(Delta_t A) h_{t-1} = h_t - Delta_t B_t u_t: one product serves both.
-    g_decayed_prev = [g_n * _fma(-dlu[:, None], bt_n[None, :], h_n, cfg)
-                      for g_n, bt_n, h_n in zip(g, bt, h)]
-    da_acc = [_fma(dl[:, None], gdp_n, acc_n, cfg)
-              for gdp_n, acc_n in zip(g_decayed_prev, da_acc)]
-    gb = _sum([jnp.sum(g_n * bt_n[None, :], axis=1) for g_n, bt_n in zip(g, bt)])
-    ddl = u * gb + _sum([jnp.sum(an_n * gdp_n, axis=1)
-                         for an_n, gdp_n in zip(a_nat, g_decayed_prev)])
+    g_decayed_prev = g * _fma(-dlu[:, None], bt[None, :], h, cfg)
+    da_acc = _fma(dl[:, None], g_decayed_prev, da_acc, cfg)
+    gb = jnp.sum(g * bt[None, :], axis=1)
+    ddl = u * gb + jnp.sum(a_nat * g_decayed_prev, axis=1)
     du = gb * dl + d * dy
     dd_acc = dd_acc + dy * u
     dpre = ddl * _sigmoid(s["pre"], cfg) if cfg.softplus else ddl
@@ -555,22 +509,18 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
               mask=store_mask)
     plt.store(ddelta_ref.at[b, s["token"], pl.ds(c0, tile)], dpre.astype(ddelta_ref.dtype),
               mask=store_mask)
-    n_mask = jnp.broadcast_to(s["real"], (width,))
-    for n, g_n, h_n in zip(columns, g, h):
-      plt.store(db_ref.at[b, s["token"], j, n], jnp.sum(g_n * dlu[:, None], axis=0),
-                mask=n_mask)
-      plt.store(dc_ref.at[b, s["token"], j, n], jnp.sum(dy[:, None] * h_n, axis=0),
-                mask=n_mask)
+    n_mask = jnp.broadcast_to(s["real"], (num_state,))
+    plt.store(db_ref.at[b, s["token"], j, :], jnp.sum(g * dlu[:, None], axis=0), mask=n_mask)
+    plt.store(dc_ref.at[b, s["token"], j, :], jnp.sum(dy[:, None] * h, axis=0), mask=n_mask)
     if decay is None:
-      decay = decays_of(dl)
-    # g_next = exp(Delta_t A) g_t
-    return [g_n * e for g_n, e in zip(g, decay)], (da_acc, dd_acc, dbias_acc)
+      decay = _exp2(dl[:, None] * a2, cfg)
+    return g * decay, (da_acc, dd_acc, dbias_acc)   # g_next = exp(Delta_t A) g_t
 
   def segment_body(si, carry):
     g_next, accs = carry
     seg = num_segments - 1 - si
     first = seg * seg_len
-    h = [ckpt_ref[b, seg, pl.ds(c0, tile), n] for n in columns]
+    h = ckpt_ref[b, seg, pl.ds(c0, tile), :]
     if not cfg.lean:  # the last chunk's loads first: they fly during the sub-checkpoint pass
       full_raws = load_chunk(first + (ratio - 1) * chunk, True)
     sub_ckpts = [h]
@@ -596,11 +546,13 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
           decays.append(decay if cfg.keep_decay else None)
           dls.append(s["dl"] if cfg.keep_dl else None)
         del raws
-        ahead = load_step(chunk_first + chunk - 1)
+        ahead = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, chunk_first + chunk - 1,
+                           dout_ref=dout_ref)
         for i in reversed(range(chunk)):
           current = ahead
           if i:                                # issued before this step's stores
-            ahead = load_step(chunk_first + i - 1)
+            ahead = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile,
+                               chunk_first + i - 1, dout_ref=dout_ref)
           s = _derive(cfg, current, chunk_first + i, bias, dl=dls[i])
           g_next, accs = adjoint_step(s, states[i], decays[i], g_next, accs)
         continue
@@ -617,13 +569,12 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
         g_next, accs = adjoint_step(steps[i], states[i], decays[i], g_next, accs)
     return g_next, accs
 
-  zeros_tn = [jnp.zeros((tile, width), jnp.float32) for _ in columns]
+  zeros_tn = jnp.zeros((tile, num_state), jnp.float32)
   zeros_t = jnp.zeros((tile,), jnp.float32)
-  g0 = [dlast_ref[b, pl.ds(c0, tile), n] for n in columns]
+  g0 = dlast_ref[b, pl.ds(c0, tile), :]
   _, (da_acc, dd_acc, dbias_acc) = jax.lax.fori_loop(
       0, num_segments, segment_body, (g0, (zeros_tn, zeros_t, zeros_t)))
-  for n, da_n in zip(columns, da_acc):
-    da_ref[b, pl.ds(c0, tile), n] = da_n
+  da_ref[b, pl.ds(c0, tile), :] = da_acc
   dd_ref[b, pl.ds(c0, tile)] = dd_acc
   dbias_ref[b, pl.ds(c0, tile)] = dbias_acc
 
@@ -768,9 +719,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           sfu=DEFAULT_SFU, out_dtype=None,
                           max_registers=DEFAULT_MAX_REGISTERS,
                           bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS,
-                          recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS,
-                          n_split=DEFAULT_N_SPLIT, bwd_n_split=DEFAULT_BWD_N_SPLIT,
-                          interpret=None):
+                          recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -812,10 +761,6 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      inference forward: the residuals held between forward and backward shrink to the inputs
      (b * ceil(L_seq / checkpoint_every) * C * N float32 less per call), for one more
      forward per call. The gradients are the same (the same kernels recompute the same states).
-  n_split, bwd_n_split: the forward / backward kernel holds its [tile, N] state as this many
-     [tile, N / n_split] column blocks (a power of two dividing N), which changes how Triton
-     spreads channels and N over a warp's lanes (`_state_columns`); results agree up to the
-     order of the sums over N.
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -876,11 +821,6 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   bwd_max_registers = (_bwd_max_registers_default(lean, index is not None, chunk)
                        if bwd_max_registers is None
                        else register_cap.checked_cap(bwd_max_registers, "bwd_max_registers"))
-  for name, parts in (("n_split", n_split), ("bwd_n_split", bwd_n_split)):
-    if (not isinstance(parts, (int, np.integer)) or parts < 1 or parts & (parts - 1)
-        or num_state % parts):
-      raise ValueError(f"selective_scan_pallas: {name}={parts!r}; it must be a power of two "
-                       f"that divides N={num_state} (1 = the state in one block).")
   if interpret:  # no Triton compile to cap
     max_registers = bwd_max_registers = fwd_only_max_registers = None
   cfg = _Config(seq_len=seq_len, chunk=chunk, checkpoint_every=checkpoint_every, tile=fwd_tile,
@@ -897,8 +837,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 max_registers=max_registers, bwd_max_registers=bwd_max_registers,
                 fwd_only_chunk=fwd_only_chunk,
                 fwd_only_max_registers=fwd_only_max_registers,
-                recompute_checkpoints=bool(recompute_checkpoints),
-                n_split=int(n_split), bwd_n_split=int(bwd_n_split))
+                recompute_checkpoints=bool(recompute_checkpoints))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
