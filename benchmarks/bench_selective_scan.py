@@ -55,8 +55,7 @@ SHAPES = {
 NUM_STATE = 16
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
 # the kernel options that are flags (0/1 on command lines)
-FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "recompute_checkpoints",
-                "softplus_in_kernel")
+FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "recompute_checkpoints")
 
 
 def load_kernel_module(path, name="kernel_under_test"):
@@ -189,13 +188,7 @@ def check(report, only=""):
                                                            keep_decay=True)),
                         ("plain sfu keep_dl", dict(sfu=True, keep_dl=True, lean=True)),
                         ("plain sfu", dict(sfu=True)),
-                        ("plain recompute", dict(recompute_checkpoints=True)),
-                        ("plain softplus in kernel", dict(softplus_in_kernel=True)),
-                        ("plain softplus outside", dict(softplus_in_kernel=False)),
-                        ("plain softplus outside keep_dl batched",
-                         dict(softplus_in_kernel=False, keep_dl=True, lean=False)),
-                        ("plain softplus outside recompute",
-                         dict(softplus_in_kernel=False, recompute_checkpoints=True))):
+                        ("plain recompute", dict(recompute_checkpoints=True))):
       kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
           a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
       cases.append((label, dtype, kern_opts, ref, args, w, tol_out, tol_grad))
@@ -218,15 +211,6 @@ def check(report, only=""):
       cases.append(("fused recompute " + ",".join(directions), dtype,
                     mk("pallas_gpu", recompute=True), mk("reference"), margs, mw, tol_out,
                     tol_grad))
-      orders = stacked_scan_orders(*hw, directions)
-      for in_kernel in (True, False):   # window pads at 7 x 9: Delta = softplus(bias) there
-        fn = lambda u, d, A, B, C, D, bias, orders=orders, in_kernel=in_kernel: (
-            selective_scan_gpu.multi_direction_scan_pallas(
-                u, d, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge,
-                softplus_in_kernel=in_kernel))
-        cases.append((f"fused softplus {'in kernel' if in_kernel else 'outside'} "
-                      + ",".join(directions), dtype, fn, mk("reference"), margs, mw, tol_out,
-                      tol_grad))
   ok = True
   for name, dtype, kern, ref, args, w, tol_out, tol_grad in cases:
     if only not in name:
@@ -263,12 +247,11 @@ def parse_variant(text):
   """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
   bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
   d = keep_dl, x = sfu, r = bwd_max_registers,
-  q = max_registers, e = recompute_checkpoints, o = softplus_in_kernel); letters may be
-  omitted (kernel default)."""
+  q = max_registers, e = recompute_checkpoints); letters may be omitted (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
               w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
               x="sfu", r="bwd_max_registers",
-              q="max_registers", e="recompute_checkpoints", o="softplus_in_kernel")
+              q="max_registers", e="recompute_checkpoints")
   options, i = {}, 0
   while i < len(text):
     j = i + 1

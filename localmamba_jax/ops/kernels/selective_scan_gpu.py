@@ -153,7 +153,6 @@ DEFAULT_MAX_REGISTERS = None
 DEFAULT_BWD_MAX_REGISTERS = None  # None = _bwd_max_registers_default()
 DEFAULT_TILE = 64
 DEFAULT_BWD_TILE = 16
-DEFAULT_SOFTPLUS_IN_KERNEL = True
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -260,12 +259,6 @@ class _Config:
   recompute_checkpoints: bool = False
   max_registers: int | None = None      # forward's PTX .maxnreg (register_cap); None: no cap
   bwd_max_registers: int | None = None  # backward's
-  # With softplus: evaluate softplus(delta + bias) inside the kernels (True) or as an XLA
-  # elementwise op around them (False; see _delta_for_kernel).
-  softplus_in_kernel: bool = True
-  # The kernels' delta input already holds Delta (fp32) and their bias input is Delta at a pad
-  # step (set by _delta_for_kernel, not by callers).
-  delta_is_dl: bool = False
 
 
 def _out_dtype(cfg, u):
@@ -380,13 +373,9 @@ def _derive(cfg, raw, t, bias, dl=None):
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
   zero = jnp.float32(0.0)
   f32 = lambda name: jnp.where(real, raw[name].astype(jnp.float32), zero)
-  # delta_is_dl: Delta itself was loaded (a pad's Delta, softplus(bias), is given as `bias`)
-  pre = None if cfg.delta_is_dl else f32("draw") + bias
+  pre = f32("draw") + bias
   if dl is None:
-    if cfg.delta_is_dl:
-      dl = jnp.where(real, raw["draw"].astype(jnp.float32), bias)
-    else:
-      dl = _softplus(pre, cfg) if cfg.softplus else pre
+    dl = _softplus(pre, cfg) if cfg.softplus else pre
     dl = jnp.where(in_range, dl, zero)  # steps past the sequence end are identities
   write_ok = real if cfg.write_at_tokens else in_range
   s = dict(u=f32("u"), pre=pre, dl=dl, bt=f32("bt"), token=token, real=real, in_range=in_range,
@@ -515,8 +504,7 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
     dd_acc = dd_acc + dy * u
     dpre = ddl * _sigmoid(s["pre"], cfg) if cfg.softplus else ddl
     dpre = jnp.where(s["in_range"], dpre, 0.0)
-    # delta_is_dl: `bias` is only the pads' Delta
-    dbias_acc = dbias_acc + (jnp.where(s["real"], 0.0, dpre) if cfg.delta_is_dl else dpre)
+    dbias_acc = dbias_acc + dpre
     plt.store(du_ref.at[b, s["token"], pl.ds(c0, tile)], du.astype(du_ref.dtype),
               mask=store_mask)
     plt.store(ddelta_ref.at[b, s["token"], pl.ds(c0, tile)], dpre.astype(ddelta_ref.dtype),
@@ -662,29 +650,12 @@ def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt
 
 # ----------------------------------------------------------------------------- custom_vjp
 
-def _delta_for_kernel(cfg, delta, bias):
-  """(kernel config, delta, bias, pre) as the kernels take them.
-
-  With softplus_in_kernel=False the softplus runs as an XLA elementwise op: the kernels get
-  Delta = softplus(delta + bias) in float32 and, as their bias, a pad step's Delta
-  softplus(bias) (a pad reads raw delta 0); `pre` = delta + bias is returned for the
-  backward's sigmoid. Why: the kernels evaluate softplus (log1p, ~25 instructions) per channel
-  and step, twice in the backward, on every lane that holds a copy of that channel (4 lanes in
-  Triton's layout of a [16, 16] tile), plus a sigmoid; done once per element outside, it costs
-  a read and write of [b, T, C] instead. Values match the in-kernel form to ~1e-7.
-  """
-  if not cfg.softplus or cfg.softplus_in_kernel:
-    return cfg, delta, bias, None
-  pre = delta.astype(jnp.float32) + bias
-  kernel_cfg = dataclasses.replace(cfg, softplus=False, delta_is_dl=True)
-  return kernel_cfg, jax.nn.softplus(pre), jax.nn.softplus(bias), pre
 
 
 def _forward_only(cfg, index, u, delta, A, B, C, D, bias, z):
   """A forward whose states no backward reads: no checkpoints, and the forward's own chunk.
   The chunk only groups loads: the arithmetic is the same, though the compiler may contract
   the differently unrolled code differently (~1e-7 relative)."""
-  cfg, delta, bias, _ = _delta_for_kernel(cfg, delta, bias)
   forward_only = dataclasses.replace(cfg, chunk=cfg.fwd_only_chunk,
                                      checkpoint_every=cfg.fwd_only_chunk, save_checkpoints=False,
                                      max_registers=cfg.fwd_only_max_registers)
@@ -703,17 +674,13 @@ def _scan_fwd(cfg, index, u, delta, A, B, C, D, bias, z):
     out, last = _forward_only(cfg, index, u, delta, A, B, C, D, bias, z)
     ckpt = None
   else:
-    kernel_cfg, kernel_delta, kernel_bias, _ = _delta_for_kernel(cfg, delta, bias)
-    out, ckpt, last = _forward_call(kernel_cfg, index, u, kernel_delta, A * LOG2_E, B, C, D,
-                                    kernel_bias, z)
-  # the raw delta is kept (not the float32 Delta): the backward recomputes the softplus
+    out, ckpt, last = _forward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z)
   return (out, last), (index, u, delta, A, B, C, D, bias, z, ckpt)
 
 
 def _scan_bwd(cfg, residuals, cotangents):
-  index, u, delta_in, A, B, C, D, bias_in, z, ckpt = residuals
+  index, u, delta, A, B, C, D, bias, z, ckpt = residuals
   dout, dlast = cotangents
-  cfg, delta, bias, pre = _delta_for_kernel(cfg, delta_in, bias_in)
   if ckpt is None:  # recompute_checkpoints: one more forward, states only (no C, z, outputs)
     _, ckpt, _ = _forward_call(dataclasses.replace(cfg, write_output=False), index, u, delta,
                                A * LOG2_E, B, C, D, bias, z)
@@ -721,13 +688,8 @@ def _scan_bwd(cfg, residuals, cotangents):
                               dout.astype(_out_dtype(cfg, u)), dlast.astype(jnp.float32),
                               ckpt))
   du, ddelta = grads[:2]
-  dbias = grads[-1].sum(0)
-  if pre is not None:  # the chain rule through Delta = softplus(pre), pads' softplus(bias)
-    dpre = ddelta * jax.nn.sigmoid(pre)
-    ddelta = dpre.astype(delta_in.dtype)
-    dbias = dpre.sum((0, 1)) + dbias * jax.nn.sigmoid(bias_in)
   dz = grads[2] if cfg.has_z else None
-  db_part, dc_part, da_part, dd_part = grads[-5:-1]
+  db_part, dc_part, da_part, dd_part, dbias_part = grads[-5:]
   batch, tokens, num_tiles, num_state = db_part.shape
   groups = B.shape[2]
   fold_tiles = lambda p: p.reshape(batch, tokens, groups, num_tiles // groups,
@@ -738,7 +700,7 @@ def _scan_bwd(cfg, residuals, cotangents):
   # index: an integer table, no cotangent (None = zero).
   return (None, du, ddelta, da_part.sum(0).astype(A.dtype), fold_tiles(db_part).astype(B.dtype),
           fold_tiles(dc_part).astype(C.dtype), dd_part.sum(0).astype(D.dtype),
-          dbias.astype(bias_in.dtype), dz)
+          dbias_part.sum(0).astype(bias.dtype), dz)
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -757,8 +719,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           sfu=DEFAULT_SFU, out_dtype=None,
                           max_registers=DEFAULT_MAX_REGISTERS,
                           bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS,
-                          recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS,
-                          softplus_in_kernel=DEFAULT_SOFTPLUS_IN_KERNEL, interpret=None):
+                          recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -800,9 +761,6 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      inference forward: the residuals held between forward and backward shrink to the inputs
      (b * ceil(L_seq / checkpoint_every) * C * N float32 less per call), for one more
      forward per call. The gradients are the same (the same kernels recompute the same states).
-  softplus_in_kernel: with delta_softplus, evaluate softplus(delta + delta_bias) inside the
-     kernels (True) or as XLA elementwise ops around them (False: the kernels read Delta in
-     float32; `_delta_for_kernel`). Same values up to rounding (~1e-7).
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -879,8 +837,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 max_registers=max_registers, bwd_max_registers=bwd_max_registers,
                 fwd_only_chunk=fwd_only_chunk,
                 fwd_only_max_registers=fwd_only_max_registers,
-                recompute_checkpoints=bool(recompute_checkpoints),
-                softplus_in_kernel=bool(softplus_in_kernel))
+                recompute_checkpoints=bool(recompute_checkpoints))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
