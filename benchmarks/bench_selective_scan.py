@@ -55,7 +55,8 @@ SHAPES = {
 NUM_STATE = 16
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
 # the kernel options that are flags (0/1 on command lines)
-FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "recompute_checkpoints")
+FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "recompute_checkpoints",
+                "poly_softplus")
 
 
 def load_kernel_module(path, name="kernel_under_test"):
@@ -188,7 +189,10 @@ def check(report, only=""):
                                                            keep_decay=True)),
                         ("plain sfu keep_dl", dict(sfu=True, keep_dl=True, lean=True)),
                         ("plain sfu", dict(sfu=True)),
-                        ("plain recompute", dict(recompute_checkpoints=True))):
+                        ("plain recompute", dict(recompute_checkpoints=True)),
+                        ("plain poly softplus", dict(poly_softplus=True)),
+                        ("plain poly softplus batched keep_dl",
+                         dict(poly_softplus=True, lean=False, keep_dl=True))):
       kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
           a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
       cases.append((label, dtype, kern_opts, ref, args, w, tol_out, tol_grad))
@@ -211,6 +215,15 @@ def check(report, only=""):
       cases.append(("fused recompute " + ",".join(directions), dtype,
                     mk("pallas_gpu", recompute=True), mk("reference"), margs, mw, tol_out,
                     tol_grad))
+      orders = stacked_scan_orders(*hw, directions)
+      for poly in (False, True):   # window pads at 7 x 9
+        fn = lambda u, d, A, B, C, D, bias, orders=orders, poly=poly: (
+            selective_scan_gpu.multi_direction_scan_pallas(
+                u, d, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge,
+                poly_softplus=poly))
+        cases.append((f"fused {'poly' if poly else 'libdevice'} softplus "
+                      + ",".join(directions), dtype, fn, mk("reference"), margs, mw, tol_out,
+                      tol_grad))
   ok = True
   for name, dtype, kern, ref, args, w, tol_out, tol_grad in cases:
     if only not in name:
@@ -247,11 +260,12 @@ def parse_variant(text):
   """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
   bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
   d = keep_dl, x = sfu, r = bwd_max_registers,
-  q = max_registers, e = recompute_checkpoints); letters may be omitted (kernel default)."""
+  q = max_registers, e = recompute_checkpoints, y = poly_softplus); letters may be omitted
+  (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
               w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
               x="sfu", r="bwd_max_registers",
-              q="max_registers", e="recompute_checkpoints")
+              q="max_registers", e="recompute_checkpoints", y="poly_softplus")
   options, i = {}, 0
   while i < len(text):
     j = i + 1

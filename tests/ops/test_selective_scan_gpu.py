@@ -10,6 +10,8 @@ we require < 2e-5 (values) and < 1e-4 (gradients).
 """
 from __future__ import annotations
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,15 +69,18 @@ def random_inputs(rng, batch, length, channels, groups, num_state, with_z):
       z=f32(rng.standard_normal((batch, length, channels))) if with_z else None)
 
 
-@pytest.mark.parametrize("checkpoint_every,keep_decay,lean,keep_dl", [
-    (2, False, False, False),  # one saved state per chunk (recompute straight from it)
-    (6, True, False, False),   # 3 chunks per saved state: sub-checkpoints rebuilt in the
-                               # backward; decays kept for the adjoint
-    (2, False, True, False),   # lean backward schedule: the adjoint reloads each step
-    (6, True, True, True),     # ... and reuses the recompute's Delta
+@pytest.mark.parametrize("checkpoint_every,keep_decay,lean,keep_dl,poly_softplus", [
+    (2, False, False, False, False),  # one saved state per chunk (recompute straight from it)
+    (6, True, False, False, True),    # 3 chunks per saved state: sub-checkpoints rebuilt in
+                                      # the backward; decays kept for the adjoint; the series
+                                      # softplus
+    (2, False, True, False, False),   # lean backward schedule: the adjoint reloads each step
+    (6, True, True, True, False),     # ... and reuses the recompute's Delta
+    (6, True, True, True, True),      # ... with the series softplus
 ])
 def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_every,
-                                                                    keep_decay, lean, keep_dl):
+                                                                    keep_decay, lean, keep_dl,
+                                                                    poly_softplus):
   # L = 11 is not a multiple of the chunk (2) nor of the checkpoint interval: the tail steps
   # must be identities. (sfu=True only changes the GPU lowering; bench_selective_scan --check
   # covers it on the GPU.)
@@ -88,7 +93,7 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
     return selective_scan_gpu.selective_scan_pallas(
         u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
         checkpoint_every=checkpoint_every, keep_decay=keep_decay, lean=lean, keep_dl=keep_dl,
-        interpret=True)
+        poly_softplus=poly_softplus, interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
@@ -105,6 +110,10 @@ def test_plain_order_matches_float64_reference_values_and_gradients(checkpoint_e
     ((3, 5), ("w2_flip", "v"), False, 4, True, {}),   # lean, non-inverse merge
     ((3, 5), ("w2", "h_flip"), True, 4, True,         # lean with chunk 4: table entries
      dict(chunk=4)),                                  # inside the unrolled loop
+    ((3, 5), ("h", "w2_flip"), True, 2, True,         # the series softplus, pads included
+     dict(poly_softplus=True)),
+    ((3, 5), ("w2_flip", "v"), False, 4, False,       # ... batched, non-inverse merge
+     dict(poly_softplus=False)),
 ])
 def test_fused_scan_order_matches_gather_scan_merge(grid_hw, directions, exact,
                                                     checkpoint_every, lean, options):
@@ -176,6 +185,18 @@ def test_saved_states_follow_checkpoint_every(chunk, checkpoint_every, expected_
   states = [leaf for leaf in jax.tree.leaves(vjp_fn) if leaf.shape[-2:] == (16, 4)
             and leaf.ndim == 4]
   assert [s.shape for s in states] == [(2, expected_segments, 16, 4)]
+
+
+def test_series_softplus_matches_float64():
+  """_log1p_unit's series in the softplus: as close to float64 as log1p(exp(x)) in float32,
+  over the range float32's exp covers (both give 0 below about -87)."""
+  cfg = types.SimpleNamespace(poly_softplus=True, interpret=True, sfu=True, fma=True)
+  x = np.concatenate([np.linspace(-80.0, 30.0, 200001), [0.0, 20.0, 21.0, 50.0]])
+  x = x.astype(np.float32)
+  exact = np.logaddexp(x.astype(np.float64), 0.0)
+  got = np.asarray(selective_scan_gpu._softplus(jnp.asarray(x), cfg), np.float64)
+  assert np.max(np.abs(got - exact) / exact) < 5e-7
+  assert got[-1] == np.float32(50.0)
 
 
 def test_dispatch_and_errors():
@@ -282,14 +303,15 @@ def test_chunk_defaults_and_the_forward_only_call(monkeypatch):
     assert np.all(np.isfinite(pullback(jnp.ones_like(out))[0]))
 
 
-def test_keep_dl_default_applies_to_plain_order_scans_only(monkeypatch):
-  """keep_dl was measured faster in plain order and slower through a scan-order table
-  (H100, 2026-11-27, BENCHMARKS.md); the default must resolve per call, and an explicit
-  value must win."""
+def test_keep_dl_and_series_softplus_defaults_follow_the_scan_order(monkeypatch):
+  """keep_dl was measured faster in plain order and slower through a scan-order table, the
+  series softplus the other way round (H100, 2026-11-27, BENCHMARKS.md); the defaults must
+  resolve per call, and an explicit value must win."""
   seen = []
   original = selective_scan_gpu._scan
   monkeypatch.setattr(selective_scan_gpu, "_scan",
-                      lambda cfg, *args: seen.append(cfg.keep_dl) or original(cfg, *args))
+                      lambda cfg, *args: seen.append((cfg.keep_dl, cfg.poly_softplus))
+                      or original(cfg, *args))
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.standard_normal((1, 4, 8)), jnp.float32)
   a = -jnp.ones((8, 4), jnp.float32)
@@ -301,7 +323,10 @@ def test_keep_dl_default_applies_to_plain_order_scans_only(monkeypatch):
   run(read_index=table)
   run(read_index=table, keep_dl=True)
   run(keep_dl=False)
-  assert seen == [True, False, True, False]
+  run(poly_softplus=True)
+  run(read_index=table, poly_softplus=False)
+  assert seen == [(True, False), (False, True), (True, True), (False, False), (True, True),
+                  (False, False)]
 
 
 def test_bf16_inputs_with_float32_output_equal_float32_cast_inputs():

@@ -153,6 +153,13 @@ DEFAULT_MAX_REGISTERS = None
 DEFAULT_BWD_MAX_REGISTERS = None  # None = _bwd_max_registers_default()
 DEFAULT_TILE = 64
 DEFAULT_BWD_TILE = 16
+# The series softplus (_log1p_unit) where the scan reads through a scan-order table (None =
+# _poly_softplus_default). H100, bf16, batch 128, same call (2026-11-27, BENCHMARKS.md session
+# 11): fused fwd+bwd stage 1 23.20 -> 20.37 ms, stage 2 11.18 -> 9.72, stage 3 5.09 -> 4.49,
+# stage 4 3.58 -> 3.01, and LocalVMamba-T's train step 702.4 -> 748.5 img/s (eval 3381.7 ->
+# 3424.4), peak unchanged. In plain order (which keeps Delta, so one softplus per step less)
+# it was slower: stage 1 fp32 18.16 -> 21.57, bf16 18.28 -> 19.32, LocalVim 0.88 -> 0.95.
+DEFAULT_POLY_SOFTPLUS = None
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -199,6 +206,10 @@ def _bwd_max_registers_default(lean: bool, indexed: bool, chunk: int) -> int | N
   return LEAN_INDEXED_BWD_MAX_REGISTERS if capped else None
 
 
+def _poly_softplus_default(indexed: bool) -> bool:
+  return indexed
+
+
 def _keep_dl_default(indexed: bool) -> bool:
   return not indexed
 
@@ -228,6 +239,9 @@ class _Config:
   tile: int                    # forward channel tile
   bwd_tile: int                # backward channel tile (holds `chunk` states in registers)
   softplus: bool
+  # softplus as max(x, 0) + a series for log1p on (0, 1] (_log1p_unit) instead of libdevice's
+  # log1pf
+  poly_softplus: bool
   has_z: bool
   # Whether a read_index [groups, seq_len] (token per step, -1 = pad) is passed. The table
   # itself is kernel DATA, not part of this static config: blocks that differ only in their
@@ -268,10 +282,35 @@ def _out_dtype(cfg, u):
 # ----------------------------------------------------------------------------- kernel pieces
 
 def _softplus(x, cfg):
+  if cfg.poly_softplus:
+    # max(x, 0) + log1p(e^-|x|): the log1p argument is in (0, 1] (_log1p_unit). Above 20 this
+    # is x + e^-x, x itself in fp32, as mamba's threshold returns it.
+    return jnp.maximum(x, 0.0) + _log1p_unit(_exp_sfu(-jnp.abs(x), cfg), cfg)
   # mamba's threshold: x above 20 is returned as is (log1p(exp(x)) == x in fp32 there).
   # exp through the special-function unit (_exp_sfu); log1p stays libdevice's: for the
   # usual Delta (softplus of -7..-2) 1 + e^x would lose 3-4 digits in a plain log.
   return jnp.where(x > 20.0, x, jnp.log1p(_exp_sfu(jnp.minimum(x, 20.0), cfg)))
+
+
+# 2 / (2k + 1), k = 0..6: the series 2 atanh(s) = sum_k 2 s^(2k+1) / (2k + 1)
+_ATANH_SERIES = tuple(2.0 / (2 * k + 1) for k in range(7))
+
+
+def _log1p_unit(y, cfg):
+  """log1p(y) for y in [0, 1], as 2 atanh(s) with s = y / (2 + y) in [0, 1/3]: seven terms
+  of the odd series (the first left out is s^15 * 2/15 <= 2.2e-8 relative at y = 1), one
+  reciprocal and 7 multiply-adds. Why: softplus runs per channel and step, twice in the
+  backward, on each of the 4 lanes holding that channel, and libdevice's log1pf takes about
+  twice the instructions; removing the softplus from the kernels altogether made the fused
+  backward 10-13% faster (BENCHMARKS.md session 11). Accuracy: the relative errors of the
+  reciprocal and of e^-|x| (~2^-22, special-function unit) carry over about one to one.
+  """
+  s = y * _reciprocal(2.0 + y, cfg)
+  s2 = s * s
+  series = jnp.full_like(s2, _ATANH_SERIES[-1])
+  for c in reversed(_ATANH_SERIES[:-1]):
+    series = _fma(series, s2, c, cfg)
+  return s * series
 
 
 def _exp2(x, cfg):
@@ -719,7 +758,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           sfu=DEFAULT_SFU, out_dtype=None,
                           max_registers=DEFAULT_MAX_REGISTERS,
                           bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS,
-                          recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS, interpret=None):
+                          recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS,
+                          poly_softplus=DEFAULT_POLY_SOFTPLUS, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -761,6 +801,10 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      inference forward: the residuals held between forward and backward shrink to the inputs
      (b * ceil(L_seq / checkpoint_every) * C * N float32 less per call), for one more
      forward per call. The gradients are the same (the same kernels recompute the same states).
+  poly_softplus: softplus as max(x, 0) + log1p(e^-|x|) with log1p from a 7-term series
+     (`_log1p_unit`; also in interpret mode) instead of libdevice's log1pf. None = the
+     measured default: the series for scans read through a read_index, libdevice in plain
+     order (DEFAULT_POLY_SOFTPLUS).
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -824,7 +868,10 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   if interpret:  # no Triton compile to cap
     max_registers = bwd_max_registers = fwd_only_max_registers = None
   cfg = _Config(seq_len=seq_len, chunk=chunk, checkpoint_every=checkpoint_every, tile=fwd_tile,
-                bwd_tile=bwd_t, softplus=bool(delta_softplus), has_z=z is not None,
+                bwd_tile=bwd_t, softplus=bool(delta_softplus),
+                poly_softplus=(_poly_softplus_default(index is not None) if poly_softplus is None
+                               else bool(poly_softplus)),
+                has_z=z is not None,
                 indexed=index is not None, write_at_tokens=bool(write_at_tokens),
                 num_warps=num_warps or (1 if fwd_tile <= 32 else 2),
                 bwd_num_warps=bwd_num_warps or (1 if bwd_t <= 16 else 2),
