@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import datetime
 import fnmatch
+import hashlib
 import json
 import os
 import platform
@@ -233,6 +234,23 @@ def _git_commit() -> str | None:
     return None
 
 
+def _source_hash() -> str:
+  """sha256 (12 hex digits) of the package's Python sources as they ran: `commit` names the
+  checkout's HEAD, which says nothing of uncommitted edits or of a copy of an earlier package
+  timed beside the working tree (benchmarks/before_after_step.sh)."""
+  root = os.path.dirname(os.path.abspath(__file__))
+  digest = hashlib.sha256()
+  for directory, dirs, files in sorted(os.walk(root)):
+    dirs.sort()
+    for name in sorted(files):
+      if name.endswith(".py"):
+        path = os.path.join(directory, name)
+        digest.update(os.path.relpath(path, root).encode() + b"\0")
+        with open(path, "rb") as f:
+          digest.update(f.read())
+  return digest.hexdigest()[:12]
+
+
 def _scan_impl_used(requested: str, platform_name: str) -> str:
   """What 'auto' resolves to for these models (the kernels cover N = 16 and their shapes)."""
   if requested != "auto":
@@ -333,7 +351,7 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       "params_m": round(num_params / 1e6, 3),
       "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
       "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M:%S"),
-      "commit": _git_commit(), "tag": args.tag or None,
+      "commit": _git_commit(), "source_hash": _source_hash(), "tag": args.tag or None,
       "overrides": parse_overrides(args.override) or None,
       "gpu_scheduler_memory_slop": args.gpu_scheduler_memory_slop or None,
       # a compile served by the cache is not a cold compile time

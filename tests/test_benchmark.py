@@ -40,6 +40,8 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   assert record["img_per_s"] == pytest.approx(4 / (record["step_ms"] / 1e3), rel=1e-2)
   assert record["compile_s"] > 0 and record["lower_s"] > 0
   assert record["jax"] and record["device"] and record["num_devices"] >= 1
+  assert record["source_hash"] == benchmark._source_hash()
+  assert len(record["source_hash"]) == 12 and int(record["source_hash"], 16) >= 0
   # CPU: no cache of ours; one the user set for JAX would be named
   assert record["compilation_cache"] == jax.config.jax_compilation_cache_dir
   # the tiny model's parameter count (not the full LocalVMamba-T's 25.5M): overrides applied
