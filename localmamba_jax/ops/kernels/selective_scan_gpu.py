@@ -20,7 +20,9 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     backwards through them. Since a_t h_{t-1} = h_t - Delta_t B_t u_t, only h_t is needed.
     In plain order the adjoint reuses each step's Delta from the recompute (keep_dl), and
     softplus / sigmoid take their exp and reciprocal from the special-function unit (sfu):
-    -8 to -14% fwd+bwd there (keep_dl slows scans read through a scan-order table).
+    -8 to -14% fwd+bwd there (keep_dl slows scans read through a scan-order table). Scans
+    read through a table instead evaluate softplus with a 7-term series for its log1p
+    (poly_softplus, `_log1p_unit`): -12 to -16% fwd+bwd there, slower in plain order.
     The backward's registers are capped (PTX .maxnreg, `register_cap`) where that was
     measured faster: 168 registers let 12 one-warp programs share an SM instead of 8.
     A forward that no backward follows (inference) saves no checkpoints, and takes chunk 4
