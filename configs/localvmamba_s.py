@@ -18,8 +18,9 @@ Memory: without remat (the default here) the S train step at 128 images per GPU 
 than the 0.75 of the GPU JAX takes by default (under it XLA plans 59.9 GiB and runs out), so
 train.py sets XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 unless you set it (do the same in a notebook,
 before JAX starts). --config.model.recompute_scan=True keeps only the scans' inputs for the
-backward: 371.6 img/s at a 35.0 GiB peak (one H100, 2026-11-27; 29.2 GiB at 353.0 img/s with
---config.gpu_scheduler_memory_slop=22), which fits JAX's default fraction on an 80 GB card.
+backward: 407.8 img/s at a 35.0 GiB peak (one H100, 2026-11-27, session 11; 29.2 GiB at
+353.0 img/s with --config.gpu_scheduler_memory_slop=22, session 10, older kernel), which fits
+JAX's default fraction on an 80 GB card.
 --config.model.remat=True recomputes each block in the backward: the step
 then peaks at 11.5 GiB and ran at 231.5 img/s on one H200 (2026-11-26, older kernels). Keep
 scan_blocks off without remat (XLA planned 120 GiB scanned). A run that runs out of memory says
