@@ -300,14 +300,15 @@ def test_chunk_defaults_and_the_forward_only_call(monkeypatch):
     assert np.all(np.isfinite(pullback(jnp.ones_like(out))[0]))
 
 
-def test_keep_dl_and_series_softplus_defaults_follow_the_scan_order(monkeypatch):
-  """keep_dl was measured faster in plain order and slower through a scan-order table, the
-  series softplus the other way round (H100, 2026-11-27, BENCHMARKS.md); the defaults must
-  resolve per call, and an explicit value must win."""
+def test_series_softplus_default_follows_the_schedule_and_keep_dl_is_opt_in(monkeypatch):
+  """The series softplus was measured faster in the lean backward (through a scan-order table,
+  and in plain order once keep_dl was off) and slower in the short batched plain-order one;
+  keep_dl slower than the series in both orders (H100, 2026-11-27, BENCHMARKS.md sessions 11
+  and 12). The defaults must resolve per call, and an explicit value must win."""
   seen = []
   original = selective_scan_gpu._scan
   monkeypatch.setattr(selective_scan_gpu, "_scan",
-                      lambda cfg, *args: seen.append((cfg.keep_dl, cfg.poly_softplus))
+                      lambda cfg, *args: seen.append((cfg.lean, cfg.keep_dl, cfg.poly_softplus))
                       or original(cfg, *args))
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.standard_normal((1, 4, 8)), jnp.float32)
@@ -316,14 +317,22 @@ def test_keep_dl_and_series_softplus_defaults_follow_the_scan_order(monkeypatch)
   table = np.array([[3, 2, 1, 0]])
   run = lambda **kw: selective_scan_gpu.selective_scan_pallas(x, x, a, bc, bc, chunk=2,
                                                               interpret=True, **kw)
-  run()
-  run(read_index=table)
+  run()                                     # short plain order: batched, libdevice
+  run(lean=True)                            # lean plain order: the series
+  run(read_index=table)                     # through a table (short: lean): the series
   run(read_index=table, keep_dl=True)
-  run(keep_dl=False)
+  run(lean=True, keep_dl=True, poly_softplus=False)
   run(poly_softplus=True)
   run(read_index=table, poly_softplus=False)
-  assert seen == [(True, False), (False, True), (True, True), (False, False), (True, True),
-                  (False, False)]
+  assert seen == [(False, False, False), (True, False, True), (True, False, True),
+                  (True, True, True), (True, True, False), (False, False, True),
+                  (True, False, False)]
+  long_plain = jnp.zeros((1, selective_scan_gpu.LEAN_MIN_SEQ, 8), jnp.float32)
+  long_bc = jnp.zeros((1, selective_scan_gpu.LEAN_MIN_SEQ, 1, 4), jnp.float32)
+  seen.clear()
+  jax.eval_shape(lambda v: selective_scan_gpu.selective_scan_pallas(
+      v, v, a, long_bc, long_bc, interpret=True), long_plain)
+  assert seen == [(True, False, True)]
 
 
 def test_bf16_inputs_with_float32_output_equal_float32_cast_inputs():

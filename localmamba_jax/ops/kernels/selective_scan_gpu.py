@@ -18,11 +18,11 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     adjoint recurrence
         g_t = C_t dy_t + exp(Delta_{t+1} A) g_{t+1}
     backwards through them. Since a_t h_{t-1} = h_t - Delta_t B_t u_t, only h_t is needed.
-    In plain order the adjoint reuses each step's Delta from the recompute (keep_dl), and
-    softplus / sigmoid take their exp and reciprocal from the special-function unit (sfu):
-    -8 to -14% fwd+bwd there (keep_dl slows scans read through a scan-order table). Scans
-    read through a table instead evaluate softplus with a 7-term series for its log1p
-    (poly_softplus, `_log1p_unit`): -12 to -16% fwd+bwd there, slower in plain order.
+    Softplus / sigmoid take their exp and reciprocal from the special-function unit (sfu),
+    and the lean backward (every scan read through a scan-order table, and plain-order scans
+    of at least LEAN_MIN_SEQ steps) evaluates softplus with a 7-term series for its log1p
+    (poly_softplus, `_log1p_unit`): -12 to -16% fwd+bwd through a table, -3 to -4% in plain
+    order, where it replaced reusing the recompute's Delta in the adjoint (keep_dl, opt-in).
     The backward's registers are capped (PTX .maxnreg, `register_cap`) where that was
     measured faster: 168 registers let 12 one-warp programs share an SM instead of 8.
     A forward that no backward follows (inference) saves no checkpoints, and takes chunk 4
@@ -104,9 +104,13 @@ DEFAULT_KEEP_DECAY = False
 # reads through a scan-order table (LocalVMamba's fused multi-direction path) keep_dl was
 # measured slower: stage 1, bf16, fwd+bwd 32.11 ms with it against 28.14 without (sfu on both;
 # 29.26 with neither), and LocalVMamba-T's train step ran at 449.6 img/s with both against
-# 465.4 with neither (same H100, same call). So keep_dl defaults to plain-order scans only
-# (None = _keep_dl_default); sfu stays on (fused bf16 -3.8%, fused fp32 +2.4%, plain -4%).
-DEFAULT_KEEP_DL = None
+# 465.4 with neither (same H100, same call). So keep_dl was limited to plain-order scans
+# (sessions 5-11); sfu stays on (fused bf16 -3.8%, fused fp32 +2.4%, plain -4%).
+# Session 12 (H100, 2026-11-27, two calls on one machine, fwd+bwd at the stage-1 plain shape):
+# the series softplus without keep_dl beat keep_dl with libdevice's log1pf, fp32 18.47 / 18.40
+# -> 17.89 / 17.83 ms, bf16 18.38 / 18.57 -> 17.66 / 17.74 (168 registers offline instead of
+# 219, so 12 resident warps per SM instead of 9). So keep_dl is off everywhere by default.
+DEFAULT_KEEP_DL = False
 DEFAULT_SFU = True
 # Two options that tested the guess that the fused path's lean adjoint waits on its table
 # loads, keep_tokens (reuse the recompute's table entries) and index_ahead (load each entry a
@@ -161,6 +165,9 @@ DEFAULT_BWD_TILE = 16
 # stage 4 3.58 -> 3.01, and LocalVMamba-T's train step 702.4 -> 748.5 img/s (eval 3381.7 ->
 # 3424.4), peak unchanged. In plain order (which keeps Delta, so one softplus per step less)
 # it was slower: stage 1 fp32 18.16 -> 21.57, bf16 18.28 -> 19.32, LocalVim 0.88 -> 0.95.
+# Without keep_dl it is faster there too in the lean schedule (session 12, DEFAULT_KEEP_DL), so
+# the series is the default for every lean backward; the batched plain-order one (LocalVim,
+# L = 197, where keep_dl plays no part) keeps libdevice's log1pf (0.88 against 0.95 ms).
 DEFAULT_POLY_SOFTPLUS = None
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -208,12 +215,8 @@ def _bwd_max_registers_default(lean: bool, indexed: bool, chunk: int) -> int | N
   return LEAN_INDEXED_BWD_MAX_REGISTERS if capped else None
 
 
-def _poly_softplus_default(indexed: bool) -> bool:
-  return indexed
-
-
-def _keep_dl_default(indexed: bool) -> bool:
-  return not indexed
+def _poly_softplus_default(indexed: bool, lean: bool) -> bool:
+  return indexed or lean
 
 
 def _chunking(chunk, checkpoint_every, seq_len):
@@ -787,8 +790,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      batched). fma: the
      recurrences' multiply-adds as fma.rn.f32 (default). keep_dl: the lean backward keeps
      each step's Delta from its recompute for the adjoint (one softplus per step less,
-     `chunk` more registers per thread; None = only for plain-order scans, where it was
-     measured faster: through a read_index it was slower). sfu: exp and reciprocals
+     `chunk` more registers per thread; off by default: measured slower than the series
+     softplus without it, in both orders). sfu: exp and reciprocals
      (softplus, sigmoid) on the special-function unit (ex2/rcp.approx, ~2^-22 relative)
      instead of libdevice's range-checked expf and the IEEE division.
   max_registers, bwd_max_registers: registers per thread the forward / backward kernel may
@@ -805,8 +808,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      forward per call. The gradients are the same (the same kernels recompute the same states).
   poly_softplus: softplus as max(x, 0) + log1p(e^-|x|) with log1p from a 7-term series
      (`_log1p_unit`; also in interpret mode) instead of libdevice's log1pf. None = the
-     measured default: the series for scans read through a read_index, libdevice in plain
-     order (DEFAULT_POLY_SOFTPLUS).
+     measured default: the series for scans read through a read_index and for the lean
+     backward, libdevice for short plain-order scans (DEFAULT_POLY_SOFTPLUS).
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -871,14 +874,14 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     max_registers = bwd_max_registers = fwd_only_max_registers = None
   cfg = _Config(seq_len=seq_len, chunk=chunk, checkpoint_every=checkpoint_every, tile=fwd_tile,
                 bwd_tile=bwd_t, softplus=bool(delta_softplus),
-                poly_softplus=(_poly_softplus_default(index is not None) if poly_softplus is None
-                               else bool(poly_softplus)),
+                poly_softplus=(_poly_softplus_default(index is not None, lean)
+                               if poly_softplus is None else bool(poly_softplus)),
                 has_z=z is not None,
                 indexed=index is not None, write_at_tokens=bool(write_at_tokens),
                 num_warps=num_warps or (1 if fwd_tile <= 32 else 2),
                 bwd_num_warps=bwd_num_warps or (1 if bwd_t <= 16 else 2),
                 keep_decay=bool(keep_decay), sfu=bool(sfu),
-                keep_dl=_keep_dl_default(index is not None) if keep_dl is None else bool(keep_dl),
+                keep_dl=DEFAULT_KEEP_DL if keep_dl is None else bool(keep_dl),
                 lean=lean,
                 fma=bool(fma),
                 interpret=bool(interpret),
