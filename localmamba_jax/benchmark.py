@@ -20,9 +20,13 @@ JSON line's "compilation_cache" names the cache directory, and `--no-compilation
 cold compile times); `--warmup` steps run first and are excluded;
 then each of `--steps` steps is dispatched and synchronised with `jax.block_until_ready` on
 all its outputs, and the median of those per-step times is the step time (img/s = batch /
-median). One synthetic uint8 batch (random pixels, labels) is placed on the devices once, so
-no input pipeline is timed. Peak memory is the device allocator's `peak_bytes_in_use` since
-the process started: `--mode both` runs infer first (reported peak = the eval step's), then
+median). In train mode the same number of steps is then timed as train.py's loop runs them
+(`time_pipelined`: the next step dispatched before the previous one's metrics are fetched,
+so the host's dispatch overlaps the device), reported apart as pipelined_img_per_s; the
+synchronised figure includes the host's dispatch of every step. One synthetic uint8 batch
+(random pixels, labels) is placed on the devices once, so no input pipeline is timed. Peak
+memory is the device allocator's `peak_bytes_in_use` since the process started: `--mode both`
+runs infer first (reported peak = the eval step's), then
 train (peak = the larger of the two, i.e. the train step's). `--model` with several names
 runs each in its own subprocess, so every peak is the model's own.
 
@@ -80,6 +84,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            "xla_gpu_memory_limit_slop_factor; 0 = XLA's default)")
   parser.add_argument("--results", default=DEFAULT_RESULTS,
                       help="JSON-lines file the results are appended to ('' = none)")
+  parser.add_argument("--pipelined-steps", type=int, default=-1,
+                      help="train mode: after the synchronised steps, time this many more the "
+                           "way train.py's loop runs them (step i+1 dispatched before step i's "
+                           "metrics are fetched), reported apart as pipelined_img_per_s; "
+                           "-1 = as many as --steps, 0 = skip")
   parser.add_argument("--time-budget", type=float, default=0.0,
                       help="stop timing once this many seconds of timed steps have run (at "
                            "least 3 steps); 0 = no limit")
@@ -122,6 +131,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   for name in ("batch", "steps", "image_size", "num_classes", "profile_steps"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+  if args.pipelined_steps < -1:
+    parser.error(f"--pipelined-steps must be -1 (as many as --steps), 0 (skip) or a count, got "
+                 f"{args.pipelined_steps}")
   if args.profile_compile and not args.compile_only:
     # seen on an H100 (2026-11-27): in 2 of 2 runs the steps after a traced compile did not
     # finish within minutes, while the same step untraced ran; so the trace runs alone
@@ -207,6 +219,23 @@ def peak_memory_bytes(devices) -> int | None:
     if "peak_bytes_in_use" in stats:
       peaks.append(int(stats["peak_bytes_in_use"]))
   return max(peaks) if peaks else None
+
+
+def time_pipelined(dispatch, fetch, *, steps: int) -> list[float]:
+  """Times `steps` steps as `training.loop` runs them: step i + 1 is dispatched before the
+  metrics of step i are fetched, so the host's dispatch work overlaps the device's step.
+  `dispatch()` starts one step and returns its metrics; `fetch(metrics)` blocks on them.
+  Returns the seconds between successive fetches (one per step after the first)."""
+  pending = dispatch()
+  marks = []
+  for _ in range(steps):
+    following = dispatch()
+    fetch(pending)
+    marks.append(time.perf_counter())
+    pending = following
+  fetch(pending)
+  marks.append(time.perf_counter())
+  return [b - a for a, b in zip(marks, marks[1:])]
 
 
 def time_steps(run_step, *, steps: int, warmup: int, time_budget: float):
@@ -410,6 +439,13 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       with device_lock(args.device_lock, until_exit=mode == modes[-1]) as waited_s:
         times = time_steps(run_step, steps=args.steps, warmup=args.warmup,
                            time_budget=args.time_budget)
+        pipelined = []
+        if mode == "train" and args.pipelined_steps != 0:
+          def dispatch():
+            holder["input"], metrics = compiled(holder["input"], batch)
+            return metrics
+          pipelined = time_pipelined(dispatch, jax.device_get, steps=(
+              args.steps if args.pipelined_steps < 0 else args.pipelined_steps))
         peak = peak_memory_bytes(devices)
         if args.profile:
           trace_steps(run_step, os.path.join(args.profile, mode) if len(modes) > 1
@@ -422,6 +458,11 @@ def benchmark_model(args, model_name: str) -> list[dict]:
                     peak_gib=None if peak is None else round(peak / 2**30, 3),
                     lower_s=round(lower_s, 2), compile_s=round(compile_s, 2),
                     xla_flops_per_step=_xla_flops(compiled), xla_memory_bytes=xla_memory)
+      if pipelined:
+        pipelined_median = statistics.median(pipelined)
+        record.update(pipelined_steps=len(pipelined),
+                      pipelined_step_ms=round(1e3 * pipelined_median, 3),
+                      pipelined_img_per_s=round(batch_size / pipelined_median, 1))
       if mode == "train":  # the last timed step's loss (a NaN here would void the timing)
         record["loss"] = round(float(jax.device_get(holder["metrics"]["loss"])), 4)
         # every step's loss from the same initial state and batch (warm-up steps first): the
@@ -534,6 +575,9 @@ def print_record(r: dict) -> None:
         f"(min {r['step_ms_min']:.2f}, max {r['step_ms_max']:.2f}, n={r['steps_timed']})  "
         f"peak {peak}  compile {r['compile_s']:.1f} s (+ lower {r['lower_s']:.1f} s)  "
         f"{r['num_devices']} x {r['device']}  jax {r['jax']}", flush=True)
+  if r.get("pipelined_img_per_s"):
+    print(f"{'':<18} pipelined as train.py's loop: {r['pipelined_img_per_s']:.1f} img/s  step "
+          f"{r['pipelined_step_ms']:.2f} ms (median of {r['pipelined_steps']})", flush=True)
 
 
 def append_record(path: str, record: dict) -> None:

@@ -39,6 +39,10 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   assert record["step_ms_min"] <= record["step_ms"] <= record["step_ms_max"]
   assert record["img_per_s"] == pytest.approx(4 / (record["step_ms"] / 1e3), rel=1e-2)
   assert record["compile_s"] > 0 and record["lower_s"] > 0
+  # then as many steps timed as train.py's loop runs them (one step in flight)
+  assert record["pipelined_steps"] == 2 and record["pipelined_step_ms"] > 0
+  assert record["pipelined_img_per_s"] == pytest.approx(4 / (record["pipelined_step_ms"] / 1e3),
+                                                        rel=1e-2)
   assert record["jax"] and record["device"] and record["num_devices"] >= 1
   assert record["source_hash"] == benchmark._source_hash()
   assert len(record["source_hash"]) == 12 and int(record["source_hash"], 16) >= 0
@@ -56,6 +60,23 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   assert mem["planned"] == mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
   out = capsys.readouterr().out
   assert "img/s" in out and "XLA memory plan per device" in out
+  assert "pipelined as train.py's loop" in out
+
+
+def test_pipelined_timing_keeps_one_step_in_flight():
+  """Step i + 1 is dispatched before step i's metrics are fetched, as in training.loop."""
+  events = []
+  def dispatch():
+    events.append(("dispatch", len([e for e in events if e[0] == "dispatch"])))
+    return events[-1][1]
+  def fetch(step):
+    events.append(("fetch", step))
+  intervals = benchmark.time_pipelined(dispatch, fetch, steps=3)
+  assert len(intervals) == 3 and all(t >= 0 for t in intervals)
+  assert events == [("dispatch", 0), ("dispatch", 1), ("fetch", 0), ("dispatch", 2),
+                    ("fetch", 1), ("dispatch", 3), ("fetch", 2), ("fetch", 3)]
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(["--pipelined-steps", "-2"])
 
 
 def test_barrier_waits_for_every_process(tmp_path, capsys):
