@@ -27,6 +27,9 @@ def imagenet_config(model_name: str, *, drop_path_rate: float, model_dtype: str 
   if model_name.startswith("local_vssm"):
     # True = one lax.scan over each stage's blocks of equal scan-table layout (compile time)
     c.model.scan_blocks = False
+    # "compute" = the scan returns the compute dtype instead of float32 (faster in bf16, not
+    # the official numerics; LocalVMambaConfig.scan_output_dtype)
+    c.model.scan_output_dtype = "float32"
   c.model_dtype = model_dtype
   c.num_classes = 1000
   c.eval_every_epochs = 10.0

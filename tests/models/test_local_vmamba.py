@@ -210,14 +210,24 @@ def test_features_api(golden_json, golden_npz):
                                        (1, 3, 2, 128)]
 
 
-def test_bf16_compute_close_to_fp32(golden_json, golden_npz):
+@pytest.mark.parametrize("scan_output_dtype", ["float32", "compute"])
+def test_bf16_compute_close_to_fp32(golden_json, golden_npz, monkeypatch, scan_output_dtype):
   """bf16 Linear/Conv compute, float32 scan/norms/residual: logits within 2e-2 * max|logits|
   + 2e-3 of the float32 golden logits (bf16 has an 8-bit mantissa; measured: max abs error
-  1.9e-3 with max|logits| = 0.29, i.e. about 4x inside the bound)."""
+  1.9e-3 with max|logits| = 0.29, i.e. about 4x inside the bound). The same bound holds with
+  the scan's output in bf16 (scan_output_dtype="compute"), and the scan must really be asked
+  for that dtype."""
+  from localmamba_jax.models.local_vmamba import model as model_module
+  asked = []
+  original = model_module.multi_direction_selective_scan
+  monkeypatch.setattr(model_module, "multi_direction_selective_scan",
+                      lambda *a, **kw: asked.append(jnp.dtype(kw["out_dtype"]))
+                      or original(*a, **kw))
   meta = golden_json("vssm_mini/meta.json")
   io = golden_npz("vssm_mini/io.npz")
   model = build_from_golden(meta, golden_npz("vssm_mini/state_dict.npz"),
-                            dtype=jnp.bfloat16, scan_impl="reference")
+                            dtype=jnp.bfloat16, scan_impl="reference",
+                            scan_output_dtype=scan_output_dtype)
   graphdef, state = nnx.split(model)
   forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
   x = io["input"].transpose(0, 2, 3, 1)
@@ -225,6 +235,13 @@ def test_bf16_compute_close_to_fp32(golden_json, golden_npz):
   assert logits.dtype == jnp.float32
   err = assert_close("bf16 logits", logits, io["logits"], 2e-2, 2e-3)
   assert err > 0.0     # it really ran in bf16
+  want = jnp.float32 if scan_output_dtype == "float32" else jnp.bfloat16
+  assert asked and all(d == want for d in asked), asked
+
+
+def test_scan_output_dtype_is_checked():
+  with pytest.raises(ValueError, match="scan_output_dtype must be one of"):
+    LocalVMambaConfig(scan_output_dtype="bfloat16")
 
 
 # ---- parameter counts of the full models (abstract: no allocation) ----------------------

@@ -41,6 +41,8 @@ def _direction_list(what: str, names) -> tuple[str, ...]:
   return parsed
 
 
+SCAN_OUTPUT_DTYPES = ("float32", "compute")
+
 @dataclasses.dataclass(frozen=True)
 class LocalVMambaConfig:
   """Architecture of a LocalVMamba model (official `VSSM` with local scans).
@@ -71,6 +73,15 @@ class LocalVMambaConfig:
                     gpu_scheduler_memory_slop=22). A middle ground between the default
                     (fastest) and remat (least memory): one more scan forward per block.
                     Outputs and gradients are unchanged.
+  scan_output_dtype: "float32" (default) = the selective scan returns float32 whatever the
+                    compute dtype, as the official custom_fwd(cast_inputs=float32) scan under
+                    autocast; "compute" = it returns the compute dtype (bf16 under bf16), so
+                    the [b, HW, K, E] tensor that SCAttn, the branch merge and out_norm read,
+                    and its gradient, take half the bytes: LocalVMamba-T bf16 at 128 per H100
+                    trained 4.3% faster (pipelined; 3.4% synchronised) in 3.2 GiB less and
+                    evaluated 9.2% faster (BENCHMARKS.md session 12), at the price of one bf16
+                    rounding of the scan output that the official code does not have. The
+                    scan itself still accumulates in float32; no effect in float32 compute.
   scan_blocks:      True = run each stage's consecutive blocks of equal scan-table layout as
                     one jax.lax.scan (one block program traced and compiled, the directions,
                     drop-path rates and parameters passed as data), to cut compile time;
@@ -99,6 +110,7 @@ class LocalVMambaConfig:
   remat: bool = False
   recompute_scan: bool = False
   scan_blocks: bool = False
+  scan_output_dtype: str = "float32"
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -156,6 +168,10 @@ class LocalVMambaConfig:
       raise ValueError(f"LocalVMambaConfig.scan_blocks must be True (one lax.scan over each "
                        f"stage's blocks) or False (unrolled), got {self.scan_blocks!r}.")
     set_("scan_blocks", bool(self.scan_blocks))
+    if self.scan_output_dtype not in SCAN_OUTPUT_DTYPES:
+      raise ValueError(f"LocalVMambaConfig.scan_output_dtype must be one of "
+                       f"{SCAN_OUTPUT_DTYPES} ('float32' as the official code, 'compute' for "
+                       f"the compute dtype), got {self.scan_output_dtype!r}.")
     if self.scan_impl not in IMPLEMENTATIONS:
       raise ValueError(f"LocalVMambaConfig.scan_impl must be one of {IMPLEMENTATIONS}, got "
                        f"{self.scan_impl!r}.")

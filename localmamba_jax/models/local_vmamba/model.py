@@ -102,7 +102,8 @@ class SS2D(nnx.Module):
   def __init__(self, dim: int, *, directions, search: bool, d_state: int, ssm_ratio: float,
                dt_rank: int, d_conv: int, scattn_spatial: bool, exact_inverse: bool,
                scan_impl: str, scan_chunk_size: int, dtype=None, one_pass_out_norm: bool = True,
-               recompute_scan: bool = False, rngs: nnx.Rngs):
+               recompute_scan: bool = False, scan_output_dtype: str = "float32",
+               rngs: nnx.Rngs):
     inner = int(ssm_ratio * dim)
     num_dirs = len(directions)
     self.directions = tuple(directions)
@@ -111,6 +112,9 @@ class SS2D(nnx.Module):
                                                                 scan_chunk_size)
     self.dtype = dtype
     self.recompute_scan = recompute_scan   # LocalVMambaConfig.recompute_scan
+    # LocalVMambaConfig.scan_output_dtype: float32 as the official autocast, or the compute dtype
+    self.scan_out_dtype = (jnp.float32 if scan_output_dtype == "float32"
+                           else (dtype or jnp.float32))
     self.in_proj = nnx.Linear(dim, 2 * inner, use_bias=False, dtype=dtype,
                               kernel_init=linear_init, rngs=rngs)
     if d_conv > 1:
@@ -166,7 +170,8 @@ class SS2D(nnx.Module):
     # float32 even under bf16 autocast. u, delta, B and C go in as computed (bf16 under a
     # bf16 compute dtype) with out_dtype=float32: the GPU kernel converts them (exactly) as it
     # reads them, so the inputs it saves for the backward and their gradients stay bf16;
-    # the other paths cast them to float32 first.
+    # the other paths cast them to float32 first. (scan_output_dtype="compute" makes the
+    # output bf16 instead: faster, not the official numerics; LocalVMambaConfig.)
     f32 = lambda a: a.astype(jnp.float32)
     y = multi_direction_selective_scan(
         u, delta, -jnp.exp(f32(self.A_logs[...])).reshape(num_dirs, inner, d_state),
@@ -174,7 +179,7 @@ class SS2D(nnx.Module):
         f32(self.dt_projs_bias[...]), grid_hw=(height, width), directions=self.directions,
         delta_softplus=True, exact_inverse=self.exact_inverse, impl=self.scan_impl,
         chunk_size=self.scan_chunk_size, tables=scan_tables, recompute=self.recompute_scan,
-        out_dtype=jnp.float32)                                         # [b, HW, K, E] f32
+        out_dtype=self.scan_out_dtype)                # [b, HW, K, E], float32 by default
     y = self.branch_merge(self.attn(y))                                # SCAttn per branch
     y = self.out_norm(y).reshape(batch, height, width, inner)
     y = _as_compute(y, self.dtype) * z
@@ -307,7 +312,8 @@ class LocalVMamba(nnx.Module):
             d_conv=config.d_conv, scattn_spatial=config.scattn_spatial,
             exact_inverse=config.exact_inverse, scan_impl=config.scan_impl,
             scan_chunk_size=config.scan_chunk_size, dtype=dtype,
-            one_pass_out_norm=not config.remat, recompute_scan=config.recompute_scan))
+            one_pass_out_norm=not config.remat, recompute_scan=config.recompute_scan,
+            scan_output_dtype=config.scan_output_dtype))
         block_index += 1
       last = s == len(config.dims) - 1
       downsample = None if last else PatchMerging2D(dim, config.dims[s + 1], dtype=dtype,
