@@ -14,8 +14,10 @@ epochs from 1e-7 then cosine to 1e-6, label smoothing 0.1, mixup 0.2 / cutmix 1.
       --config.input.eval_split=val
   python train.py --config configs/localvmamba_s.py:runlocal --workdir /tmp/localvmamba_s_local   # smoke run
 Memory: without remat (the default here) the S train step at 128 images per GPU runs at
-380.0 img/s with a 67.6 GiB peak on one 80 GB H100 (BENCHMARKS.md, 2026-11-27). That needs more
-than the 0.75 of the GPU JAX takes by default (under it XLA plans 59.9 GiB and runs out), so
+458.3 img/s as train.py's loop runs it (422.0 timed step by step) with a 67.6 GiB peak on one
+80 GB H100 (BENCHMARKS.md, 2026-11-27, session 12; --config.model.scan_output_dtype=compute,
+a bf16 scan output that the official code does not have: 478.6 img/s, 66.4 GiB). That needs
+more than the 0.75 of the GPU JAX takes by default (under it XLA plans 59.9 GiB and runs out), so
 train.py sets XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 unless you set it (do the same in a notebook,
 before JAX starts). --config.model.recompute_scan=True keeps only the scans' inputs for the
 backward: 407.8 img/s at a 35.0 GiB peak (one H100, 2026-11-27, session 11; 29.2 GiB at
