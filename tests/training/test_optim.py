@@ -66,3 +66,17 @@ def test_grad_clipping_option():
   tx = make_optimizer(c, lambda step: 1.0)
   state = tx.init({"w": jnp.zeros(3)})
   assert isinstance(state, tuple) and len(state) == 2   # clip, then adamw
+
+
+def test_global_norm_of_the_logged_metrics_matches_float64():
+  """train_step.global_norm (one reduction over all leaves, mixed dtypes) against numpy."""
+  import jax
+  from localmamba_jax.training.train_step import global_norm
+  rng = np.random.default_rng(0)
+  tree = {"a": rng.standard_normal((3, 5)).astype(np.float32),
+          "b": [rng.standard_normal(7).astype(np.float32),
+                rng.standard_normal((2, 2, 2)).astype(jnp.bfloat16)], "c": np.float32(3.0)}
+  want = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
+                     for x in jax.tree.leaves(tree)))
+  np.testing.assert_allclose(float(global_norm(tree)), want, rtol=1e-6)
+  assert float(global_norm({})) == 0.0
