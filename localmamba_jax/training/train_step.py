@@ -49,13 +49,11 @@ class ModelBridge:
 def global_norm(tree):
   """sqrt of the sum of squares of every element of `tree`, in float32.
 
-  One reduction over the leaves laid end to end, not one per leaf: per leaf, the three norms
-  the step logs ran as 651 small reduction kernels in LocalVMamba-T's train step (1.6 ms of
-  kernels plus as many launches, H100 profile, BENCHMARKS.md session 12)."""
-  leaves = [x.astype(jnp.float32).ravel() for x in jax.tree.leaves(tree)]
-  if not leaves:
-    return jnp.zeros(())
-  return jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate(leaves))))
+  One sum per leaf: under FSDP each is a local sum plus a scalar all-reduce. Laying the
+  leaves end to end (one reduction instead of 651 small ones in LocalVMamba-T's step, +0.8%
+  on one H100, BENCHMARKS.md session 12) made XLA all-gather every sharded leaf first."""
+  leaves = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+  return jnp.sqrt(sum(leaves)) if leaves else jnp.zeros(())
 
 
 def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int):

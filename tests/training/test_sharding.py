@@ -44,9 +44,14 @@ SCRIPT = textwrap.dedent(r"""
   run("fsdp_then_single", 8, "fsdp", 2)
   dirs["fsdp_then_single"] = run("fsdp_then_single", 1, "data", 4)
   from localmamba_jax.training import sharding as shd
-  specs = jax.tree.leaves(shd.state_shardings(restored_state(dirs["fsdp8"], 4)["params"],
-                                              shd.make_mesh(), "fsdp", fsdp_min_size=0))
+  fsdp_params = restored_state(dirs["fsdp8"], 4)["params"]
+  shardings = shd.state_shardings(fsdp_params, shd.make_mesh(), "fsdp", fsdp_min_size=0)
+  specs = jax.tree.leaves(shardings)
   out = {"fsdp_sharded_arrays": sum(s.spec != jax.sharding.PartitionSpec() for s in specs)}
+  # the logged norms stay local to each shard (a scalar all-reduce, no all-gather of the leaves)
+  from localmamba_jax.training.train_step import global_norm
+  lowered = jax.jit(global_norm).lower(jax.device_put(fsdp_params, shardings))
+  out["norm_all_gathers"] = lowered.compile().as_text().count("all-gather")
   for name, workdir in dirs.items():
     params = restored_state(workdir, 4)["params"]
     losses = [json.loads(l)["train/loss"] for l in open(os.path.join(workdir, "metrics.jsonl"))
@@ -66,6 +71,7 @@ def test_single_device_data_parallel_and_fsdp_agree(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = json.load(open(tmp_path / "out.json"))
   assert out.pop("fsdp_sharded_arrays") >= 10  # FSDP really splits most parameters
+  assert out.pop("norm_all_gathers") == 0
   reference = out.pop("single")
   assert len(reference["losses"]) == 4
   for name, run in out.items():
