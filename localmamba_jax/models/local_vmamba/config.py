@@ -43,6 +43,7 @@ def _direction_list(what: str, names) -> tuple[str, ...]:
 
 SCAN_OUTPUT_DTYPES = ("float32", "compute")
 
+
 @dataclasses.dataclass(frozen=True)
 class LocalVMambaConfig:
   """Architecture of a LocalVMamba model (official `VSSM` with local scans).
