@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from localmamba_jax.layers import BranchMerge, SCAttn, drop_path, rms_norm
+from localmamba_jax.layers import BranchMerge, SCAttn, drop_path, init_keys, rms_norm
 from localmamba_jax.ops import (ALL_CHOICES, IMPLEMENTATIONS, PAD, gather_tokens, merge_tokens,
                                 parse_direction, selective_scan, stacked_scan_orders)
 from localmamba_jax.models.local_vim import rope as rope_lib
@@ -416,6 +416,12 @@ class LocalVim(nnx.Module):
   """
 
   def __init__(self, config: LocalVimConfig, *, rngs: nnx.Rngs):
+    # Keys drawn at constant cost under eval_shape/jit traces (layers/init_keys.py);
+    # the parameters and `rngs` end up as if `rngs` had been used directly.
+    with init_keys(rngs) as keys:
+      self._build(config, keys)
+
+  def _build(self, config: LocalVimConfig, rngs):
     self.config = config
     dim = config.embed_dim
     self.patch_embed = PatchEmbed(config, rngs=rngs)

@@ -25,6 +25,7 @@ from flax import nnx
 
 from localmamba_jax.layers.branch_merge import BranchMerge
 from localmamba_jax.layers.drop_path import drop_path
+from localmamba_jax.layers.init_keys import init_keys
 from localmamba_jax.layers.norms import layer_norm, one_pass_layer_norm
 from localmamba_jax.layers.scattn import SCAttn
 from localmamba_jax.models.local_vmamba.config import LocalVMambaConfig
@@ -296,6 +297,12 @@ class LocalVMamba(nnx.Module):
   def __init__(self, config: LocalVMambaConfig, *, rngs: nnx.Rngs):
     if not isinstance(config, LocalVMambaConfig):
       raise ValueError(f"LocalVMamba needs a LocalVMambaConfig, got {type(config).__name__}.")
+    # Keys drawn at constant cost under eval_shape/jit traces (layers/init_keys.py);
+    # the parameters and `rngs` end up as if `rngs` had been used directly.
+    with init_keys(rngs) as keys:
+      self._build(config, keys)
+
+  def _build(self, config: LocalVMambaConfig, rngs):
     self.config = config
     dtype = config.dtype
     self.patch_embed = PatchEmbed(config.in_chans, config.dims[0], config.patch_size,
