@@ -329,6 +329,7 @@ def benchmark_model(args, model_name: str) -> list[dict]:
   from localmamba_jax.training.optim import lr_schedule, make_optimizer
   from localmamba_jax.training.train_step import ModelBridge, jit_eval_step, jit_train_step
 
+  setup_t0 = time.perf_counter()
   cache_dir = compilation_cache(args.compilation_cache)
   config = build_config(args, model_name)
   devices = jax.devices()
@@ -393,6 +394,11 @@ def benchmark_model(args, model_name: str) -> list[dict]:
                    out_shardings=shd.replicated(mesh))()
     bridge = ModelBridge.from_model(abstract_model, rest=rest)
     batch = shd.to_global_batch(host_batch, mesh)
+    # everything before the step's trace: the model built abstractly three times (as in
+    # training.loop), its non-parameter state, shardings, the batch placed
+    setup_s = time.perf_counter() - setup_t0
+    print(f"[{model_name}] set up (model built abstractly, state shardings) in {setup_s:.1f} s",
+          flush=True)
     for mode in modes:
       if mode == "train":
         step_fn = jit_train_step(bridge, tx, schedule, config, num_classes, mesh,
@@ -418,7 +424,8 @@ def benchmark_model(args, model_name: str) -> list[dict]:
         print(f"[{model_name} {mode} {args.dtype}] XLA memory plan per device (GiB): "
               + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in xla_memory.items()), flush=True)
       if args.compile_only:
-        record = dict(base, mode=mode, compile_only=True, lower_s=round(lower_s, 2),
+        record = dict(base, mode=mode, compile_only=True, setup_s=round(setup_s, 2),
+                      lower_s=round(lower_s, 2),
                       compile_s=round(compile_s, 2), xla_memory_bytes=xla_memory)
         append_record(args.results, record)
         records.append(record)
@@ -456,8 +463,9 @@ def benchmark_model(args, model_name: str) -> list[dict]:
                     step_ms_max=round(1e3 * max(times), 3),
                     img_per_s=round(batch_size / median, 1),
                     peak_gib=None if peak is None else round(peak / 2**30, 3),
-                    lower_s=round(lower_s, 2), compile_s=round(compile_s, 2),
-                    xla_flops_per_step=_xla_flops(compiled), xla_memory_bytes=xla_memory)
+                    setup_s=round(setup_s, 2), lower_s=round(lower_s, 2),
+                    compile_s=round(compile_s, 2), xla_flops_per_step=_xla_flops(compiled),
+                    xla_memory_bytes=xla_memory)
       if pipelined:
         pipelined_median = statistics.median(pipelined)
         record.update(pipelined_steps=len(pipelined),
@@ -573,7 +581,8 @@ def print_record(r: dict) -> None:
   print(f"{r['model']:<18} {r['mode']:<5} {r['dtype']:<4} batch {r['batch']:<4} "
         f"scan {r['scan_impl_used']:<11} {r['img_per_s']:>9.1f} img/s  step {r['step_ms']:.2f} ms "
         f"(min {r['step_ms_min']:.2f}, max {r['step_ms_max']:.2f}, n={r['steps_timed']})  "
-        f"peak {peak}  compile {r['compile_s']:.1f} s (+ lower {r['lower_s']:.1f} s)  "
+        f"peak {peak}  compile {r['compile_s']:.1f} s (+ lower {r['lower_s']:.1f} s, set-up "
+        f"{r.get('setup_s', 0):.1f} s)  "
         f"{r['num_devices']} x {r['device']}  jax {r['jax']}", flush=True)
   if r.get("pipelined_img_per_s"):
     print(f"{'':<18} pipelined as train.py's loop: {r['pipelined_img_per_s']:.1f} img/s  step "

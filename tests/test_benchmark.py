@@ -38,7 +38,7 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   assert record["gpu_scheduler_memory_slop"] == 22
   assert record["step_ms_min"] <= record["step_ms"] <= record["step_ms_max"]
   assert record["img_per_s"] == pytest.approx(4 / (record["step_ms"] / 1e3), rel=1e-2)
-  assert record["compile_s"] > 0 and record["lower_s"] > 0
+  assert record["compile_s"] > 0 and record["lower_s"] > 0 and record["setup_s"] > 0
   # then as many steps timed as train.py's loop runs them (one step in flight)
   assert record["pipelined_steps"] == 2 and record["pipelined_step_ms"] > 0
   assert record["pipelined_img_per_s"] == pytest.approx(4 / (record["pipelined_step_ms"] / 1e3),
