@@ -51,7 +51,8 @@ def init_keys(rngs: nnx.Rngs):
     yield rngs
     return
   if not isinstance(rngs, nnx.Rngs):
-    raise ValueError(f"rngs must be an nnx.Rngs (e.g. nnx.Rngs(0)), got {type(rngs).__name__}.")
+    raise ValueError(f"rngs must be an nnx.Rngs, got {rngs!r} of type {type(rngs).__name__}; "
+                     f"pass rngs=nnx.Rngs(seed), e.g. nnx.Rngs(0).")
   stream = rngs.params
   keys = InitKeys(stream.key[...], stream.count[...])
   yield keys

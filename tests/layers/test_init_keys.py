@@ -40,7 +40,7 @@ def test_nested_blocks_share_one_counter_and_bad_rngs_is_named():
       assert inner is outer
       inner.params()
   assert int(rngs.params.count[...]) == 2
-  with pytest.raises(ValueError, match="nnx.Rngs.*got int"):
+  with pytest.raises(ValueError, match="must be an nnx.Rngs, got 0 of type int"):
     with init_keys(0):
       pass
 
