@@ -20,13 +20,14 @@ a bf16 scan output that the official code does not have: 478.6 img/s, 66.4 GiB).
 more than the 0.75 of the GPU JAX takes by default (under it XLA plans 59.9 GiB and runs out), so
 train.py sets XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 unless you set it (do the same in a notebook,
 before JAX starts). --config.model.recompute_scan=True keeps only the scans' inputs for the
-backward: 407.8 img/s at a 35.0 GiB peak (one H100, 2026-11-27, session 11; 29.2 GiB at
+backward: 436.4 img/s (loop) at a 35.0 GiB peak (one H100, 2026-11-28, session 13; 29.2 GiB at
 353.0 img/s with --config.gpu_scheduler_memory_slop=22, session 10, older kernel), which fits
 JAX's default fraction on an 80 GB card.
---config.model.remat=True recomputes each block in the backward: the step
-then peaks at 11.5 GiB and ran at 231.5 img/s on one H200 (2026-11-26, older kernels). Keep
-scan_blocks off without remat (XLA planned 120 GiB scanned). A run that runs out of memory says
-what to change.
+--config.model.remat=True recomputes each block in the backward: 365.5 img/s (loop) at a
+9.95 GiB peak; add --config.model.scan_blocks=True with it to compile in 115 s instead of 177 s
+(trace, lower and compile) for 357.0 img/s at 10.6 GiB (one H100, 2026-11-28, session 13).
+Keep scan_blocks off without remat (22-24% slower, 51.7 GiB with recompute_scan; XLA planned
+120 GiB without). A run that runs out of memory says what to change.
 Options: --config.optim.ema_decay=0.9999  --config.optim.clip_grad_norm=1.0
          --config.sharding.strategy=fsdp  --config.sharding.distributed=True (multi-host)
 """
