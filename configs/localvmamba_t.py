@@ -23,7 +23,7 @@ Memory at 128 images per H100 80GB (bf16, jax 0.11.2, 2026-11-27/28; docs/traini
       --config.model.scan_output_dtype=compute       19.0 GiB, 813 img/s (loop)
   --config.model.recompute_scan=True \
       --config.gpu_scheduler_memory_slop=22          19.2 GiB, ~650 img/s (older kernel)
-  --config.model.remat=True                          9.7 GiB, 577 img/s (older kernel)
+  --config.model.remat=True                          9.7 GiB, 650 img/s (loop, 2026-11-28)
 """
 from localmamba_jax.training.recipes import imagenet_config
 
