@@ -3,14 +3,13 @@ trace (the message JAX builds when flax asks a tracer for `.sharding` walks the 
 import contextlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 import localmamba_jax.models.local_vim.model as local_vim_model
 import localmamba_jax.models.local_vmamba.model as local_vmamba_model
-from localmamba_jax.layers.init_keys import InitKeys, init_keys
+from localmamba_jax.layers.init_keys import init_keys
 from localmamba_jax.models.registry import create_model
 
 
@@ -87,9 +86,14 @@ def test_abstract_build_does_not_walk_the_jaxpr_per_key(monkeypatch):
 
   monkeypatch.setattr(tracer_type, "_origin_msg", counting)
   overrides = dict(dims=[8, 16], depths=[1, 2], directions=[["h", "v"]] * 3, num_classes=5)
-  nnx.eval_shape(lambda: create_model("local_vssm_tiny", rngs=nnx.Rngs(0), **overrides))
-  built_with_keys = len(calls)
-  monkeypatch.setattr(local_vmamba_model, "init_keys", _passthrough)
+  build = lambda: create_model("local_vssm_tiny", rngs=nnx.Rngs(0), **overrides)
+  with monkeypatch.context() as patch:              # the models as they were
+    patch.setattr(local_vmamba_model, "init_keys", _passthrough)
+    nnx.eval_shape(build)
+  built_plainly = len(calls)
+  if built_plainly == 0:
+    pytest.skip("this JAX builds no such message when flax probes a tracer (jax >= 0.11): "
+                "there is no per-key cost to avoid")
   calls.clear()
-  nnx.eval_shape(lambda: create_model("local_vssm_tiny", rngs=nnx.Rngs(0), **overrides))
-  assert built_with_keys <= 2 < len(calls), (built_with_keys, len(calls))
+  nnx.eval_shape(build)
+  assert len(calls) <= 2 < built_plainly, (len(calls), built_plainly)
