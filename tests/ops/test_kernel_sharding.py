@@ -5,8 +5,8 @@ on the whole global batch on every device; on the 2-GPU machine the data-paralle
 step then asked for one 56 GiB allocation (BENCHMARKS.md). Runs in a subprocess with 4
 simulated CPU devices (the device count must be set before jax starts); the GPU kernel runs
 in interpret mode (and the TPU kernel's fused op in TPU interpret mode). Checks, for the
-plain and the fused multi-direction op under
-`jax.set_mesh`: the lowered program contains a shard_map (manual computation) around the
+plain and the fused multi-direction op, and for SCAttn's row kernels
+(layers.scattn.gated_branch_sum), under `jax.set_mesh`: the lowered program contains a shard_map (manual computation) around the
 kernel, and values and gradients (incl. the replicated parameters, whose gradients shard_map
 sums over the shards) equal the unsharded reference within float32 tolerance; also with the
 scan-order tables passed as data (`tables=`, LocalVMamba's scan_blocks), replicated.
@@ -71,8 +71,23 @@ SCRIPT = textwrap.dedent(r"""
       return jnp.sum(y * wp), y
     return loss
 
+  from flax import nnx
+  from localmamba_jax.layers.branch_merge import BranchMerge
+  from localmamba_jax.layers.scattn import SCAttn, gated_branch_sum
+  attn_module = SCAttn(8, rngs=nnx.Rngs(0))
+  w_gate = f(b, 6, 8)
+
+  def gate_sum(impl):
+    # SCAttn with the branch sum through the row kernels (ops/kernels/row_norm_gpu.py)
+    def loss(a):
+      y = (BranchMerge(2)(attn_module(a["y"])) if impl == "reference"
+           else gated_branch_sum(attn_module, a["y"]))
+      return jnp.sum(y * w_gate), y
+    return loss
+
   out = {}
-  for name, make, inputs, kernel in (("fused", fused, args, "pallas_gpu"),
+  for name, make, inputs, kernel in (("scattn_rows", gate_sum, {"y": f(b, 6, 2, 8)}, "rows"),
+                                     ("fused", fused, args, "pallas_gpu"),
                                      ("plain", flat, plain, "pallas_gpu"),
                                      ("fused_tpu", fused, args, "pallas_tpu"),
                                      ("fused_tables", fused_tables, args, "pallas_gpu")):

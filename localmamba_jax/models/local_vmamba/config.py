@@ -83,6 +83,13 @@ class LocalVMambaConfig:
                     evaluated 9.2% faster (BENCHMARKS.md session 12), at the price of one bf16
                     rounding of the scan output that the official code does not have. The
                     scan itself still accumulates in float32; no effect in float32 compute.
+  scattn_kernels:   True (default) = where the scan runs the GPU kernel (scan_impl
+                    'pallas_gpu', or 'auto' on a GPU), SCAttn's pooled LayerNorm and the branch
+                    sum run through the Pallas row kernels (layers.scattn.gated_branch_sum):
+                    one read of the scan output fewer in the forward and one in the backward
+                    of each block. False = XLA only. Values and gradients agree within float32
+                    rounding. Only the channel-only SCAttn with the plain branch sum (not the
+                    spatial form, not the search supernet) has the fused path.
   scan_blocks:      True = run each stage's consecutive blocks of equal scan-table layout as
                     one jax.lax.scan (one block program traced and compiled, the directions,
                     drop-path rates and parameters passed as data), to cut compile time;
@@ -112,6 +119,7 @@ class LocalVMambaConfig:
   recompute_scan: bool = False
   scan_blocks: bool = False
   scan_output_dtype: str = "float32"
+  scattn_kernels: bool = True
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)

@@ -27,8 +27,9 @@ from localmamba_jax.layers.branch_merge import BranchMerge
 from localmamba_jax.layers.drop_path import drop_path
 from localmamba_jax.layers.init_keys import init_keys
 from localmamba_jax.layers.norms import layer_norm, one_pass_layer_norm
-from localmamba_jax.layers.scattn import SCAttn
+from localmamba_jax.layers.scattn import SCAttn, gated_branch_sum
 from localmamba_jax.models.local_vmamba.config import LocalVMambaConfig
+from localmamba_jax.ops.kernels import row_norm_gpu
 from localmamba_jax.ops.multi_direction import multi_direction_selective_scan
 from localmamba_jax.ops.scan_orders import stacked_scan_orders
 
@@ -104,7 +105,7 @@ class SS2D(nnx.Module):
                dt_rank: int, d_conv: int, scattn_spatial: bool, exact_inverse: bool,
                scan_impl: str, scan_chunk_size: int, dtype=None, one_pass_out_norm: bool = True,
                recompute_scan: bool = False, scan_output_dtype: str = "float32",
-               rngs: nnx.Rngs):
+               scattn_kernels: bool = True, rngs: nnx.Rngs):
     inner = int(ssm_ratio * dim)
     num_dirs = len(directions)
     self.directions = tuple(directions)
@@ -137,6 +138,7 @@ class SS2D(nnx.Module):
     self.A_logs = nnx.Param(jnp.tile(a_log[None, :], (num_dirs * inner, 1)))
     self.Ds = nnx.Param(jnp.ones((num_dirs * inner,), jnp.float32))
     self.attn = SCAttn(inner, spatial=scattn_spatial, rngs=rngs, dtype=dtype)
+    self.scattn_kernels = scattn_kernels   # LocalVMambaConfig.scattn_kernels
     self.branch_merge = BranchMerge(num_dirs, search=search, rngs=rngs)
     # One-pass statistics: the norm's input, the K-branch sum of the float32 scan output, is
     # not written out but recomputed by XLA for each pass over it (layers.norms.OnePassLayerNorm;
@@ -181,10 +183,22 @@ class SS2D(nnx.Module):
         delta_softplus=True, exact_inverse=self.exact_inverse, impl=self.scan_impl,
         chunk_size=self.scan_chunk_size, tables=scan_tables, recompute=self.recompute_scan,
         out_dtype=self.scan_out_dtype)                # [b, HW, K, E], float32 by default
-    y = self.branch_merge(self.attn(y))                                # SCAttn per branch
+    if self._gate_with_row_kernels(y):
+      y = gated_branch_sum(self.attn, y)          # the same sum, two passes over y fewer
+    else:
+      y = self.branch_merge(self.attn(y))                              # SCAttn per branch
     y = self.out_norm(y).reshape(batch, height, width, inner)
     y = _as_compute(y, self.dtype) * z
     return self.out_proj(y)
+
+  def _gate_with_row_kernels(self, y) -> bool:
+    """LocalVMambaConfig.scattn_kernels: the fused SCAttn + branch sum where the scan runs the
+    GPU kernel (interpret mode with scan_impl='pallas_gpu' off the GPU, as the scan)."""
+    on_kernel_path = self.scan_impl == "pallas_gpu" or (self.scan_impl == "auto"
+                                                        and row_norm_gpu.on_gpu())
+    return (self.scattn_kernels and on_kernel_path and not self.attn.spatial
+            and not self.branch_merge.search
+            and row_norm_gpu.is_supported(y.shape[-1], y.dtype))
 
 
 class VSSBlock(nnx.Module):
@@ -320,7 +334,8 @@ class LocalVMamba(nnx.Module):
             exact_inverse=config.exact_inverse, scan_impl=config.scan_impl,
             scan_chunk_size=config.scan_chunk_size, dtype=dtype,
             one_pass_out_norm=not config.remat, recompute_scan=config.recompute_scan,
-            scan_output_dtype=config.scan_output_dtype))
+            scan_output_dtype=config.scan_output_dtype,
+            scattn_kernels=config.scattn_kernels))
         block_index += 1
       last = s == len(config.dims) - 1
       downsample = None if last else PatchMerging2D(dim, config.dims[s + 1], dtype=dtype,
