@@ -142,18 +142,24 @@ def test_the_model_takes_the_row_kernels_where_the_scan_runs_the_gpu_kernel():
     assert not _uses_row_kernels(_model(**overrides)), overrides
 
 
-def test_the_model_keeps_its_values_and_gradients(monkeypatch):
+@pytest.mark.parametrize("overrides", [
+    {}, {"remat": True, "scan_blocks": True, "depths": (2,),
+         "directions": (("h", "v", "w2", "w2_flip"), ("v_flip", "h", "w2", "h_flip"))}])
+def test_the_model_keeps_its_values_and_gradients(monkeypatch, overrides):
   """The whole model (parameters reached through nnx.split inside the custom VJP) with the
-  row kernels against the same model with XLA's path; the scan is the associative one here
-  (the GPU kernel's interpret mode would add ~20 s and is tested on its own)."""
+  row kernels against the same model with XLA's path, also under remat with scanned blocks
+  (jax.checkpoint and lax.scan around the custom VJP: the settings recommended for S); the
+  scan is the associative one here (the GPU kernel's interpret mode would add ~20 s and is
+  tested on its own)."""
   from localmamba_jax.models.local_vmamba import model as vmamba_model
   images = jnp.asarray(np.random.default_rng(4).normal(size=(2, 12, 12, 3)), jnp.float32)
 
   def loss_and_grads(fused):
     monkeypatch.setattr(vmamba_model.SS2D, "_gate_with_row_kernels", lambda self, y: fused)
-    model = _model(scan_impl="associative")
+    model = _model(scan_impl="associative", **overrides)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    loss = lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(images) ** 2)
+    key = jax.random.key(0)  # scanned blocks take their drop-path rates as data: a key is due
+    loss = lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(images, key=key) ** 2)
     traced = jax.jit(jax.value_and_grad(loss)).trace(params)
     assert ("pooled_normalized_mean" in str(traced.jaxpr)) == fused
     return traced.lower().compile({"xla_backend_optimization_level": 0})(params)
