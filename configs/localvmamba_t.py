@@ -15,9 +15,10 @@ epochs from 1e-7 then cosine to 1e-6, label smoothing 0.1, mixup 0.2 / cutmix 1.
   python train.py --config configs/localvmamba_t.py:runlocal --workdir /tmp/localvmamba_t_local   # smoke run
 Options: --config.optim.ema_decay=0.9999  --config.optim.clip_grad_norm=1.0
          --config.sharding.strategy=fsdp  --config.sharding.distributed=True (multi-host)
-Memory at 128 images per H100 80GB (bf16, jax 0.11.2, 2026-11-27/28; docs/training.md):
-  default                                           37.0 GiB, 816-826 img/s (loop)
-  --config.model.scan_output_dtype=compute           33.9 GiB, 858-864 img/s (loop;
+Memory at 128 images per H100 80GB (bf16, jax 0.11.2, 2026-11-27/28; docs/training.md; the
+first two rows with SCAttn's row kernels, the others measured before them):
+  default                                           37.0 GiB, 843 img/s (loop)
+  --config.model.scan_output_dtype=compute           33.8 GiB, 870 img/s (loop;
       bf16 scan output, not the official float32: faster, not bit-faithful)
   --config.model.recompute_scan=True \
       --config.model.scan_output_dtype=compute       19.0 GiB, 813 img/s (loop)
