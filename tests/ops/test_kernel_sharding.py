@@ -6,8 +6,8 @@ step then asked for one 56 GiB allocation (BENCHMARKS.md). Runs in a subprocess 
 simulated CPU devices (the device count must be set before jax starts); the GPU kernel runs
 in interpret mode (and the TPU kernel's fused op in TPU interpret mode). Checks, for the
 plain and the fused multi-direction op, and for SCAttn's row kernels
-(layers.scattn.gated_branch_sum), under `jax.set_mesh`: the lowered program contains a shard_map (manual computation) around the
-kernel, and values and gradients (incl. the replicated parameters, whose gradients shard_map
+(layers.scattn.gated_branch_sum), under `jax.set_mesh`: the lowered program contains a
+shard_map (manual computation) around the kernel, and values and gradients (incl. the replicated parameters, whose gradients shard_map
 sums over the shards) equal the unsharded reference within float32 tolerance; also with the
 scan-order tables passed as data (`tables=`, LocalVMamba's scan_blocks), replicated.
 """

@@ -88,7 +88,8 @@ def _blocks_per_program(num_blocks: int, rows: int) -> int:
 
 def _check(name, y, *, ndim, features=None):
   if getattr(y, "ndim", None) != ndim:
-    raise ValueError(f"{name}: expected a rank-{ndim} array, got shape {getattr(y, 'shape', None)}.")
+    raise ValueError(f"{name}: expected a rank-{ndim} array, got shape "
+                     f"{getattr(y, 'shape', None)}.")
   if jnp.dtype(y.dtype) not in map(jnp.dtype, _DTYPES):
     raise ValueError(f"{name}: dtype {y.dtype} is not supported; the kernels read float32, "
                      f"bfloat16 or float16 (use the XLA path, layers.norms.pooled_layer_norm).")
