@@ -4,6 +4,12 @@ SCAttn's parameters) with the kernels (`layers.scattn.gated_branch_sum`) against
 (`BranchMerge()(SCAttn(y))`), beside a copy pass over y as the floor.
 
     PYTHONPATH=. python benchmarks/bench_row_norm.py [--batch 128] [--reps 20] [--json FILE]
+        [--shapes stage3,...] [--variants "MAX_ROWS=8,NUM_WARPS=8;MAX_BLOCK_ELEMENTS=8192"]
+
+`--variants`: block-size settings of `ops/kernels/row_norm_gpu.py` (its module constants
+MAX_ROWS, MAX_BLOCK_ELEMENTS, ROWS_PER_PROGRAM, NUM_WARPS, MAX_COLUMN_WIDTH) to time the kernel
+path with, one set per `;`, beside the defaults (e.g. stage 3, where the defaults gained nothing
+in fwd+bwd over XLA in session 14).
 
 Shapes: the scan output y [b, L, K, E] of LocalVMamba-T's stages (K = 4 directions). The
 floor column is one read + one write of y (x * 1.0001): the kernels' forward reads y once,
@@ -108,17 +114,70 @@ def bench(batch, reps, dtypes):
   return rows
 
 
+TUNABLE = ("MAX_ROWS", "MAX_BLOCK_ELEMENTS", "ROWS_PER_PROGRAM", "NUM_WARPS", "MAX_COLUMN_WIDTH")
+
+
+def parse_variants(text):
+  """'A=1,B=2;C=3' -> [{'A': 1, 'B': 2}, {'C': 3}] over the tunable module constants."""
+  variants = []
+  for item in filter(None, (v.strip() for v in text.split(";"))):
+    settings = {}
+    for pair in item.split(","):
+      name, _, value = pair.partition("=")
+      name = name.strip().upper()
+      if name not in TUNABLE or not value.strip().isdigit() or int(value) < 1:
+        raise SystemExit(f"--variants: {pair!r} is not NAME=POSITIVE_INT with NAME one of "
+                         f"{', '.join(TUNABLE)}")
+      settings[name] = int(value)
+    variants.append(settings)
+  return variants
+
+
+def bench_variants(batch, reps, dtypes, variants):
+  """The kernel path's times under each set of block-size constants (restored afterwards)."""
+  rows, rng = [], np.random.default_rng(2)
+  defaults = {name: getattr(row_norm_gpu, name) for name in TUNABLE}
+  try:
+    for settings in variants:
+      for name, value in {**defaults, **settings}.items():
+        setattr(row_norm_gpu, name, value)
+      for name, (length, k, e) in SHAPES.items():
+        for dtype in dtypes:
+          y = jnp.asarray(rng.normal(size=(batch, length, k, e)), dtype)
+          w = jnp.asarray(rng.normal(size=(batch, length, e)), jnp.float32)
+          state, fwd, grad = loss_fns(scattn(e))   # new jitted functions: traced with settings
+          row = dict(shape=name, dtype=jnp.dtype(dtype).name, batch=batch, variant=settings,
+                     kernels_fwd_ms=median_ms(fwd[True], (state, y), reps)[0],
+                     kernels_fwd_bwd_ms=median_ms(grad[True], (state, y, w), reps)[0])
+          rows.append(row)
+          print("variant", json.dumps(row), flush=True)
+  finally:
+    for name, value in defaults.items():
+      setattr(row_norm_gpu, name, value)
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--reps", type=int, default=20)
   parser.add_argument("--dtypes", default="float32,bfloat16")
+  parser.add_argument("--shapes", default=",".join(SHAPES), help="of " + ", ".join(SHAPES))
+  parser.add_argument("--variants", default="", help="block-size settings to time (see above)")
   parser.add_argument("--json", default=None)
   args = parser.parse_args()
+  unknown = set(args.shapes.split(",")) - set(SHAPES)
+  if unknown:
+    parser.error(f"--shapes: unknown {sorted(unknown)}; known: {', '.join(SHAPES)}")
+  for name in list(SHAPES):
+    if name not in args.shapes.split(","):
+      del SHAPES[name]
+  variants = parse_variants(args.variants)
+  dtypes = [jnp.dtype(d) for d in args.dtypes.split(",")]
   print("device", jax.devices()[0].device_kind, "jax", jax.__version__, flush=True)
   result = dict(device=jax.devices()[0].device_kind, jax=jax.__version__, check=check(),
-                times=bench(args.batch, args.reps, [jnp.dtype(d) for d in
-                                                    args.dtypes.split(",")]))
+                times=bench(args.batch, args.reps, dtypes),
+                variants=bench_variants(args.batch, args.reps, dtypes, variants))
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)
