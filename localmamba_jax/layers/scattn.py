@@ -90,7 +90,7 @@ def gated_branch_sum(attn: SCAttn, y, *, interpret: bool | None = None):
     raise ValueError(f"gated_branch_sum: y must be [batch, L, K, E], got shape "
                      f"{getattr(y, 'shape', None)}.")
   graphdef, state = nnx.split(attn)
-  return _gated_branch_sum(graphdef, interpret, state, y)
+  return _gated_branch_sum(graphdef, float(attn.norm.epsilon), interpret, state, y)
 
 
 def _gate_of_pooled(graphdef, state, pooled_hat):
@@ -102,22 +102,20 @@ def _gate_of_pooled(graphdef, state, pooled_hat):
   return attn.gate(mean_normed[:, None])                          # [b, 1, K, E]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _gated_branch_sum(graphdef, interpret, state, y):
-  return _gated_branch_sum_fwd(graphdef, interpret, state, y)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _gated_branch_sum(graphdef, epsilon, interpret, state, y):
+  return _gated_branch_sum_fwd(graphdef, epsilon, interpret, state, y)[0]
 
 
-def _gated_branch_sum_fwd(graphdef, interpret, state, y):
-  epsilon = nnx.merge(graphdef, state).norm.epsilon
+def _gated_branch_sum_fwd(graphdef, epsilon, interpret, state, y):
   pooled_hat = row_norm_gpu.pooled_normalized_mean(y, epsilon, interpret=interpret)
   gate = _gate_of_pooled(graphdef, state, pooled_hat)
   out = jnp.sum(y * gate.astype(y.dtype), axis=-2)               # BranchMerge's plain sum
   return out, (state, y, pooled_hat, gate)
 
 
-def _gated_branch_sum_bwd(graphdef, interpret, residuals, d_out):
+def _gated_branch_sum_bwd(graphdef, epsilon, interpret, residuals, d_out):
   state, y, pooled_hat, gate = residuals
-  epsilon = nnx.merge(graphdef, state).norm.epsilon
   # the gate's gradient: sum over L of d_out * y per branch, in y's dtype as autodiff has it
   d_gate = jnp.sum(d_out[:, :, None, :] * y, axis=1, keepdims=True)
   _, gate_vjp = jax.vjp(functools.partial(_gate_of_pooled, graphdef), state, pooled_hat)

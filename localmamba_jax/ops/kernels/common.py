@@ -1,4 +1,4 @@
-"""Pieces both Pallas selective-scan kernels (GPU and TPU) share."""
+"""Pieces the Pallas kernels (the GPU and TPU selective scans, the GPU row kernels) share."""
 from __future__ import annotations
 
 import jax
@@ -7,6 +7,23 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from localmamba_jax.ops.scan_orders import merge_is_inverse  # noqa: F401 (kernels' entry point)
+
+
+def on_gpu() -> bool:
+  """Whether JAX's default backend is a GPU (the GPU kernels then run compiled, not
+  interpreted)."""
+  try:
+    return jax.default_backend() == "gpu"
+  except RuntimeError:  # pragma: no cover
+    return False
+
+
+def largest_pow2_divisor(n: int, cap: int) -> int:
+  """The largest power of two that divides n and is at most cap (Triton block sizes)."""
+  t = 1
+  while t * 2 <= cap and n % (t * 2) == 0:
+    t *= 2
+  return t
 
 
 class StaticIndex:

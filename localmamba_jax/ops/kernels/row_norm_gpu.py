@@ -31,7 +31,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from localmamba_jax.ops.kernels.common import shard_over_batch
+from localmamba_jax.ops.kernels.common import largest_pow2_divisor, on_gpu, shard_over_batch
 
 try:  # pragma: no cover - availability depends on the installed jax
   from jax.experimental import pallas as pl
@@ -50,16 +50,9 @@ NUM_WARPS = 4
 _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
-def _pow2_divisor(n: int, cap: int) -> int:
-  d = 1
-  while n % (2 * d) == 0 and 2 * d <= cap:
-    d *= 2
-  return d
-
-
 def column_blocks(features: int) -> tuple[int, int]:
   """(width, count): E as `count` blocks of a power-of-two `width` (widest that divides E)."""
-  width = _pow2_divisor(features, MAX_COLUMN_WIDTH)
+  width = largest_pow2_divisor(features, MAX_COLUMN_WIDTH)
   return width, features // width
 
 
@@ -70,15 +63,8 @@ def is_supported(features: int, dtype=jnp.float32) -> bool:
           and jnp.dtype(dtype) in map(jnp.dtype, _DTYPES))
 
 
-def on_gpu() -> bool:
-  try:
-    return jax.default_backend() == "gpu"
-  except RuntimeError:  # pragma: no cover
-    return False
-
-
 def _rows_per_block(length: int, features: int) -> int:
-  return _pow2_divisor(length, max(1, min(MAX_ROWS, MAX_BLOCK_ELEMENTS // features)))
+  return largest_pow2_divisor(length, max(1, min(MAX_ROWS, MAX_BLOCK_ELEMENTS // features)))
 
 
 def _blocks_per_program(num_blocks: int, rows: int) -> int:

@@ -66,7 +66,8 @@ import numpy as np
 
 from localmamba_jax.ops.kernels import register_cap
 from localmamba_jax.ops.kernels.common import (check_read_index, fold_to,
-                                               fused_multi_direction_scan)
+                                               fused_multi_direction_scan,
+                                               largest_pow2_divisor, on_gpu)
 
 try:  # pragma: no cover - availability depends on the installed jax
   from jax.experimental import pallas as pl
@@ -172,20 +173,6 @@ DEFAULT_POLY_SOFTPLUS = None
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
-def _largest_pow2_divisor(n: int, cap: int) -> int:
-  t = 1
-  while t * 2 <= cap and n % (t * 2) == 0:
-    t *= 2
-  return t
-
-
-def on_gpu() -> bool:
-  try:
-    return jax.default_backend() == "gpu"
-  except RuntimeError:  # pragma: no cover
-    return False
-
-
 def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
   """Whether the kernel covers this problem (else callers use the pure-JAX scan).
 
@@ -195,7 +182,7 @@ def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
   """
   if not _HAVE_PALLAS_TRITON or num_state & (num_state - 1) or num_state > 256:
     return False
-  if channels % groups or _largest_pow2_divisor(channels // groups, DEFAULT_TILE) < 8:
+  if channels % groups or largest_pow2_divisor(channels // groups, DEFAULT_TILE) < 8:
     return False
   return all(jnp.dtype(d) in map(jnp.dtype, _SUPPORTED_DTYPES) for d in dtypes)
 
@@ -846,7 +833,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                        f"L_seq], got {getattr(read_index, 'shape', None)}.")
     seq_len = int(read_index.shape[1])
     index = jnp.asarray(read_index, jnp.int32)
-  cap = lambda t, default: _largest_pow2_divisor(per_group, t or default)
+  cap = lambda t, default: largest_pow2_divisor(per_group, t or default)
   fwd_tile, bwd_t = cap(tile, DEFAULT_TILE), cap(bwd_tile, DEFAULT_BWD_TILE)
   for name, x in (("u", u), ("z", z)):
     if x is not None and (channels % x.shape[2] or x.shape[2] % max(fwd_tile, bwd_t)):
