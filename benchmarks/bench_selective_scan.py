@@ -56,7 +56,7 @@ NUM_STATE = 16
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
 # the kernel options that are flags (0/1 on command lines)
 FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "recompute_checkpoints",
-                "poly_softplus")
+                "poly_softplus", "lanes", "lanes_ahead")
 
 
 def load_kernel_module(path, name="kernel_under_test"):
@@ -192,7 +192,12 @@ def check(report, only=""):
                         ("plain recompute", dict(recompute_checkpoints=True)),
                         ("plain poly softplus", dict(poly_softplus=True)),
                         ("plain poly softplus batched keep_dl",
-                         dict(poly_softplus=True, lean=False, keep_dl=True))):
+                         dict(poly_softplus=True, lean=False, keep_dl=True)),
+                        ("plain lanes", dict(lanes=True)),
+                        ("plain lanes c4s8", dict(lanes=True, chunk=4, checkpoint_every=8)),
+                        ("plain lanes c2s8 not ahead", dict(lanes=True, chunk=2,
+                                                            checkpoint_every=8,
+                                                            lanes_ahead=False))):
       kern_opts = lambda *a, opts=opts: selective_scan_gpu.selective_scan_pallas(
           a[0], a[1], a[2], a[3], a[4], a[5], a[7], a[6], delta_softplus=True, **opts)
       cases.append((label, dtype, kern_opts, ref, args, w, tol_out, tol_grad))
@@ -222,6 +227,12 @@ def check(report, only=""):
               u, d, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge,
               poly_softplus=False))
       cases.append(("fused libdevice softplus " + ",".join(directions), dtype, libdevice,
+                    mk("reference"), margs, mw, tol_out, tol_grad))
+      lanes = lambda u, d, A, B, C, D, bias, orders=orders: (
+          selective_scan_gpu.multi_direction_scan_pallas(
+              u, d, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge,
+              lanes=True, chunk=4, checkpoint_every=8))
+      cases.append(("fused lanes c4s8 " + ",".join(directions), dtype, lanes,
                     mk("reference"), margs, mw, tol_out, tol_grad))
   ok = True
   for name, dtype, kern, ref, args, w, tol_out, tol_grad in cases:
@@ -259,12 +270,14 @@ def parse_variant(text):
   """'c8s32k1t16w1l1m1' -> kernel options (chunk, checkpoint_every, keep_decay, bwd_tile,
   bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
   d = keep_dl, x = sfu, r = bwd_max_registers,
-  q = max_registers, e = recompute_checkpoints, y = poly_softplus); letters may be omitted
+  q = max_registers, e = recompute_checkpoints, y = poly_softplus, n = lanes (the backward with
+  one channel per lane), a = lanes_ahead); letters may be omitted
   (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
               w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
               x="sfu", r="bwd_max_registers",
-              q="max_registers", e="recompute_checkpoints", y="poly_softplus")
+              q="max_registers", e="recompute_checkpoints", y="poly_softplus", n="lanes",
+              a="lanes_ahead")
   options, i = {}, 0
   while i < len(text):
     j = i + 1

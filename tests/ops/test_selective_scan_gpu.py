@@ -448,3 +448,80 @@ def test_recompute_checkpoints_matches_float64_reference():
                                         impl="reference")
   weight = jnp.asarray(rng.standard_normal((2, 21, 16)), jnp.float32)
   assert_matches(kernel, reference, args, weight, NAMES[:7])
+
+
+# ----------------------------------------------------------- one channel per lane (lanes)
+# N = 16 and 32 channels per group are what the lanes backward covers (one warp of 32 lanes,
+# 2N = 32 sums scattered one per lane).
+
+@pytest.mark.parametrize("checkpoint_every,lanes_ahead", [
+    (4, True),    # two chunks per saved state: the second chunk's start state recomputed
+    (2, False),   # one chunk per saved state, loads issued after the previous step's stores
+])
+def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahead):
+  rng = np.random.default_rng(5)
+  inputs = random_inputs(rng, batch=2, length=11, channels=64, groups=2, num_state=16,
+                         with_z=True)
+  args = [inputs[k] for k in NAMES]
+
+  def kernel(u, delta, A, B, C, D, bias, z):
+    return selective_scan_gpu.selective_scan_pallas(
+        u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
+        checkpoint_every=checkpoint_every, lanes=True, lanes_ahead=lanes_ahead, interpret=True)
+
+  def reference(u, delta, A, B, C, D, bias, z):
+    return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
+
+  assert_matches(kernel, reference, args, rng.standard_normal((2, 11, 64)), NAMES)
+
+
+def test_lanes_backward_matches_float64_through_a_scan_order_table():
+  from localmamba_jax.ops.scan_orders import stacked_scan_orders
+  grid_hw, directions = (3, 5), ("w2", "v_flip")      # window pads; v_flip's exact merge
+  orders = stacked_scan_orders(*grid_hw, directions)
+  rng = np.random.default_rng(6)
+  k, e, n = 2, 32, 16
+  tokens = grid_hw[0] * grid_hw[1]
+  flat = random_inputs(rng, 2, tokens, k * e, k, n, with_z=False)
+  args = [flat["u"][:, :, :e], flat["delta"].reshape(2, tokens, k, e), flat["A"].reshape(k, e, n),
+          flat["B"], flat["C"], flat["D"].reshape(k, e), flat["delta_bias"].reshape(k, e)]
+
+  def kernel(u, delta, A, B, C, D, bias):
+    return selective_scan_gpu.multi_direction_scan_pallas(
+        u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge, chunk=2,
+        checkpoint_every=4, lanes=True, interpret=True)
+
+  def reference(u, delta, A, B, C, D, bias):
+    return multi_direction_selective_scan(u, delta, A, B, C, D, bias, grid_hw=grid_hw,
+                                          directions=directions, impl="reference")
+
+  assert_matches(kernel, reference, args, rng.standard_normal((2, tokens, k, e)),
+                 NAMES[:7])
+
+
+def test_lanes_reduce_scatter_leaves_sum_i_on_lane_i():
+  cfg = types.SimpleNamespace(interpret=True)
+  values = np.random.default_rng(7).standard_normal((32, 32)).astype(np.float32)  # [i, lane]
+  got = selective_scan_gpu._reduce_scatter_lanes([jnp.asarray(v) for v in values], cfg)
+  np.testing.assert_allclose(np.asarray(got), values.sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_lanes_refusals_and_cuda_lowering():
+  x = jnp.zeros((1, 4, 64), jnp.float32)
+  a16 = -jnp.ones((64, 16), jnp.float32)
+  bc16 = jnp.ones((1, 4, 2, 16), jnp.float32)
+  with pytest.raises(ValueError, match=r"lanes=True needs N = 16"):
+    selective_scan_gpu.selective_scan_pallas(x, x, a16[:, :8], bc16[..., :8], bc16[..., :8],
+                                             lanes=True, interpret=True)
+  with pytest.raises(ValueError, match="channels per group divisible by 32"):
+    selective_scan_gpu.selective_scan_pallas(x, x, a16, bc16.repeat(2, axis=2),
+                                             bc16.repeat(2, axis=2), lanes=True, interpret=True)
+  with pytest.raises(ValueError, match="bwd_tile=16"):
+    selective_scan_gpu.selective_scan_pallas(x, x, a16, bc16, bc16, lanes=True, bwd_tile=16,
+                                             interpret=True)
+  # the GPU lowering (no GPU needed): the shuffles are inline PTX in the backward kernel
+  fn = jax.jit(jax.grad(lambda u: jnp.sum(selective_scan_gpu.selective_scan_pallas(
+      u, u, a16, bc16, bc16, lanes=True, interpret=False))))
+  text = fn.trace(jax.ShapeDtypeStruct(x.shape, x.dtype)).lower(
+      lowering_platforms=("cuda",)).as_text()
+  assert "selective_scan_bwd" in text and "__gpu$xla.gpu.triton" in text

@@ -31,6 +31,11 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     first rebuilds the checkpoints with a states-only forward (no C, z or outputs): less
     memory held between a model's forward and backward (LocalVMamba-T bf16 at 128 per H100:
     37.0 -> 21.1 GiB for -5.7% img/s; BENCHMARKS.md session 9).
+    The default backward for LocalVMamba's scans (through a scan-order table) and for plain
+    scans of >= 512 steps is `_backward_kernel_lanes`: one channel per lane on 32-channel
+    tiles, the state as N [32] vectors, dB/dC through a butterfly reduce-scatter of inline
+    shuffles (-12% fwd+bwd at stage 1, +9.6% LocalVMamba-T train step; BENCHMARKS.md
+    session 15).
     dB/dC (summed over the channels of a group) are written as one partial per channel tile,
     [batch, tokens, tiles, N], and summed afterwards; dA, dD and d delta_bias are per-program
     partials summed over batch afterwards. No atomics, so results are deterministic.
@@ -170,6 +175,21 @@ DEFAULT_BWD_TILE = 16
 # the series is the default for every lean backward; the batched plain-order one (LocalVim,
 # L = 197, where keep_dl plays no part) keeps libdevice's log1pf (0.88 against 0.95 ms).
 DEFAULT_POLY_SOFTPLUS = None
+# The backward with one channel per lane (`_backward_kernel_lanes`), measured on H100s
+# (2026-11-28, BENCHMARKS.md session 15; bf16 inputs, batch 128, same call each):
+#   * fused fwd+bwd (float32 output, uncapped): stage 1 20.35 -> 18.43 ms with chunk 4,
+#     17.83 with chunk 2 (checkpoints every 8 either way); stage 3 4.59 -> 4.50 with chunk 4;
+#   * plain order: stage 1 17.48 -> 15.34 ms, but LocalVim-T's 197 steps 0.90 -> 0.99;
+#   * LocalVMamba-T's train step (chunk 2, checkpoints every 8, the 168-register cap of
+#     scans read through a table): pipelined 844.5 -> 911.7 img/s with it on stages 1-2,
+#     895.0 -> 923.9 with it on every stage (peak 37.00 -> 31.80 GiB: stage 3's batched
+#     backward saved a state every 4 steps).
+# So lanes=None resolves to it for every scan read through a scan-order table and for plain
+# scans of at least LANES_MIN_SEQ steps, wherever the shape fits (N = 16, 32 channels per
+# group) and no backward tile or warp count is asked for.
+DEFAULT_LANES = True
+LANES_MIN_SEQ = 512
+LANES_CHUNK = 2  # its backward's chunk; the forward keeps FORWARD_CHUNK (only groups loads)
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -197,8 +217,11 @@ def _chunk_default(lean: bool, indexed: bool) -> int:
   return FORWARD_CHUNK if lean else BATCHED_INDEXED_CHUNK
 
 
-def _bwd_max_registers_default(lean: bool, indexed: bool, chunk: int) -> int | None:
-  capped = indexed and (lean or chunk <= BATCHED_INDEXED_CHUNK)
+def _bwd_max_registers_default(lean: bool, indexed: bool, chunk: int,
+                               lanes: bool = False) -> int | None:
+  # the lanes backward was measured in the train step under the cap where it reads through a
+  # table (chunk 2), and uncapped in plain order (BENCHMARKS.md session 15)
+  capped = indexed and (lanes or lean or chunk <= BATCHED_INDEXED_CHUNK)
   return LEAN_INDEXED_BWD_MAX_REGISTERS if capped else None
 
 
@@ -265,6 +288,9 @@ class _Config:
   recompute_checkpoints: bool = False
   max_registers: int | None = None      # forward's PTX .maxnreg (register_cap); None: no cap
   bwd_max_registers: int | None = None  # backward's
+  # the backward with one channel per lane (`_backward_kernel_lanes`; bwd_tile = 32, one warp)
+  lanes: bool = False
+  lanes_ahead: bool = True  # its adjoint loads the previous step's inputs before its stores
 
 
 def _out_dtype(cfg, u):
@@ -403,7 +429,14 @@ def _derive(cfg, raw, t, bias, dl=None):
   real = jnp.logical_and(raw_token >= 0, in_range) if cfg.indexed else in_range
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
   zero = jnp.float32(0.0)
-  f32 = lambda name: jnp.where(real, raw[name].astype(jnp.float32), zero)
+
+  def f32(name):
+    if isinstance(raw[name], list):
+      # N scalars of B_t / C_t (one channel per lane, `_backward_kernel_lanes`), left unmasked
+      # (N selects per step saved): a pad's u = 0 makes Delta u B_t = 0 whatever B_t, its
+      # dout = 0 makes C_t dy = 0, and its gradients are not stored
+      return [x.astype(jnp.float32) for x in raw[name]]
+    return jnp.where(real, raw[name].astype(jnp.float32), zero)
   pre = f32("draw") + bias
   if dl is None:
     dl = _softplus(pre, cfg) if cfg.softplus else pre
@@ -610,6 +643,209 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   dbias_ref[b, pl.ds(c0, tile)] = dbias_acc
 
 
+# ----------------------------------------------------- backward with one channel per lane
+
+# The backward above keeps the state as a [16 channels, N] register tile whose layout Triton
+# picks: 8 lanes of channels x 4 lanes of N, so every per-channel value (u, Delta, softplus,
+# sigmoid, du, ...) is computed on 4 lanes, and dB/dC (sums over channels) cost 3 shuffle
+# levels per state pair per step. Here the state is N separate [32] vectors (a Python list):
+# on one warp each lane owns one channel and all N of its states (a 1-D tensor of 32 elements
+# on 32 threads is laid out one element per lane: Triton's coalescing caps the elements per
+# thread at elements / threads), so per-channel work runs once and sums over N are in-thread
+# multiply-adds. The 2N sums over the warp's channels (dB_t, dC_t) are one butterfly
+# reduce-scatter (`_reduce_scatter_lanes`): 31 shuffles, 31 adds and 62 selects per step for
+# all 32 sums, each lane ending with one of them, stored as one coalesced 128-byte row.
+# Session 5 tried one channel per lane with 32 full warp reductions per step (~320
+# instructions) and chunk 8 (255 registers, spills) and measured it slower (BENCHMARKS.md).
+LANES = 32
+
+
+def _lanes_supported(num_state: int, per_group: int) -> bool:
+  """The lanes backward: 2N sums scattered one per lane of a 32-lane warp, 32-channel tiles."""
+  return 2 * num_state == LANES and per_group % LANES == 0
+
+
+def _lanes_default(seq_len, indexed, num_state, per_group, bwd_tile, bwd_num_warps) -> bool:
+  return (DEFAULT_LANES and (indexed or seq_len >= LANES_MIN_SEQ)
+          and _lanes_supported(num_state, per_group)
+          and bwd_tile in (None, LANES) and bwd_num_warps in (None, 1))
+
+
+def _shfl_xor(v, mask, cfg):
+  """Lane l gets lane (l ^ mask)'s value (shfl.sync.bfly); interpret mode: the same permutation
+  of the vector's elements (element i = lane i, as on the GPU)."""
+  if cfg.interpret:
+    return v[jax.lax.broadcasted_iota(jnp.int32, v.shape, 0) ^ mask]
+  [y] = plt.elementwise_inline_asm(f"shfl.sync.bfly.b32 $0, $1, {mask}, 0x1f, 0xffffffff;",
+                                   args=[v], constraints="=f,f", pack=1,
+                                   result_shape_dtypes=[jax.ShapeDtypeStruct.like(v)])
+  return y
+
+
+def _reduce_scatter_lanes(values, cfg):
+  """32 per-lane [32] vectors -> one [32] vector whose lane i holds sum over lanes of values[i].
+
+  Butterfly: at the level with lane mask m each lane keeps one half of its values (the upper
+  half where bit m of its lane is set), adds the partner lane's copy of that half, and sends
+  the other half: 16 + 8 + 4 + 2 + 1 shuffles in all. Element i of the result is the sum of
+  values[i] because the kept halves follow the lane's bits from the top.
+  """
+  lane = jax.lax.broadcasted_iota(jnp.int32, values[0].shape, 0)
+  mask = LANES // 2
+  while len(values) > 1:
+    half = len(values) // 2
+    upper = (lane & mask) != 0
+    values = [jnp.where(upper, hi, lo) + _shfl_xor(jnp.where(upper, lo, hi), mask, cfg)
+              for lo, hi in zip(values[:half], values[half:])]
+    mask //= 2
+  return values[0]
+
+
+def _load_step_lanes(cfg, refs, b, group, c0, cu0, cz0, t, num_state, *, need_c=True,
+                     dout_ref=None):
+  """`_load_step` for one channel per lane: B_t and C_t as N warp-uniform scalars (lists)."""
+  u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
+  t_safe = _clamped_step(cfg, t)
+  raw_token = t_safe if index_ref is None else _table_entry(cfg, index_ref, group, t)
+  token = jnp.maximum(raw_token, 0).astype(jnp.int32)
+  raw = dict(raw_token=raw_token,
+             u=plt.load(u_ref.at[b, token, pl.ds(cu0, LANES)]),
+             draw=plt.load(delta_ref.at[b, token, pl.ds(c0, LANES)]),
+             bt=[b_ref[b, token, group, n] for n in range(num_state)])
+  if need_c:
+    raw["ct"] = [c_ref[b, token, group, n] for n in range(num_state)]
+    if cfg.has_z:
+      raw["zt"] = plt.load(z_ref.at[b, token, pl.ds(cz0, LANES)])
+  if dout_ref is not None:
+    write_pos = token if cfg.write_at_tokens else t_safe
+    raw["dout"] = plt.load(dout_ref.at[b, write_pos, pl.ds(c0, LANES)])
+  return raw
+
+
+def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
+  """`_backward_kernel`'s lean schedule with one channel per lane (cfg.lanes).
+
+  Per segment in reverse: the states at the chunk starts after the first (a forward from
+  the checkpoint, states only), then per chunk in reverse the recompute of its `chunk`
+  states (loads u, delta, B) and the adjoint through them, which reloads its step's inputs
+  and dout (one step ahead of the stores where cfg.lanes_ahead). The first chunk restarts
+  from the checkpoint, reloaded rather than kept in registers. dB_t and dC_t leave as one
+  [2N] row per step and tile (`_reduce_scatter_lanes`).
+  """
+  refs = list(refs)
+  index_ref = refs.pop(0) if cfg.indexed else None
+  u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = refs[:7]
+  refs = refs[7:]
+  z_ref = refs.pop(0) if cfg.has_z else None
+  dout_ref, dlast_ref, ckpt_ref = refs[:3]
+  refs = refs[3:]
+  du_ref, ddelta_ref = refs[:2]
+  refs = refs[2:]
+  dz_ref = refs.pop(0) if cfg.has_z else None
+  dbc_ref, da_ref, dd_ref, dbias_ref = refs
+  chunk, seg_len = cfg.chunk, cfg.checkpoint_every
+  ratio = seg_len // chunk
+  num_segments = num_chunks // ratio
+  num_state = a_ref.shape[1]
+  b, j, c0, group, cu0, cz0 = _program_coords(cfg, LANES, per_group, u_channels, z_channels)
+  columns = lambda ref, *lead: [ref[(*lead, pl.ds(c0, LANES), n)] for n in range(num_state)]
+  a2 = columns(a_ref)                               # A * log2(e), a [32] vector per state
+  d = d_ref[pl.ds(c0, LANES)]
+  bias = bias_ref[pl.ds(c0, LANES)]
+  load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
+
+  def load(t, full):
+    return _load_step_lanes(cfg, load_refs, b, group, c0, cu0, cz0, t, num_state,
+                            need_c=full, dout_ref=dout_ref if full else None)
+
+  def step_state(h, s):
+    dlu = s["dl"] * s["u"]
+    return [_fma(_exp2(s["dl"] * a2[n], cfg), h[n], dlu * s["bt"][n], cfg)
+            for n in range(num_state)]
+
+  def adjoint_step(s, h, g_next, accs):
+    da_acc, dd_acc, dbias_acc = accs
+    u, dl, bt, ct, dout, token = s["u"], s["dl"], s["bt"], s["ct"], s["dout"], s["token"]
+    store_mask = jnp.broadcast_to(s["real"], (LANES,))
+    if cfg.has_z:
+      zt = s["zt"]
+      sig = _sigmoid(zt, cfg)
+      y = d * u
+      for n in range(num_state):
+        y = _fma(h[n], ct[n], y, cfg)
+      dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
+      plt.store(dz_ref.at[b, token, pl.ds(c0, LANES)], dz.astype(dz_ref.dtype), mask=store_mask)
+      dy = dout * zt * sig
+    else:
+      dy = dout
+    dlu = dl * u
+    gb = jnp.zeros_like(u)
+    ga = jnp.zeros_like(u)
+    g, da_new, db_terms, dc_terms = [], [], [], []
+    for n in range(num_state):
+      gn = _fma(dy, ct[n], g_next[n], cfg)
+      # exp(Delta A) h_{t-1} = h_t - Delta B u (see _backward_kernel): serves dDelta and dA
+      g_decayed_prev = gn * _fma(-dlu, bt[n], h[n], cfg)
+      da_new.append(_fma(dl, g_decayed_prev, da_acc[n], cfg))
+      gb = _fma(gn, bt[n], gb, cfg)
+      ga = _fma(a2[n], g_decayed_prev, ga, cfg)
+      db_terms.append(gn * dlu)
+      dc_terms.append(dy * h[n])
+      g.append(gn * _exp2(dl * a2[n], cfg))         # g_next of step t - 1
+    # dB_t, dC_t summed over the warp's channels; lane i holds entry i of [dB_t, dC_t]
+    plt.store(dbc_ref.at[b, token, j, pl.ds(0, LANES)],
+              _reduce_scatter_lanes(db_terms + dc_terms, cfg), mask=store_mask)
+    ddl = u * gb + LN_2 * ga                        # a2 = A log2(e): A = a2 ln 2
+    du = gb * dl + d * dy
+    dd_acc = dd_acc + dy * u
+    dpre = ddl * _sigmoid(s["pre"], cfg) if cfg.softplus else ddl
+    dpre = jnp.where(s["in_range"], dpre, 0.0)
+    dbias_acc = dbias_acc + dpre
+    plt.store(du_ref.at[b, token, pl.ds(c0, LANES)], du.astype(du_ref.dtype), mask=store_mask)
+    plt.store(ddelta_ref.at[b, token, pl.ds(c0, LANES)], dpre.astype(ddelta_ref.dtype),
+              mask=store_mask)
+    return g, (da_new, dd_acc, dbias_acc)
+
+  def segment_body(si, carry):
+    g, accs = carry
+    g, accs = list(g), (list(accs[0]), accs[1], accs[2])
+    seg = num_segments - 1 - si
+    first = seg * seg_len
+    h = columns(ckpt_ref, b, seg)
+    starts = {}
+    for r in range(ratio - 1):                      # states at the later chunk starts
+      for i in range(chunk):
+        t = first + r * chunk + i
+        h = step_state(h, _derive(cfg, load(t, False), t, bias))
+      starts[r + 1] = h
+    for r in reversed(range(ratio)):
+      chunk_first = first + r * chunk
+      h = starts.pop(r) if r else columns(ckpt_ref, b, seg)
+      states = []
+      for i in range(chunk):                        # recompute the chunk's states
+        t = chunk_first + i
+        h = step_state(h, _derive(cfg, load(t, False), t, bias))
+        states.append(h)
+      ahead = load(chunk_first + chunk - 1, True)
+      for i in reversed(range(chunk)):              # adjoint recurrence through them
+        current = ahead
+        if i and cfg.lanes_ahead:                   # issued before this step's stores
+          ahead = load(chunk_first + i - 1, True)
+        s = _derive(cfg, current, chunk_first + i, bias)
+        g, accs = adjoint_step(s, states[i], g, accs)
+        if i and not cfg.lanes_ahead:
+          ahead = load(chunk_first + i - 1, True)
+    return tuple(g), (tuple(accs[0]), accs[1], accs[2])
+
+  zeros = jnp.zeros((LANES,), jnp.float32)
+  carry = (tuple(columns(dlast_ref, b)), (tuple(zeros for _ in range(num_state)), zeros, zeros))
+  _, (da_acc, dd_acc, dbias_acc) = jax.lax.fori_loop(0, num_segments, segment_body, carry)
+  for n in range(num_state):
+    da_ref[b, pl.ds(c0, LANES), n] = da_acc[n]
+  dd_ref[b, pl.ds(c0, LANES)] = dd_acc
+  dbias_ref[b, pl.ds(c0, LANES)] = dbias_acc
+
+
 # ----------------------------------------------------------------------------- pallas calls
 
 def _compiler_params(num_warps):
@@ -653,7 +889,8 @@ def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt
       cfg, index, u, delta, B, z)
   tokens = delta.shape[1]
   num_tiles = channels // cfg.bwd_tile
-  kernel = functools.partial(_backward_kernel, cfg=cfg, per_group=channels // groups,
+  kernel = functools.partial(_backward_kernel_lanes if cfg.lanes else _backward_kernel,
+                             cfg=cfg, per_group=channels // groups,
                              u_channels=u_channels, z_channels=z_channels,
                              num_chunks=num_chunks)
   f32 = jnp.float32
@@ -665,9 +902,11 @@ def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt
   if cfg.has_z:
     out_shape.append(jax.ShapeDtypeStruct((batch, tokens, channels),
                                           partial_dtype(z, z_channels)))
-  out_shape += [jax.ShapeDtypeStruct((batch, tokens, num_tiles, num_state), f32),
-                jax.ShapeDtypeStruct((batch, tokens, num_tiles, num_state), f32),
-                jax.ShapeDtypeStruct((batch, channels, num_state), f32),
+  # dB, dC partials per channel tile: one [2N] row per step and tile in the lanes backward
+  out_shape += ([jax.ShapeDtypeStruct((batch, tokens, num_tiles, 2 * num_state), f32)]
+                if cfg.lanes else
+                [jax.ShapeDtypeStruct((batch, tokens, num_tiles, num_state), f32)] * 2)
+  out_shape += [jax.ShapeDtypeStruct((batch, channels, num_state), f32),
                 jax.ShapeDtypeStruct((batch, channels), f32),
                 jax.ShapeDtypeStruct((batch, channels), f32)]
   args = index + (u, delta, a2, B, C, D, bias) + ((z,) if cfg.has_z else ()) + (
@@ -705,7 +944,10 @@ def _scan_fwd(cfg, index, u, delta, A, B, C, D, bias, z):
     out, last = _forward_only(cfg, index, u, delta, A, B, C, D, bias, z)
     ckpt = None
   else:
-    out, ckpt, last = _forward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z)
+    # the lanes backward's short chunk is its own: the forward keeps one chunk per checkpoint
+    # (the chunk only groups its loads; the same checkpoints are written)
+    fwd_cfg = dataclasses.replace(cfg, chunk=cfg.checkpoint_every) if cfg.lanes else cfg
+    out, ckpt, last = _forward_call(fwd_cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z)
   return (out, last), (index, u, delta, A, B, C, D, bias, z, ckpt)
 
 
@@ -720,6 +962,8 @@ def _scan_bwd(cfg, residuals, cotangents):
                               ckpt))
   du, ddelta = grads[:2]
   dz = grads[2] if cfg.has_z else None
+  if cfg.lanes:  # [dB, dC] rows
+    grads[-4:-3] = jnp.split(grads[-4], 2, axis=-1)
   db_part, dc_part, da_part, dd_part, dbias_part = grads[-5:]
   batch, tokens, num_tiles, num_state = db_part.shape
   groups = B.shape[2]
@@ -751,7 +995,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           max_registers=DEFAULT_MAX_REGISTERS,
                           bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS,
                           recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS,
-                          poly_softplus=DEFAULT_POLY_SOFTPLUS, interpret=None):
+                          poly_softplus=DEFAULT_POLY_SOFTPLUS, lanes=None,
+                          lanes_ahead=True, interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -797,6 +1042,13 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      (`_log1p_unit`; also in interpret mode) instead of libdevice's log1pf. None = the
      measured default: the series for scans read through a read_index and for the lean
      backward, libdevice for short plain-order scans (DEFAULT_POLY_SOFTPLUS).
+  lanes: the backward with one channel per lane (`_backward_kernel_lanes`): 32-channel tiles on
+     one warp, N = 16 only, bwd_tile / bwd_num_warps / lean / keep_decay / keep_dl do not
+     apply to it; its default chunk is LANES_CHUNK (2) with checkpoints every FORWARD_CHUNK
+     (8). None = the measured default (`_lanes_default`): on for scans read through a
+     read_index and for plain scans of >= LANES_MIN_SEQ steps, where the shape fits and
+     bwd_tile / bwd_num_warps are unset. lanes_ahead: its adjoint issues the previous
+     step's loads before the current step's stores.
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -835,6 +1087,19 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     index = jnp.asarray(read_index, jnp.int32)
   cap = lambda t, default: largest_pow2_divisor(per_group, t or default)
   fwd_tile, bwd_t = cap(tile, DEFAULT_TILE), cap(bwd_tile, DEFAULT_BWD_TILE)
+  lanes = (_lanes_default(tokens if read_index is None else int(read_index.shape[1]),
+                          read_index is not None, num_state, per_group, bwd_tile, bwd_num_warps)
+           if lanes is None else bool(lanes))
+  if lanes:
+    if not _lanes_supported(num_state, per_group):
+      raise ValueError(f"selective_scan_pallas: lanes=True needs N = {LANES // 2} states and "
+                       f"channels per group divisible by {LANES}, got N={num_state} and "
+                       f"{per_group} channels per group; use lanes=False.")
+    if bwd_tile not in (None, LANES) or bwd_num_warps not in (None, 1):
+      raise ValueError(f"selective_scan_pallas: lanes=True runs {LANES}-channel tiles on one "
+                       f"warp, got bwd_tile={bwd_tile}, bwd_num_warps={bwd_num_warps}; leave "
+                       f"them unset.")
+    bwd_t = LANES
   for name, x in (("u", u), ("z", z)):
     if x is not None and (channels % x.shape[2] or x.shape[2] % max(fwd_tile, bwd_t)):
       raise ValueError(f"selective_scan_pallas: {name} has {x.shape[2]} channels; it must have "
@@ -846,7 +1111,9 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   fwd_only_chunk = _chunking(FORWARD_ONLY_CHUNK if chunk is None else chunk, None, seq_len)[0]
   if checkpoint_every is None and chunk is not None:
     checkpoint_every = FORWARD_CHUNK  # an explicit chunk keeps the earlier default interval
-  if chunk is None:
+  if chunk is None and lanes:
+    chunk, checkpoint_every = LANES_CHUNK, checkpoint_every or FORWARD_CHUNK
+  elif chunk is None:
     chunk = _chunk_default(lean, index is not None)
   chunk, checkpoint_every = _chunking(chunk, checkpoint_every, seq_len)
   if max_registers is None:  # the measured defaults: a cap only where no backward follows
@@ -854,7 +1121,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   else:
     max_registers = fwd_only_max_registers = register_cap.checked_cap(max_registers,
                                                                       "max_registers")
-  bwd_max_registers = (_bwd_max_registers_default(lean, index is not None, chunk)
+  bwd_max_registers = (_bwd_max_registers_default(lean, index is not None, chunk, lanes)
                        if bwd_max_registers is None
                        else register_cap.checked_cap(bwd_max_registers, "bwd_max_registers"))
   if interpret:  # no Triton compile to cap
@@ -866,7 +1133,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 has_z=z is not None,
                 indexed=index is not None, write_at_tokens=bool(write_at_tokens),
                 num_warps=num_warps or (1 if fwd_tile <= 32 else 2),
-                bwd_num_warps=bwd_num_warps or (1 if bwd_t <= 16 else 2),
+                bwd_num_warps=1 if lanes else bwd_num_warps or (1 if bwd_t <= 16 else 2),
                 keep_decay=bool(keep_decay), sfu=bool(sfu),
                 keep_dl=DEFAULT_KEEP_DL if keep_dl is None else bool(keep_dl),
                 lean=lean,
@@ -876,7 +1143,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 max_registers=max_registers, bwd_max_registers=bwd_max_registers,
                 fwd_only_chunk=fwd_only_chunk,
                 fwd_only_max_registers=fwd_only_max_registers,
-                recompute_checkpoints=bool(recompute_checkpoints))
+                recompute_checkpoints=bool(recompute_checkpoints),
+                lanes=lanes, lanes_ahead=bool(lanes_ahead))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
