@@ -454,11 +454,12 @@ def test_recompute_checkpoints_matches_float64_reference():
 # N = 16 and 32 channels per group are what the lanes backward covers (one warp of 32 lanes,
 # 2N = 32 sums scattered one per lane).
 
-@pytest.mark.parametrize("checkpoint_every,lanes_ahead", [
-    (4, True),    # two chunks per saved state: the second chunk's start state recomputed
-    (2, False),   # one chunk per saved state, loads issued after the previous step's stores
+@pytest.mark.parametrize("checkpoint_every,lanes_ahead,recompute", [
+    (4, True, False),  # two chunks per saved state: the second chunk's start state recomputed
+    (2, False, True),  # one chunk per saved state, loads issued after the previous step's
+                       # stores; the checkpoints rebuilt by a states-only forward
 ])
-def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahead):
+def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahead, recompute):
   rng = np.random.default_rng(5)
   inputs = random_inputs(rng, batch=2, length=11, channels=64, groups=2, num_state=16,
                          with_z=True)
@@ -467,7 +468,8 @@ def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahea
   def kernel(u, delta, A, B, C, D, bias, z):
     return selective_scan_gpu.selective_scan_pallas(
         u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
-        checkpoint_every=checkpoint_every, lanes=True, lanes_ahead=lanes_ahead, interpret=True)
+        checkpoint_every=checkpoint_every, lanes=True, lanes_ahead=lanes_ahead,
+        recompute_checkpoints=recompute, interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
@@ -525,3 +527,35 @@ def test_lanes_refusals_and_cuda_lowering():
   text = fn.trace(jax.ShapeDtypeStruct(x.shape, x.dtype)).lower(
       lowering_platforms=("cuda",)).as_text()
   assert "selective_scan_bwd" in text and "__gpu$xla.gpu.triton" in text
+
+
+def test_lanes_default_follows_the_measurements(monkeypatch):
+  """lanes=None: on for scans read through a table and plain scans of >= 512 steps where the
+  shape fits (H100, BENCHMARKS.md session 15: faster at every LocalVMamba-T stage in the train
+  step and at the 3136-step plain shape, slower at LocalVim's 197 plain steps), with chunk 2,
+  checkpoints every 8 and, through a table, the 168-register cap the step ran under; the
+  forward that saves the checkpoints keeps one chunk per interval."""
+  lanes_default = selective_scan_gpu._lanes_default
+  assert lanes_default(64, True, 16, 96, None, None)         # LocalVMamba stage 4 (w2 pads)
+  assert lanes_default(3136, False, 16, 768, None, None)     # issue 7's plain shape
+  assert not lanes_default(197, False, 16, 384, None, None)  # LocalVim
+  assert not lanes_default(3136, True, 8, 768, None, None)   # N != 16
+  assert not lanes_default(3136, True, 16, 48, None, None)   # 48 channels per group
+  assert not lanes_default(3136, True, 16, 768, 16, None)    # a backward tile asked for
+  cap_default = selective_scan_gpu._bwd_max_registers_default
+  assert cap_default(lean=False, indexed=True, chunk=2, lanes=True) == 168
+  assert cap_default(lean=True, indexed=False, chunk=2, lanes=True) is None
+  seen = []
+  original = selective_scan_gpu._forward_call
+  monkeypatch.setattr(selective_scan_gpu, "_forward_call", lambda cfg, *args: seen.append(
+      (cfg.lanes, cfg.chunk, cfg.checkpoint_every, cfg.save_checkpoints)) or original(cfg, *args))
+  a = -jnp.ones((64, 16), jnp.float32)
+  for tokens, table, want in ((600, None, True), (20, None, False),
+                              (20, np.arange(20)[None].repeat(2, 0), True)):
+    x = jax.ShapeDtypeStruct((1, tokens, 64), jnp.float32)
+    bc = jnp.ones((1, tokens, 2, 16), jnp.float32)
+    seen.clear()
+    jax.eval_shape(jax.grad(lambda x: jnp.sum(selective_scan_gpu.selective_scan_pallas(
+        x, x, a, bc, bc, read_index=table, interpret=True))), x)
+    chunk, every = (8, 8) if want else (4, 4)
+    assert seen == [(want, min(chunk, tokens), min(every, tokens), True)], (tokens, seen)

@@ -933,6 +933,13 @@ def _forward_only(cfg, index, u, delta, A, B, C, D, bias, z):
   return out, last
 
 
+def _checkpointing_forward(cfg):
+  """The config of a forward that saves the backward's checkpoints. The lanes backward's short
+  chunk is its own: the forward keeps one chunk per checkpoint interval (its chunk only groups
+  loads; the same checkpoints are written)."""
+  return dataclasses.replace(cfg, chunk=cfg.checkpoint_every) if cfg.lanes else cfg
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _scan(cfg, index, u, delta, A, B, C, D, bias, z):
   # No backward follows this call (a JVP or VJP uses _scan_fwd).
@@ -944,10 +951,8 @@ def _scan_fwd(cfg, index, u, delta, A, B, C, D, bias, z):
     out, last = _forward_only(cfg, index, u, delta, A, B, C, D, bias, z)
     ckpt = None
   else:
-    # the lanes backward's short chunk is its own: the forward keeps one chunk per checkpoint
-    # (the chunk only groups its loads; the same checkpoints are written)
-    fwd_cfg = dataclasses.replace(cfg, chunk=cfg.checkpoint_every) if cfg.lanes else cfg
-    out, ckpt, last = _forward_call(fwd_cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z)
+    out, ckpt, last = _forward_call(_checkpointing_forward(cfg), index, u, delta, A * LOG2_E, B,
+                                    C, D, bias, z)
   return (out, last), (index, u, delta, A, B, C, D, bias, z, ckpt)
 
 
@@ -955,8 +960,9 @@ def _scan_bwd(cfg, residuals, cotangents):
   index, u, delta, A, B, C, D, bias, z, ckpt = residuals
   dout, dlast = cotangents
   if ckpt is None:  # recompute_checkpoints: one more forward, states only (no C, z, outputs)
-    _, ckpt, _ = _forward_call(dataclasses.replace(cfg, write_output=False), index, u, delta,
-                               A * LOG2_E, B, C, D, bias, z)
+    _, ckpt, _ = _forward_call(
+        dataclasses.replace(_checkpointing_forward(cfg), write_output=False), index, u, delta,
+        A * LOG2_E, B, C, D, bias, z)
   grads = list(_backward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z,
                               dout.astype(_out_dtype(cfg, u)), dlast.astype(jnp.float32),
                               ckpt))
