@@ -34,8 +34,8 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     The default backward for LocalVMamba's scans (through a scan-order table) and for plain
     scans of >= 512 steps is `_backward_kernel_lanes`: one channel per lane on 32-channel
     tiles, the state as N [32] vectors, dB/dC through a butterfly reduce-scatter of inline
-    shuffles (-12% fwd+bwd at stage 1, +9.6% LocalVMamba-T train step; BENCHMARKS.md
-    session 15).
+    shuffles (H100: -12% fwd+bwd at stage 1; LocalVMamba-T's train step +8.0% with it on
+    stages 1-2 and +3.2% more on every stage, same-call comparisons; BENCHMARKS.md session 15).
     dB/dC (summed over the channels of a group) are written as one partial per channel tile,
     [batch, tokens, tiles, N], and summed afterwards; dA, dD and d delta_bias are per-program
     partials summed over batch afterwards. No atomics, so results are deterministic.
