@@ -384,24 +384,29 @@ def _sigmoid(x, cfg):
   return _reciprocal(1.0 + _exp_sfu(-x, cfg), cfg)
 
 
-def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None):
+def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None,
+               scalar_states=None):
   """Issues the loads of step t of one program's tile; returns them raw (unmasked).
 
   Loading is kept apart from use (`_derive`) so that a whole chunk's loads can be issued
   before any of the chunk's stores: the compiler cannot move a load above a store to another
   buffer (it cannot prove they do not alias), so a load placed after a store costs one full
   memory latency on the critical path of every step.
+  scalar_states=N: B_t and C_t as N warp-uniform scalars (lists; one channel per lane,
+  `_backward_kernel_lanes`) instead of [N] vectors.
   """
   u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
   t_safe = _clamped_step(cfg, t)
   raw_token = t_safe if index_ref is None else _table_entry(cfg, index_ref, group, t)
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
+  states = lambda ref: (plt.load(ref.at[b, token, group, :]) if scalar_states is None
+                        else [ref[b, token, group, n] for n in range(scalar_states)])
   raw = dict(raw_token=raw_token,
              u=plt.load(u_ref.at[b, token, pl.ds(cu0, tile)]),
              draw=plt.load(delta_ref.at[b, token, pl.ds(c0, tile)]),
-             bt=plt.load(b_ref.at[b, token, group, :]))
+             bt=states(b_ref))
   if need_c:
-    raw["ct"] = plt.load(c_ref.at[b, token, group, :])
+    raw["ct"] = states(c_ref)
     if cfg.has_z:
       raw["zt"] = plt.load(z_ref.at[b, token, pl.ds(cz0, tile)])
   if dout_ref is not None:
@@ -502,6 +507,46 @@ def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   last_ref[b, pl.ds(c0, tile), :] = jax.lax.fori_loop(0, num_segments, segment_body, h0)
 
 
+def _backward_refs(refs, cfg):
+  """The backward kernels' refs in `_backward_call`'s order: (index, the 7 inputs u, delta, A,
+  B, C, D, bias, z, dout, dlast, checkpoints, du, ddelta, dz, [the kernel's own outputs])."""
+  refs = list(refs)
+  index_ref = refs.pop(0) if cfg.indexed else None
+  inputs, refs = tuple(refs[:7]), refs[7:]
+  z_ref = refs.pop(0) if cfg.has_z else None
+  (dout_ref, dlast_ref, ckpt_ref, du_ref, ddelta_ref), refs = refs[:5], refs[5:]
+  dz_ref = refs.pop(0) if cfg.has_z else None
+  return (index_ref, inputs, z_ref, dout_ref, dlast_ref, ckpt_ref, du_ref, ddelta_ref, dz_ref,
+          refs)
+
+
+def _z_gate_adjoint(cfg, s, y_of, store_dz):
+  """out = y * silu(z): stores dL/dz, returns dL/dy. y_of() gives y = C_t h_t + D u_t."""
+  zt, dout = s["zt"], s["dout"]
+  sig = _sigmoid(zt, cfg)
+  y = y_of()
+  store_dz(dout * y * sig * (1.0 + zt * (1.0 - sig)))
+  return dout * zt * sig
+
+
+def _channel_adjoint(cfg, s, gb, ddl, dy, d, dd_acc, dbias_acc, store_du, store_ddelta):
+  """The per-channel gradients of one step from gb = sum_n g B and ddl = dL/dDelta: stores
+  du and d(delta before softplus); returns the running dD and d delta_bias sums."""
+  du = gb * s["dl"] + d * dy
+  dd_acc = dd_acc + dy * s["u"]
+  dpre = ddl * _sigmoid(s["pre"], cfg) if cfg.softplus else ddl
+  dpre = jnp.where(s["in_range"], dpre, 0.0)
+  dbias_acc = dbias_acc + dpre
+  store_du(du)
+  store_ddelta(dpre)
+  return dd_acc, dbias_acc
+
+
+def _channel_store(ref, b, token, c0, tile, mask):
+  """Stores a [tile] vector of per-channel values at (b, token, c0:c0 + tile), masked."""
+  return lambda x: plt.store(ref.at[b, token, pl.ds(c0, tile)], x.astype(ref.dtype), mask=mask)
+
+
 def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   """Reverse pass over segments of `checkpoint_every` = ratio * chunk steps.
 
@@ -511,17 +556,9 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   sub-checkpoint and run the adjoint recurrence through them. The next chunk's loads are
   issued before the current chunk's stores (see `_load_step`).
   """
-  refs = list(refs)
-  index_ref = refs.pop(0) if cfg.indexed else None
-  u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = refs[:7]
-  refs = refs[7:]
-  z_ref = refs.pop(0) if cfg.has_z else None
-  dout_ref, dlast_ref, ckpt_ref = refs[:3]
-  refs = refs[3:]
-  du_ref, ddelta_ref = refs[:2]
-  refs = refs[2:]
-  dz_ref = refs.pop(0) if cfg.has_z else None
-  db_ref, dc_ref, da_ref, dd_ref, dbias_ref = refs
+  (index_ref, (u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref), z_ref, dout_ref,
+   dlast_ref, ckpt_ref, du_ref, ddelta_ref, dz_ref, rest) = _backward_refs(refs, cfg)
+  db_ref, dc_ref, da_ref, dd_ref, dbias_ref = rest
   tile, chunk = cfg.bwd_tile, cfg.chunk
   seg_len = cfg.checkpoint_every
   ratio = seg_len // chunk
@@ -545,15 +582,11 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   def adjoint_step(s, h, decay, g_next, accs):
     da_acc, dd_acc, dbias_acc = accs
     u, dl, bt, ct, dout = s["u"], s["dl"], s["bt"], s["ct"], s["dout"]
-    store_mask = jnp.broadcast_to(s["real"], (tile,))
+    store = functools.partial(_channel_store, b=b, token=s["token"], c0=c0, tile=tile,
+                              mask=jnp.broadcast_to(s["real"], (tile,)))
     if cfg.has_z:
-      zt = s["zt"]
-      sig = _sigmoid(zt, cfg)
-      y = jnp.sum(h * ct[None, :], axis=1) + d * u
-      dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
-      plt.store(dz_ref.at[b, s["token"], pl.ds(c0, tile)], dz.astype(dz_ref.dtype),
-                mask=store_mask)
-      dy = dout * zt * sig
+      dy = _z_gate_adjoint(cfg, s, lambda: jnp.sum(h * ct[None, :], axis=1) + d * u,
+                           store(dz_ref))
     else:
       dy = dout
     g = _fma(dy[:, None], ct[None, :], g_next, cfg)
@@ -564,15 +597,8 @@ def _backward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
     da_acc = _fma(dl[:, None], g_decayed_prev, da_acc, cfg)
     gb = jnp.sum(g * bt[None, :], axis=1)
     ddl = u * gb + jnp.sum(a_nat * g_decayed_prev, axis=1)
-    du = gb * dl + d * dy
-    dd_acc = dd_acc + dy * u
-    dpre = ddl * _sigmoid(s["pre"], cfg) if cfg.softplus else ddl
-    dpre = jnp.where(s["in_range"], dpre, 0.0)
-    dbias_acc = dbias_acc + dpre
-    plt.store(du_ref.at[b, s["token"], pl.ds(c0, tile)], du.astype(du_ref.dtype),
-              mask=store_mask)
-    plt.store(ddelta_ref.at[b, s["token"], pl.ds(c0, tile)], dpre.astype(ddelta_ref.dtype),
-              mask=store_mask)
+    dd_acc, dbias_acc = _channel_adjoint(cfg, s, gb, ddl, dy, d, dd_acc, dbias_acc,
+                                         store(du_ref), store(ddelta_ref))
     n_mask = jnp.broadcast_to(s["real"], (num_state,))
     plt.store(db_ref.at[b, s["token"], j, :], jnp.sum(g * dlu[:, None], axis=0), mask=n_mask)
     plt.store(dc_ref.at[b, s["token"], j, :], jnp.sum(dy[:, None] * h, axis=0), mask=n_mask)
@@ -701,27 +727,6 @@ def _reduce_scatter_lanes(values, cfg):
   return values[0]
 
 
-def _load_step_lanes(cfg, refs, b, group, c0, cu0, cz0, t, num_state, *, need_c=True,
-                     dout_ref=None):
-  """`_load_step` for one channel per lane: B_t and C_t as N warp-uniform scalars (lists)."""
-  u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
-  t_safe = _clamped_step(cfg, t)
-  raw_token = t_safe if index_ref is None else _table_entry(cfg, index_ref, group, t)
-  token = jnp.maximum(raw_token, 0).astype(jnp.int32)
-  raw = dict(raw_token=raw_token,
-             u=plt.load(u_ref.at[b, token, pl.ds(cu0, LANES)]),
-             draw=plt.load(delta_ref.at[b, token, pl.ds(c0, LANES)]),
-             bt=[b_ref[b, token, group, n] for n in range(num_state)])
-  if need_c:
-    raw["ct"] = [c_ref[b, token, group, n] for n in range(num_state)]
-    if cfg.has_z:
-      raw["zt"] = plt.load(z_ref.at[b, token, pl.ds(cz0, LANES)])
-  if dout_ref is not None:
-    write_pos = token if cfg.write_at_tokens else t_safe
-    raw["dout"] = plt.load(dout_ref.at[b, write_pos, pl.ds(c0, LANES)])
-  return raw
-
-
 def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   """`_backward_kernel`'s lean schedule with one channel per lane (cfg.lanes).
 
@@ -732,17 +737,9 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
   from the checkpoint, reloaded rather than kept in registers. dB_t and dC_t leave as one
   [2N] row per step and tile (`_reduce_scatter_lanes`).
   """
-  refs = list(refs)
-  index_ref = refs.pop(0) if cfg.indexed else None
-  u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = refs[:7]
-  refs = refs[7:]
-  z_ref = refs.pop(0) if cfg.has_z else None
-  dout_ref, dlast_ref, ckpt_ref = refs[:3]
-  refs = refs[3:]
-  du_ref, ddelta_ref = refs[:2]
-  refs = refs[2:]
-  dz_ref = refs.pop(0) if cfg.has_z else None
-  dbc_ref, da_ref, dd_ref, dbias_ref = refs
+  (index_ref, (u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref), z_ref, dout_ref,
+   dlast_ref, ckpt_ref, du_ref, ddelta_ref, dz_ref, rest) = _backward_refs(refs, cfg)
+  dbc_ref, da_ref, dd_ref, dbias_ref = rest
   chunk, seg_len = cfg.chunk, cfg.checkpoint_every
   ratio = seg_len // chunk
   num_segments = num_chunks // ratio
@@ -755,8 +752,8 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
   load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
 
   def load(t, full):
-    return _load_step_lanes(cfg, load_refs, b, group, c0, cu0, cz0, t, num_state,
-                            need_c=full, dout_ref=dout_ref if full else None)
+    return _load_step(cfg, load_refs, b, group, c0, cu0, cz0, LANES, t, need_c=full,
+                      dout_ref=dout_ref if full else None, scalar_states=num_state)
 
   def step_state(h, s):
     dlu = s["dl"] * s["u"]
@@ -765,19 +762,17 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
 
   def adjoint_step(s, h, g_next, accs):
     da_acc, dd_acc, dbias_acc = accs
-    u, dl, bt, ct, dout, token = s["u"], s["dl"], s["bt"], s["ct"], s["dout"], s["token"]
+    u, dl, bt, ct, dout = s["u"], s["dl"], s["bt"], s["ct"], s["dout"]
     store_mask = jnp.broadcast_to(s["real"], (LANES,))
-    if cfg.has_z:
-      zt = s["zt"]
-      sig = _sigmoid(zt, cfg)
+    store = functools.partial(_channel_store, b=b, token=s["token"], c0=c0, tile=LANES,
+                              mask=store_mask)
+
+    def y_of():
       y = d * u
       for n in range(num_state):
         y = _fma(h[n], ct[n], y, cfg)
-      dz = dout * y * sig * (1.0 + zt * (1.0 - sig))
-      plt.store(dz_ref.at[b, token, pl.ds(c0, LANES)], dz.astype(dz_ref.dtype), mask=store_mask)
-      dy = dout * zt * sig
-    else:
-      dy = dout
+      return y
+    dy = _z_gate_adjoint(cfg, s, y_of, store(dz_ref)) if cfg.has_z else dout
     dlu = dl * u
     gb = jnp.zeros_like(u)
     ga = jnp.zeros_like(u)
@@ -793,17 +788,11 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
       dc_terms.append(dy * h[n])
       g.append(gn * _exp2(dl * a2[n], cfg))         # g_next of step t - 1
     # dB_t, dC_t summed over the warp's channels; lane i holds entry i of [dB_t, dC_t]
-    plt.store(dbc_ref.at[b, token, j, pl.ds(0, LANES)],
+    plt.store(dbc_ref.at[b, s["token"], j, pl.ds(0, LANES)],
               _reduce_scatter_lanes(db_terms + dc_terms, cfg), mask=store_mask)
     ddl = u * gb + LN_2 * ga                        # a2 = A log2(e): A = a2 ln 2
-    du = gb * dl + d * dy
-    dd_acc = dd_acc + dy * u
-    dpre = ddl * _sigmoid(s["pre"], cfg) if cfg.softplus else ddl
-    dpre = jnp.where(s["in_range"], dpre, 0.0)
-    dbias_acc = dbias_acc + dpre
-    plt.store(du_ref.at[b, token, pl.ds(c0, LANES)], du.astype(du_ref.dtype), mask=store_mask)
-    plt.store(ddelta_ref.at[b, token, pl.ds(c0, LANES)], dpre.astype(ddelta_ref.dtype),
-              mask=store_mask)
+    dd_acc, dbias_acc = _channel_adjoint(cfg, s, gb, ddl, dy, d, dd_acc, dbias_acc,
+                                         store(du_ref), store(ddelta_ref))
     return g, (da_new, dd_acc, dbias_acc)
 
   def segment_body(si, carry):
