@@ -344,18 +344,30 @@ def bench_shape(name, shape, dtype, batch, reps, report, sweep, with_assoc, chun
     variants.insert(0, ("baseline (" + baseline_module.__name__ + ")", baseline, True))
   if with_assoc:
     variants.append(("associative", scan_fn("associative", fused), True))
+  first_grads = None  # the first fwd+bwd variant's gradients: the others are compared to them
   for label, fn, time_bwd in variants:
+    agreement = ""
     try:
       fwd = median_ms(jax.jit(fn), args, reps)[0]
-      fb = median_ms(jax.jit(fwd_bwd_fn(fn)), args + [w], reps)[0] if time_bwd else float("nan")
+      fb = float("nan")
+      if time_bwd:
+        step = jax.jit(fwd_bwd_fn(fn))
+        fb = median_ms(step, args + [w], reps)[0]
+        grads = [None if g is None else np.asarray(g, np.float32) for g in step(*args, w)]
+        if first_grads is None:
+          first_grads = grads
+        else:  # kernel options must not change the gradients beyond float32 reassociation
+          diffs = [rel(g, f) for g, f in zip(grads, first_grads) if g is not None]
+          row[f"{label}_grad_rel_diff"] = max(diffs)
+          agreement = f"  grads vs first: max rel {max(diffs):.1e}"
     except Exception as e:  # report and go on (e.g. out of memory for a baseline)
       print(f"{name} {label}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
       fwd = fb = float("nan")
     row[f"{label}_fwd_ms"] = fwd
     row[f"{label}_fwdbwd_ms"] = fb
     print(f"{name:8s} {row['dtype']:8s} b={batch} {label:22s} fwd {fwd:8.2f} ms  fwd+bwd "
-          f"{fb:8.2f} ms   (floor {row['floor_fwd_ms']:.2f} / {row['floor_fwdbwd_ms']:.2f})",
-          flush=True)
+          f"{fb:8.2f} ms   (floor {row['floor_fwd_ms']:.2f} / {row['floor_fwdbwd_ms']:.2f})"
+          + agreement, flush=True)
   report["timings"].append(row)
 
 

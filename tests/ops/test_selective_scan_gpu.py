@@ -455,7 +455,8 @@ def test_recompute_checkpoints_matches_float64_reference():
 # 2N = 32 sums scattered one per lane).
 
 @pytest.mark.parametrize("checkpoint_every,lanes_ahead,recompute", [
-    (4, True, False),  # two chunks per saved state: the second chunk's start state recomputed
+    (8, True, False),  # four chunks per saved state: three start states through the scratch
+                       # buffer; the second segment runs past the sequence end
     (2, False, True),  # one chunk per saved state, loads issued after the previous step's
                        # stores; the checkpoints rebuilt by a states-only forward
 ])
@@ -499,6 +500,32 @@ def test_lanes_backward_matches_float64_through_a_scan_order_table():
 
   assert_matches(kernel, reference, args, rng.standard_normal((2, tokens, k, e)),
                  NAMES[:7])
+
+
+def test_lanes_backward_reads_16_bit_b_c_as_float32_copies_without_changing_gradients():
+  """The lanes backward takes float32 copies of bf16 B, C (session 16): their gradients must
+  come back in bf16 and equal those of float32 inputs holding the same values, rounded once
+  (the values themselves are checked against float64 by the tests above)."""
+  rng = np.random.default_rng(8)
+  inputs = random_inputs(rng, batch=1, length=9, channels=32, groups=1, num_state=16,
+                         with_z=False)
+  b16, c16 = (jnp.asarray(inputs[k], jnp.bfloat16) for k in ("B", "C"))
+  weight = jnp.asarray(rng.standard_normal((1, 9, 32)), jnp.float32)
+
+  def grads(B, C):
+    def loss(B, C):
+      out = selective_scan_gpu.selective_scan_pallas(
+          inputs["u"], inputs["delta"], inputs["A"], B, C, inputs["D"], None,
+          inputs["delta_bias"], delta_softplus=True, lanes=True, interpret=True)
+      return jnp.sum(out * weight)
+    return jax.grad(loss, argnums=(0, 1))(B, C)
+
+  got = grads(b16, c16)
+  want = grads(b16.astype(jnp.float32), c16.astype(jnp.float32))
+  for g, w in zip(got, want):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(g, np.float32),
+                                  np.asarray(w.astype(jnp.bfloat16), np.float32))
 
 
 def test_lanes_reduce_scatter_leaves_sum_i_on_lane_i():

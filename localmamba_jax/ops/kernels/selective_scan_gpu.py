@@ -35,7 +35,9 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     scans of >= 512 steps is `_backward_kernel_lanes`: one channel per lane on 32-channel
     tiles, the state as N [32] vectors, dB/dC through a butterfly reduce-scatter of inline
     shuffles (H100: -12% fwd+bwd at stage 1; LocalVMamba-T's train step +8.0% with it on
-    stages 1-2 and +3.2% more on every stage, same-call comparisons; BENCHMARKS.md session 15).
+    stages 1-2 and +3.2% more on every stage, same-call comparisons; BENCHMARKS.md session 15),
+    its chunk start states in a scratch buffer so that its chunk passes are loops, and B/C
+    read as float32 (H200: train step +8.3% more and 62 s less compile; session 16).
     dB/dC (summed over the channels of a group) are written as one partial per channel tile,
     [batch, tokens, tiles, N], and summed afterwards; dA, dD and d delta_bias are per-program
     partials summed over batch afterwards. No atomics, so results are deterministic.
@@ -187,6 +189,12 @@ DEFAULT_POLY_SOFTPLUS = None
 # So lanes=None resolves to it for every scan read through a scan-order table and for plain
 # scans of at least LANES_MIN_SEQ steps, wherever the shape fits (N = 16, 32 channels per
 # group) and no backward tile or warp count is asked for.
+# Session 16 (H200, 2026-11-28, BENCHMARKS.md) changed its schedule: the chunk start states
+# go through a scratch buffer and the chunk passes are loops instead of unrolled code, and
+# B/C are read as float32. Fused fwd+bwd bf16: stage 3 4.35 -> 4.27 ms (float32 B/C) -> 3.92
+# (scratch), stage 1 16.09 -> 15.52 -> 14.60; train step pipelined 979.6 -> 1061.0 img/s,
+# compile 157.5 -> 95.4 s. Not re-measured with it: plain order (uncapped; at stage 3 the cap
+# was 6% faster than none through a table) and LocalVim's 197 steps (lanes off there).
 DEFAULT_LANES = True
 LANES_MIN_SEQ = 512
 LANES_CHUNK = 2  # its backward's chunk; the forward keeps FORWARD_CHUNK (only groups loads)
@@ -730,16 +738,26 @@ def _reduce_scatter_lanes(values, cfg):
 def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   """`_backward_kernel`'s lean schedule with one channel per lane (cfg.lanes).
 
-  Per segment in reverse: the states at the chunk starts after the first (a forward from
-  the checkpoint, states only), then per chunk in reverse the recompute of its `chunk`
-  states (loads u, delta, B) and the adjoint through them, which reloads its step's inputs
-  and dout (one step ahead of the stores where cfg.lanes_ahead). The first chunk restarts
-  from the checkpoint, reloaded rather than kept in registers. dB_t and dC_t leave as one
-  [2N] row per step and tile (`_reduce_scatter_lanes`).
+  Per segment in reverse: a loop over its chunks that runs forward from the checkpoint
+  (states only) and writes each chunk's start state to a per-program scratch buffer, then
+  a loop over the chunks in reverse, each reading its start state back, recomputing its
+  `chunk` states (loads u, delta, B) and running the adjoint through them, which reloads its
+  step's inputs and dout (one step ahead of the stores where cfg.lanes_ahead). dB_t and dC_t
+  leave as one [2N] row per step and tile (`_reduce_scatter_lanes`).
+
+  Why a scratch buffer and loops (session 16, H200): session 15 kept the start states in
+  registers and unrolled the whole segment (~5,000 SASS instructions, 80 KB). Under ncu that
+  kernel spilled (35 local loads and stores per warp-step at the 168-register cap) and its
+  warps waited on instruction fetch in 17.6% of the stall samples. With the start states in
+  memory (16 coalesced 128-byte stores and loads per chunk: each lane writes and reads back
+  only its own channel, so no synchronisation is needed) and the chunks as loops, the code is
+  a quarter of the size and fits the cap without spills (offline). Fused fwd+bwd bf16 at
+  batch 128: stage 3 4.27 -> 3.92 ms, stage 1 15.52 -> 14.60 ms. The train step's compile
+  fell by 62 s.
   """
   (index_ref, (u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref), z_ref, dout_ref,
    dlast_ref, ckpt_ref, du_ref, ddelta_ref, dz_ref, rest) = _backward_refs(refs, cfg)
-  dbc_ref, da_ref, dd_ref, dbias_ref = rest
+  dbc_ref, da_ref, dd_ref, dbias_ref, starts_ref = rest
   chunk, seg_len = cfg.chunk, cfg.checkpoint_every
   ratio = seg_len // chunk
   num_segments = num_chunks // ratio
@@ -795,36 +813,54 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
                                          store(du_ref), store(ddelta_ref))
     return g, (da_new, dd_acc, dbias_acc)
 
+  def chunk_adjoint(chunk_first, h, g, accs):
+    """Recomputes the chunk's states from its start state h, then runs the adjoint through
+    them in reverse; returns the new (g, accs)."""
+    states = []
+    for i in range(chunk):                          # recompute the chunk's states
+      t = chunk_first + i
+      h = step_state(h, _derive(cfg, load(t, False), t, bias))
+      states.append(h)
+    ahead = load(chunk_first + chunk - 1, True)
+    for i in reversed(range(chunk)):                # adjoint recurrence through them
+      current = ahead
+      if i and cfg.lanes_ahead:                     # issued before this step's stores
+        ahead = load(chunk_first + i - 1, True)
+      s = _derive(cfg, current, chunk_first + i, bias)
+      g, accs = adjoint_step(s, states[i], g, accs)
+      if i and not cfg.lanes_ahead:
+        ahead = load(chunk_first + i - 1, True)
+    return g, accs
+
   def segment_body(si, carry):
-    g, accs = carry
-    g, accs = list(g), (list(accs[0]), accs[1], accs[2])
     seg = num_segments - 1 - si
     first = seg * seg_len
-    h = columns(ckpt_ref, b, seg)
-    starts = {}
-    for r in range(ratio - 1):                      # states at the later chunk starts
+
+    def store_start(r, h):
+      for n in range(num_state):
+        starts_ref[b, j, r, n, pl.ds(0, LANES)] = h[n]
+
+    def forward_chunk(r, h):                        # the states at the later chunk starts
+      h = list(h)
       for i in range(chunk):
         t = first + r * chunk + i
         h = step_state(h, _derive(cfg, load(t, False), t, bias))
-      starts[r + 1] = h
-    for r in reversed(range(ratio)):
-      chunk_first = first + r * chunk
-      h = starts.pop(r) if r else columns(ckpt_ref, b, seg)
-      states = []
-      for i in range(chunk):                        # recompute the chunk's states
-        t = chunk_first + i
-        h = step_state(h, _derive(cfg, load(t, False), t, bias))
-        states.append(h)
-      ahead = load(chunk_first + chunk - 1, True)
-      for i in reversed(range(chunk)):              # adjoint recurrence through them
-        current = ahead
-        if i and cfg.lanes_ahead:                   # issued before this step's stores
-          ahead = load(chunk_first + i - 1, True)
-        s = _derive(cfg, current, chunk_first + i, bias)
-        g, accs = adjoint_step(s, states[i], g, accs)
-        if i and not cfg.lanes_ahead:
-          ahead = load(chunk_first + i - 1, True)
-    return tuple(g), (tuple(accs[0]), accs[1], accs[2])
+      store_start(r + 1, h)
+      return tuple(h)
+
+    h = columns(ckpt_ref, b, seg)
+    store_start(0, h)
+    jax.lax.fori_loop(0, ratio - 1, forward_chunk, tuple(h))
+
+    def backward_chunk(k, carry):
+      g, accs = carry
+      r = ratio - 1 - k
+      h = [starts_ref[b, j, r, n, pl.ds(0, LANES)] for n in range(num_state)]
+      g, accs = chunk_adjoint(first + r * chunk, h, list(g),
+                              (list(accs[0]), accs[1], accs[2]))
+      return tuple(g), (tuple(accs[0]), accs[1], accs[2])
+
+    return jax.lax.fori_loop(0, ratio, backward_chunk, carry)
 
   zeros = jnp.zeros((LANES,), jnp.float32)
   carry = (tuple(columns(dlast_ref, b)), (tuple(zeros for _ in range(num_state)), zeros, zeros))
@@ -898,6 +934,9 @@ def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt
   out_shape += [jax.ShapeDtypeStruct((batch, channels, num_state), f32),
                 jax.ShapeDtypeStruct((batch, channels), f32),
                 jax.ShapeDtypeStruct((batch, channels), f32)]
+  if cfg.lanes:  # the chunk start states of one segment per program (not returned)
+    ratio = cfg.checkpoint_every // cfg.chunk
+    out_shape.append(jax.ShapeDtypeStruct((batch, num_tiles, ratio, num_state, LANES), f32))
   args = index + (u, delta, a2, B, C, D, bias) + ((z,) if cfg.has_z else ()) + (
       dout, dlast, ckpt)
   return pl.pallas_call(kernel, out_shape=tuple(out_shape), grid=(batch, num_tiles),
@@ -952,9 +991,19 @@ def _scan_bwd(cfg, residuals, cotangents):
     _, ckpt, _ = _forward_call(
         dataclasses.replace(_checkpointing_forward(cfg), write_output=False), index, u, delta,
         A * LOG2_E, B, C, D, bias, z)
-  grads = list(_backward_call(cfg, index, u, delta, A * LOG2_E, B, C, D, bias, z,
+  # The lanes backward reads B_t and C_t as 2N warp-uniform scalars per step, each 16-bit one
+  # followed by a shift to float32 (~50 SHF per step and warp in its SASS, session 16); float32
+  # copies are the same values (the cast is exact, and dB, dC are still rounded to B's dtype
+  # once, below) for 2N * 2 more bytes per step and group. Measured (H200, bf16, fused, same
+  # call): stage 3 4.35 -> 4.27 ms, stage 1 16.09 -> 15.52, gradients bit-identical. The
+  # forward keeps B and C as they are: it reads them as [N] vectors (offline, float32 ones
+  # took it from 128 to 150 registers).
+  bc = (B.astype(jnp.float32), C.astype(jnp.float32)) if cfg.lanes else (B, C)
+  grads = list(_backward_call(cfg, index, u, delta, A * LOG2_E, *bc, D, bias, z,
                               dout.astype(_out_dtype(cfg, u)), dlast.astype(jnp.float32),
                               ckpt))
+  if cfg.lanes:
+    grads.pop()  # the scratch of chunk start states
   du, ddelta = grads[:2]
   dz = grads[2] if cfg.has_z else None
   if cfg.lanes:  # [dB, dC] rows
