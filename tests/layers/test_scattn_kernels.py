@@ -188,6 +188,25 @@ def test_kernels_lower_to_triton_for_cuda_without_a_gpu():
       assert "__gpu$xla.gpu.triton" in text and name in text, (shape, name)
 
 
+def test_blocks_of_one_shape_share_one_lowered_kernel():
+  """Three calls on one shape (three blocks of a stage) lower each row kernel to Triton IR
+  once: the kernel calls are jitted with their tiling static (compile time, issue 9)."""
+  y = jax.ShapeDtypeStruct((2, 64, 4, 96), jnp.float32)
+  small = jnp.ones((2, 4, 96), jnp.float32)
+
+  def three_blocks(y):
+    total = 0.0
+    for i in range(3):
+      pooled = row_norm_gpu.pooled_normalized_mean(y * (i + 1), EPS, interpret=False)
+      d_y = row_norm_gpu.gated_sum_norm_grad(y * (i + 1), y[:, :, 0], small, pooled, EPS,
+                                             interpret=False)
+      total = total + jnp.sum(d_y)
+    return total
+
+  text = jax.jit(three_blocks).trace(y).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("__gpu$xla.gpu.triton") == 2
+
+
 def test_refusals_name_the_problem():
   attn = SCAttn(16, spatial=True, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="channel-only SCAttn"):

@@ -10,6 +10,7 @@ we require < 2e-5 (values) and < 1e-4 (gradients).
 """
 from __future__ import annotations
 
+import functools
 import types
 
 import jax
@@ -554,6 +555,27 @@ def test_lanes_refusals_and_cuda_lowering():
   text = fn.trace(jax.ShapeDtypeStruct(x.shape, x.dtype)).lower(
       lowering_platforms=("cuda",)).as_text()
   assert "selective_scan_bwd" in text and "__gpu$xla.gpu.triton" in text
+
+
+def test_blocks_of_one_shape_share_one_lowered_kernel_per_direction_set():
+  """Two scans with the same shapes and options but different scan-order tables (two blocks
+  of a stage) lower each kernel to Triton IR once (forward, backward), a third with other
+  options adds its own: the kernel calls are jitted with the config static (compile time,
+  issue 9: LocalVMamba-S's trace and lowering fell from 124 to 23 s on a CPU)."""
+  x = jax.ShapeDtypeStruct((1, 20, 64), jnp.float32)
+  a = -jnp.ones((64, 16), jnp.float32)
+  bc = jnp.ones((1, 20, 2, 16), jnp.float32)
+  tables = [np.arange(20)[None].repeat(2, 0), np.arange(20)[::-1][None].repeat(2, 0)]
+
+  def blocks(u, chunks):
+    return sum(jnp.sum(selective_scan_gpu.selective_scan_pallas(
+        u, u, a, bc, bc, read_index=table, chunk=chunk, interpret=False))
+        for table, chunk in zip(tables * 2, chunks))
+
+  for chunks, kernels in (((2, 2), 2), ((2, 2, 2, 2), 2), ((2, 2, 4), 4)):
+    fn = jax.jit(jax.grad(functools.partial(blocks, chunks=chunks)))
+    text = fn.trace(x).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == kernels, chunks
 
 
 def test_lanes_default_follows_the_measurements(monkeypatch):

@@ -123,19 +123,26 @@ def pooled_normalized_mean(y, epsilon: float, *, interpret: bool | None = None):
   width, count = column_blocks(features)
   rows = _rows_per_block(length, features)
   per_program = _blocks_per_program(length // rows, rows)
-  parts = length // (rows * per_program)
-  kernel = functools.partial(_pooled_kernel, rows=rows, blocks_per_program=per_program,
-                             width=width, count=count, epsilon=float(epsilon))
   interpret = not on_gpu() if interpret is None else interpret
-
-  def call(y):
-    return pl.pallas_call(
-        kernel, out_shape=jax.ShapeDtypeStruct((y.shape[0], branches, parts, features),
-                                               jnp.float32),
-        grid=(y.shape[0], branches, parts), interpret=interpret, name="pooled_normalized_mean",
-        compiler_params=plt.CompilerParams(num_warps=NUM_WARPS, num_stages=1))(y)
-
+  call = functools.partial(_pooled_call, rows=rows, blocks_per_program=per_program,
+                           width=width, count=count, epsilon=float(epsilon),
+                           interpret=interpret)
   return shard_over_batch(call, y, batched=(True,)).sum(axis=2) / length
+
+
+# Jitted with the tiling static, as the scan kernels' calls (selective_scan_gpu): the kernel is
+# traced and lowered to Triton IR once per distinct shape and tiling, not once per block.
+@functools.partial(jax.jit, static_argnames=("rows", "blocks_per_program", "width", "count",
+                                             "epsilon", "interpret"))
+def _pooled_call(y, *, rows, blocks_per_program, width, count, epsilon, interpret):
+  batch, length, branches, features = y.shape
+  parts = length // (rows * blocks_per_program)
+  kernel = functools.partial(_pooled_kernel, rows=rows, blocks_per_program=blocks_per_program,
+                             width=width, count=count, epsilon=epsilon)
+  return pl.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((batch, branches, parts, features), jnp.float32),
+      grid=(batch, branches, parts), interpret=interpret, name="pooled_normalized_mean",
+      compiler_params=plt.CompilerParams(num_warps=NUM_WARPS, num_stages=1))(y)
 
 
 # ----------------------------------------------------------------------------- gradient
@@ -178,17 +185,19 @@ def gated_sum_norm_grad(y, d_out, gate, d_hat, epsilon: float, *,
       raise ValueError(f"gated_sum_norm_grad: {name} has shape {tuple(value.shape)}, expected "
                        f"{shape} for y of shape {tuple(y.shape)}.")
   width, count = column_blocks(features)
-  rows = _rows_per_block(length, features)
-  kernel = functools.partial(_grad_kernel, rows=rows, width=width, count=count,
-                             branches=branches, epsilon=float(epsilon))
   interpret = not on_gpu() if interpret is None else interpret
-
-  def call(y, d_out, gate, d_hat):
-    return pl.pallas_call(
-        kernel, out_shape=jax.ShapeDtypeStruct(y.shape, y.dtype),
-        grid=(y.shape[0], length // rows), interpret=interpret, name="gated_sum_norm_grad",
-        compiler_params=plt.CompilerParams(num_warps=NUM_WARPS, num_stages=1))(
-            y, d_out, gate, d_hat)
-
+  call = functools.partial(_grad_call, rows=_rows_per_block(length, features), width=width,
+                           count=count, epsilon=float(epsilon), interpret=interpret)
   return shard_over_batch(call, y, d_out, gate, d_hat.astype(jnp.float32),
                           batched=(True,) * 4)
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "width", "count", "epsilon", "interpret"))
+def _grad_call(y, d_out, gate, d_hat, *, rows, width, count, epsilon, interpret):
+  kernel = functools.partial(_grad_kernel, rows=rows, width=width, count=count,
+                             branches=y.shape[2], epsilon=epsilon)
+  return pl.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct(y.shape, y.dtype),
+      grid=(y.shape[0], y.shape[1] // rows), interpret=interpret, name="gated_sum_norm_grad",
+      compiler_params=plt.CompilerParams(num_warps=NUM_WARPS, num_stages=1))(
+          y, d_out, gate, d_hat)

@@ -888,6 +888,11 @@ def _common(cfg, index, u, delta, B, z):
   return batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index
 
 
+# The two kernel calls are jitted (cfg static): a model calls the same kernel on the same
+# shapes once per block (LocalVMamba-S: 27 blocks in stage 3), and JAX then traces the kernel
+# body to a jaxpr and lowers it to Triton IR once per distinct (cfg, shapes) instead of once
+# per call; XLA inlines the calls, so the compiled program is the same.
+@functools.partial(jax.jit, static_argnums=(0,))
 def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
   batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index = _common(
       cfg, index, u, delta, B, z)
@@ -909,6 +914,7 @@ def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
                         compiler_params=_compiler_params(cfg.num_warps))(*args)
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
 def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt):
   batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index = _common(
       cfg, index, u, delta, B, z)

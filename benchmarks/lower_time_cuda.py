@@ -1,0 +1,68 @@
+"""Times tracing and lowering a model's train step for CUDA on this machine (no GPU needed).
+
+    PYTHONPATH=. python benchmarks/lower_time_cuda.py --model local_vssm_small [benchmark args]
+
+Runs `python -m localmamba_jax.benchmark --mode train --scan-impl pallas_gpu` up to the step's
+lowering, with the Pallas kernels lowered for CUDA (not interpret mode) and the lowering asked
+for the "cuda" platform, then stops before compiling. Prints the seconds spent tracing and
+lowering, the size of the StableHLO module and the number of Triton kernel definitions in it.
+On a GPU host `benchmark.py` reports the same two phases together as "traced+lowered"; this
+script measures them where no GPU is lent (BENCHMARKS.md, session 16: LocalVMamba-S went from
+88.5 + 35.3 s to 12.6 + 9.9 s on a 2-core CPU when the kernel calls were jitted).
+Extra arguments go to `localmamba_jax.benchmark` (e.g. --batch 16, --override ...).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+class _Lowered(Exception):
+  pass
+
+
+def main(argv=None) -> dict:
+  from localmamba_jax import benchmark
+  from localmamba_jax.ops.kernels import row_norm_gpu, selective_scan_gpu
+  from localmamba_jax.training import train_step
+
+  argv = list(sys.argv[1:] if argv is None else argv)
+  result = {}
+  original = train_step.jit_train_step
+
+  def jit_train_step(*args, **kwargs):
+    step = original(*args, **kwargs)
+
+    class LowerForCuda:
+      def lower(self, *inputs):
+        t0 = time.perf_counter()
+        traced = step.trace(*inputs)
+        t1 = time.perf_counter()
+        text = traced.lower(lowering_platforms=("cuda",)).as_text()
+        t2 = time.perf_counter()
+        result.update(trace_s=round(t1 - t0, 2), lower_s=round(t2 - t1, 2),
+                      module_mb=round(len(text) / 1e6, 2),
+                      triton_kernels=text.count("__gpu$xla.gpu.triton"))
+        raise _Lowered
+    return LowerForCuda()
+
+  saved = (train_step.jit_train_step, selective_scan_gpu.on_gpu, row_norm_gpu.on_gpu)
+  train_step.jit_train_step = jit_train_step
+  # the kernels' interpret=None means "interpret unless on a GPU": lower them for CUDA instead
+  selective_scan_gpu.on_gpu = row_norm_gpu.on_gpu = lambda: True
+  try:
+    benchmark.main(["--mode", "train", "--scan-impl", "pallas_gpu", "--no-compilation-cache",
+                    "--results", "", *argv])
+  except _Lowered:
+    pass
+  finally:
+    train_step.jit_train_step, selective_scan_gpu.on_gpu, row_norm_gpu.on_gpu = saved
+  if not result:
+    raise SystemExit("lower_time_cuda: the train step was not lowered (see the output above)")
+  print(json.dumps(result), flush=True)
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,29 @@
+"""benchmarks/lower_time_cuda.py on a tiny LocalVMamba: the train step traced and lowered for
+CUDA on this CPU, its Pallas kernels as Triton kernels, nothing compiled."""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import lower_time_cuda  # noqa: E402
+
+from localmamba_jax.ops.kernels import row_norm_gpu, selective_scan_gpu  # noqa: E402
+
+TINY = ["--model", "local_vssm_tiny", "--override", "dims=[32]", "--override", "depths=[2]",
+        "--override", 'directions=[["h","v_flip","w2","w2_flip"],["v","h_flip","w2_flip","w2"]]',
+        "--image-size", "16",
+        "--num-classes", "10", "--batch", "2", "--dtype", "fp32"]
+
+
+def test_lowers_the_train_step_for_cuda_and_restores_the_module(capsys):
+  result = lower_time_cuda.main(TINY)
+  assert result["trace_s"] > 0 and result["lower_s"] > 0 and result["module_mb"] > 0
+  # two blocks of one shape (their scan-order tables have one length): the scan's forward and
+  # backward and SCAttn's two row kernels, each lowered once, not once per block
+  assert result["triton_kernels"] == 4
+  assert '"triton_kernels"' in capsys.readouterr().out
+  # the patched functions are put back
+  assert selective_scan_gpu.on_gpu is row_norm_gpu.on_gpu
+  assert selective_scan_gpu.on_gpu() is False
