@@ -119,7 +119,7 @@ def pooled_normalized_mean(y, epsilon: float, *, interpret: bool | None = None):
   interpret: None = interpret mode unless the default backend is a GPU.
   """
   _check("pooled_normalized_mean", y, ndim=4, features=y.shape[-1] if y.ndim == 4 else None)
-  batch, length, branches, features = y.shape
+  _, length, _, features = y.shape
   width, count = column_blocks(features)
   rows = _rows_per_block(length, features)
   per_program = _blocks_per_program(length // rows, rows)
