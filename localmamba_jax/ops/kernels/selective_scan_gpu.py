@@ -1008,12 +1008,11 @@ def _scan_bwd(cfg, residuals, cotangents):
   grads = list(_backward_call(cfg, index, u, delta, A * LOG2_E, *bc, D, bias, z,
                               dout.astype(_out_dtype(cfg, u)), dlast.astype(jnp.float32),
                               ckpt))
-  if cfg.lanes:
-    grads.pop()  # the scratch of chunk start states
+  if cfg.lanes:  # drop the scratch of chunk start states; split the [dB, dC] rows
+    grads.pop()
+    grads[-4:-3] = jnp.split(grads[-4], 2, axis=-1)
   du, ddelta = grads[:2]
   dz = grads[2] if cfg.has_z else None
-  if cfg.lanes:  # [dB, dC] rows
-    grads[-4:-3] = jnp.split(grads[-4], 2, axis=-1)
   db_part, dc_part, da_part, dd_part, dbias_part = grads[-5:]
   batch, tokens, num_tiles, num_state = db_part.shape
   groups = B.shape[2]
