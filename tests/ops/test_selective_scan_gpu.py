@@ -455,13 +455,16 @@ def test_recompute_checkpoints_matches_float64_reference():
 # N = 16 and 32 channels per group are what the lanes backward covers (one warp of 32 lanes,
 # 2N = 32 sums scattered one per lane).
 
-@pytest.mark.parametrize("checkpoint_every,lanes_ahead,recompute", [
-    (8, True, False),  # four chunks per saved state: three start states through the scratch
-                       # buffer; the second segment runs past the sequence end
-    (2, False, True),  # one chunk per saved state, loads issued after the previous step's
-                       # stores; the checkpoints rebuilt by a states-only forward
+@pytest.mark.parametrize("checkpoint_every,lanes_ahead,recompute,state_order", [
+    (8, True, False, "xor"),  # four chunks per saved state: three start states through the
+                              # scratch buffer; the second segment runs past the sequence end
+    (8, True, False, "plain"),    # states in the same order in every lane (62 selects)
+    (8, True, False, "xor+row"),  # [B, C] rows handed to the slots by shuffles
+    (2, False, True, "xor"),  # one chunk per saved state, loads issued after the previous
+                              # step's stores; the checkpoints rebuilt by a states-only forward
 ])
-def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahead, recompute):
+def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahead, recompute,
+                                                    state_order):
   rng = np.random.default_rng(5)
   inputs = random_inputs(rng, batch=2, length=11, channels=64, groups=2, num_state=16,
                          with_z=True)
@@ -471,7 +474,8 @@ def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahea
     return selective_scan_gpu.selective_scan_pallas(
         u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
         checkpoint_every=checkpoint_every, lanes=True, lanes_ahead=lanes_ahead,
-        recompute_checkpoints=recompute, interpret=True)
+        recompute_checkpoints=recompute, lanes_xor=state_order != "plain",
+        lanes_bc_row=state_order == "xor+row", interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
@@ -479,7 +483,8 @@ def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahea
   assert_matches(kernel, reference, args, rng.standard_normal((2, 11, 64)), NAMES)
 
 
-def test_lanes_backward_matches_float64_through_a_scan_order_table():
+@pytest.mark.parametrize("bc_row", [False, True])
+def test_lanes_backward_matches_float64_through_a_scan_order_table(bc_row):
   from localmamba_jax.ops.scan_orders import stacked_scan_orders
   grid_hw, directions = (3, 5), ("w2", "v_flip")      # window pads; v_flip's exact merge
   orders = stacked_scan_orders(*grid_hw, directions)
@@ -493,7 +498,7 @@ def test_lanes_backward_matches_float64_through_a_scan_order_table():
   def kernel(u, delta, A, B, C, D, bias):
     return selective_scan_gpu.multi_direction_scan_pallas(
         u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge, chunk=2,
-        checkpoint_every=4, lanes=True, interpret=True)
+        checkpoint_every=4, lanes=True, lanes_bc_row=bc_row, interpret=True)
 
   def reference(u, delta, A, B, C, D, bias):
     return multi_direction_selective_scan(u, delta, A, B, C, D, bias, grid_hw=grid_hw,
@@ -536,6 +541,20 @@ def test_lanes_reduce_scatter_leaves_sum_i_on_lane_i():
   np.testing.assert_allclose(np.asarray(got), values.sum(axis=1), rtol=1e-5, atol=1e-5)
 
 
+def test_lanes_xor_reduce_scatter_adds_the_same_pairs_as_the_plain_one():
+  """Slot p of lane l holding entry p ^ l (the XOR state order) must give lane i the same sum,
+  bit for bit, as the plain butterfly on the same values (the same pairs in the same order)."""
+  cfg = types.SimpleNamespace(interpret=True)
+  values = np.random.default_rng(9).standard_normal((32, 32)).astype(np.float32)  # [i, lane]
+  lane = np.arange(32)
+  db = [jnp.asarray(values[q ^ (lane & 15), lane]) for q in range(16)]
+  dc = [jnp.asarray(values[16 + (q ^ (lane & 15)), lane]) for q in range(16)]
+  got = selective_scan_gpu._reduce_scatter_lanes_xor(db, dc, cfg)
+  plain = selective_scan_gpu._reduce_scatter_lanes([jnp.asarray(v) for v in values], cfg)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(plain))
+  np.testing.assert_allclose(np.asarray(got), values.sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
 def test_lanes_refusals_and_cuda_lowering():
   x = jnp.zeros((1, 4, 64), jnp.float32)
   a16 = -jnp.ones((64, 16), jnp.float32)
@@ -550,11 +569,12 @@ def test_lanes_refusals_and_cuda_lowering():
     selective_scan_gpu.selective_scan_pallas(x, x, a16, bc16, bc16, lanes=True, bwd_tile=16,
                                              interpret=True)
   # the GPU lowering (no GPU needed): the shuffles are inline PTX in the backward kernel
-  fn = jax.jit(jax.grad(lambda u: jnp.sum(selective_scan_gpu.selective_scan_pallas(
-      u, u, a16, bc16, bc16, lanes=True, interpret=False))))
-  text = fn.trace(jax.ShapeDtypeStruct(x.shape, x.dtype)).lower(
-      lowering_platforms=("cuda",)).as_text()
-  assert "selective_scan_bwd" in text and "__gpu$xla.gpu.triton" in text
+  for bc_row in (False, True):
+    fn = jax.jit(jax.grad(lambda u: jnp.sum(selective_scan_gpu.selective_scan_pallas(
+        u, u, a16, bc16, bc16, lanes=True, lanes_bc_row=bc_row, interpret=False))))
+    text = fn.trace(jax.ShapeDtypeStruct(x.shape, x.dtype)).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert "selective_scan_bwd" in text and "__gpu$xla.gpu.triton" in text
 
 
 def test_blocks_of_one_shape_share_one_lowered_kernel_per_direction_set():

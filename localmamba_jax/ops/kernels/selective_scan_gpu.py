@@ -37,7 +37,9 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     shuffles (H100: -12% fwd+bwd at stage 1; LocalVMamba-T's train step +8.0% with it on
     stages 1-2 and +3.2% more on every stage, same-call comparisons; BENCHMARKS.md session 15),
     its chunk start states in a scratch buffer so that its chunk passes are loops, and B/C
-    read as float32 (H200: train step +8.3% more and 62 s less compile; session 16).
+    read as float32 (H200: train step +8.3% more and 62 s less compile; session 16), its
+    states kept in an XOR-by-lane order with each step's [B, C] as one row handed out by
+    shuffles (H200: train step +2.7% and +1.7% more; session 17).
     dB/dC (summed over the channels of a group) are written as one partial per channel tile,
     [batch, tokens, tiles, N], and summed afterwards; dA, dD and d delta_bias are per-program
     partials summed over batch afterwards. No atomics, so results are deterministic.
@@ -198,6 +200,10 @@ DEFAULT_POLY_SOFTPLUS = None
 DEFAULT_LANES = True
 LANES_MIN_SEQ = 512
 LANES_CHUNK = 2  # its backward's chunk; the forward keeps FORWARD_CHUNK (only groups loads)
+# measured on an H200 (session 17), LocalVMamba-T bf16 train step at 128, same call each:
+# +2.7% with the XOR state order, then +1.7% more with the [B, C] rows
+DEFAULT_LANES_XOR = True
+DEFAULT_LANES_BC_ROW = True
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -299,6 +305,12 @@ class _Config:
   # the backward with one channel per lane (`_backward_kernel_lanes`; bwd_tile = 32, one warp)
   lanes: bool = False
   lanes_ahead: bool = True  # its adjoint loads the previous step's inputs before its stores
+  # its lane l keeps state q ^ (l mod N) in slot q (`_backward_kernel_lanes`): a reduce-scatter
+  # with 2N instead of 4N - 2 selects per step
+  lanes_xor: bool = False
+  # it reads [B_t, C_t] as one [2N] row, entry l in lane l, and hands each slot its value by a
+  # shuffle (cfg.lanes_xor only), instead of a gather load per slot
+  lanes_bc_row: bool = False
 
 
 def _out_dtype(cfg, u):
@@ -393,7 +405,7 @@ def _sigmoid(x, cfg):
 
 
 def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None,
-               scalar_states=None):
+               scalar_states=None, state_slots=None, state_row=None):
   """Issues the loads of step t of one program's tile; returns them raw (unmasked).
 
   Loading is kept apart from use (`_derive`) so that a whole chunk's loads can be issued
@@ -401,20 +413,31 @@ def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_
   buffer (it cannot prove they do not alias), so a load placed after a store costs one full
   memory latency on the critical path of every step.
   scalar_states=N: B_t and C_t as N warp-uniform scalars (lists; one channel per lane,
-  `_backward_kernel_lanes`) instead of [N] vectors.
+  `_backward_kernel_lanes`) instead of [N] vectors. state_slots: a list of [lanes] state
+  indices instead: entry q of the lists is B_t / C_t at state state_slots[q] in each lane (the
+  lanes backward's XOR-permuted state order, cfg.lanes_xor). state_row=2N: b_ref holds the
+  [B_t, C_t] rows, loaded whole as raw["bct"] (cfg.lanes_bc_row).
   """
   u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
   t_safe = _clamped_step(cfg, t)
   raw_token = t_safe if index_ref is None else _table_entry(cfg, index_ref, group, t)
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
-  states = lambda ref: (plt.load(ref.at[b, token, group, :]) if scalar_states is None
-                        else [ref[b, token, group, n] for n in range(scalar_states)])
+  def states(ref):
+    if state_slots is not None:
+      return [ref[b, token, group, n] for n in state_slots]
+    if scalar_states is not None:
+      return [ref[b, token, group, n] for n in range(scalar_states)]
+    return plt.load(ref.at[b, token, group, :])
   raw = dict(raw_token=raw_token,
              u=plt.load(u_ref.at[b, token, pl.ds(cu0, tile)]),
-             draw=plt.load(delta_ref.at[b, token, pl.ds(c0, tile)]),
-             bt=states(b_ref))
-  if need_c:
+             draw=plt.load(delta_ref.at[b, token, pl.ds(c0, tile)]))
+  if state_row is not None:
+    raw["bct"] = plt.load(b_ref.at[b, token, group, pl.ds(0, state_row)])
+  else:
+    raw["bt"] = states(b_ref)
+  if need_c and state_row is None:
     raw["ct"] = states(c_ref)
+  if need_c:
     if cfg.has_z:
       raw["zt"] = plt.load(z_ref.at[b, token, pl.ds(cz0, tile)])
   if dout_ref is not None:
@@ -716,6 +739,17 @@ def _shfl_xor(v, mask, cfg):
   return y
 
 
+def _shfl_idx(v, source_lane, cfg):
+  """Lane l gets lane source_lane[l]'s value (shfl.sync.idx, a per-lane source); interpret
+  mode: the same gather over the vector's elements (element i = lane i)."""
+  if cfg.interpret:
+    return v[source_lane]
+  [y] = plt.elementwise_inline_asm("shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;",
+                                   args=[v, source_lane], constraints="=f,f,r", pack=1,
+                                   result_shape_dtypes=[jax.ShapeDtypeStruct.like(v)])
+  return y
+
+
 def _reduce_scatter_lanes(values, cfg):
   """32 per-lane [32] vectors -> one [32] vector whose lane i holds sum over lanes of values[i].
 
@@ -735,6 +769,27 @@ def _reduce_scatter_lanes(values, cfg):
   return values[0]
 
 
+def _reduce_scatter_lanes_xor(db_terms, dc_terms, cfg):
+  """`_reduce_scatter_lanes` of [dB terms, dC terms] held in XOR-permuted slots: in lane l,
+  slot q holds state q ^ (l mod N) (cfg.lanes_xor), so that slot p of the 2N values stands for
+  entry p ^ l of the [dB, dC] row. At the level with lane mask m, the entries lane l keeps
+  (bit m equal to l's) are then its slots with bit m clear, always the lower half, and its
+  partner l ^ m holds the same entries in the upper half of its slots: the levels need no
+  selects. Only the first level (m = N) picks, per half-warp, which of dB and dC to keep:
+  2N selects against `_reduce_scatter_lanes`'s 4N - 2. The pairs added are the same (the
+  same masks in the same order), so the sums are bit-identical. Lane i ends with entry i.
+  """
+  lane = jax.lax.broadcasted_iota(jnp.int32, db_terms[0].shape, 0)
+  mask = len(db_terms)
+  low = (lane & mask) == 0
+  values = [jnp.where(low, db, dc) + _shfl_xor(jnp.where(low, dc, db), mask, cfg)
+            for db, dc in zip(db_terms, dc_terms)]
+  while len(values) > 1:
+    mask //= 2
+    values = [lo + _shfl_xor(hi, mask, cfg) for lo, hi in zip(values[:mask], values[mask:])]
+  return values[0]
+
+
 def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
   """`_backward_kernel`'s lean schedule with one channel per lane (cfg.lanes).
 
@@ -743,7 +798,19 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
   a loop over the chunks in reverse, each reading its start state back, recomputing its
   `chunk` states (loads u, delta, B) and running the adjoint through them, which reloads its
   step's inputs and dout (one step ahead of the stores where cfg.lanes_ahead). dB_t and dC_t
-  leave as one [2N] row per step and tile (`_reduce_scatter_lanes`).
+  leave as one [2N] row per step and tile (`_reduce_scatter_lanes`, or with cfg.lanes_xor
+  `_reduce_scatter_lanes_xor`).
+
+  State order (session 17, H200): with cfg.lanes_xor, lane l keeps state q ^ (l mod N) in
+  slot q, so that the reduce-scatter needs 32 instead of 62 selects per step; the price is
+  that B_t and C_t differ per lane. Read as one gather load per slot, that cost an address
+  computation per load (ncu, stage 3: 644 warp instructions per warp-step, IMAD 56 and LOP3
+  33 of them); with cfg.lanes_bc_row each step's [B_t, C_t] arrives as one 128-byte row (lane
+  l holds entry l) and every slot takes its value from the lane that holds it by a shuffle.
+  Stage 1 fused fwd+bwd bf16 at batch 128: 14.9 -> 14.2 ms with the XOR order, then 14.0 ->
+  13.4 ms with the rows (separate calls); LocalVMamba-T's train step +2.7%, then +1.7%.
+  Tried and slower (session 17): keeping the chunk's decays from the recompute (no gain), and
+  writing every step's state to the scratch buffer in place of the recompute (+15%).
 
   Why a scratch buffer and loops (session 16, H200): session 15 kept the start states in
   registers and unrolled the whole segment (~5,000 SASS instructions, 80 KB). Under ncu that
@@ -763,15 +830,31 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
   num_segments = num_chunks // ratio
   num_state = a_ref.shape[1]
   b, j, c0, group, cu0, cz0 = _program_coords(cfg, LANES, per_group, u_channels, z_channels)
-  columns = lambda ref, *lead: [ref[(*lead, pl.ds(c0, LANES), n)] for n in range(num_state)]
+  if cfg.lanes_xor:  # slot q of lane l holds state q ^ (l mod N) (_reduce_scatter_lanes_xor)
+    lane = jax.lax.broadcasted_iota(jnp.int32, (LANES,), 0)
+    slots = [q ^ (lane & (num_state - 1)) for q in range(num_state)]
+    channel = c0 + lane
+    columns = lambda ref, *lead: [ref[(*lead, channel, n)] for n in slots]
+    # lanes_bc_row: b_ref holds [B, C] rows ([..., 2N], `_scan_bwd`); lane l loads entry l
+    state_loads = dict(state_row=2 * num_state) if cfg.lanes_bc_row else dict(state_slots=slots)
+  else:
+    slots = list(range(num_state))
+    columns = lambda ref, *lead: [ref[(*lead, pl.ds(c0, LANES), n)] for n in slots]
+    state_loads = dict(scalar_states=num_state)
   a2 = columns(a_ref)                               # A * log2(e), a [32] vector per state
   d = d_ref[pl.ds(c0, LANES)]
   bias = bias_ref[pl.ds(c0, LANES)]
   load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
 
   def load(t, full):
-    return _load_step(cfg, load_refs, b, group, c0, cu0, cz0, LANES, t, need_c=full,
-                      dout_ref=dout_ref if full else None, scalar_states=num_state)
+    raw = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, LANES, t, need_c=full,
+                     dout_ref=dout_ref if full else None, **state_loads)
+    if cfg.lanes_bc_row:  # slot q: B at state slots[q] from lane slots[q], C from lane N + it
+      row = raw.pop("bct")
+      raw["bt"] = [_shfl_idx(row, n, cfg) for n in slots]
+      if full:
+        raw["ct"] = [_shfl_idx(row, n | num_state, cfg) for n in slots]
+    return raw
 
   def step_state(h, s):
     dlu = s["dl"] * s["u"]
@@ -806,8 +889,9 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
       dc_terms.append(dy * h[n])
       g.append(gn * _exp2(dl * a2[n], cfg))         # g_next of step t - 1
     # dB_t, dC_t summed over the warp's channels; lane i holds entry i of [dB_t, dC_t]
-    plt.store(dbc_ref.at[b, s["token"], j, pl.ds(0, LANES)],
-              _reduce_scatter_lanes(db_terms + dc_terms, cfg), mask=store_mask)
+    dbc = (_reduce_scatter_lanes_xor(db_terms, dc_terms, cfg) if cfg.lanes_xor
+           else _reduce_scatter_lanes(db_terms + dc_terms, cfg))
+    plt.store(dbc_ref.at[b, s["token"], j, pl.ds(0, LANES)], dbc, mask=store_mask)
     ddl = u * gb + LN_2 * ga                        # a2 = A log2(e): A = a2 ln 2
     dd_acc, dbias_acc = _channel_adjoint(cfg, s, gb, ddl, dy, d, dd_acc, dbias_acc,
                                          store(du_ref), store(ddelta_ref))
@@ -832,31 +916,33 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
         ahead = load(chunk_first + i - 1, True)
     return g, accs
 
+  def store_row(row, h):
+    for n in range(num_state):
+      starts_ref[b, j, row, n, pl.ds(0, LANES)] = h[n]
+
+  def load_row(row):
+    return [starts_ref[b, j, row, n, pl.ds(0, LANES)] for n in range(num_state)]
+
   def segment_body(si, carry):
     seg = num_segments - 1 - si
     first = seg * seg_len
-
-    def store_start(r, h):
-      for n in range(num_state):
-        starts_ref[b, j, r, n, pl.ds(0, LANES)] = h[n]
 
     def forward_chunk(r, h):                        # the states at the later chunk starts
       h = list(h)
       for i in range(chunk):
         t = first + r * chunk + i
         h = step_state(h, _derive(cfg, load(t, False), t, bias))
-      store_start(r + 1, h)
+      store_row(r + 1, h)
       return tuple(h)
 
     h = columns(ckpt_ref, b, seg)
-    store_start(0, h)
+    store_row(0, h)
     jax.lax.fori_loop(0, ratio - 1, forward_chunk, tuple(h))
 
     def backward_chunk(k, carry):
       g, accs = carry
       r = ratio - 1 - k
-      h = [starts_ref[b, j, r, n, pl.ds(0, LANES)] for n in range(num_state)]
-      g, accs = chunk_adjoint(first + r * chunk, h, list(g),
+      g, accs = chunk_adjoint(first + r * chunk, load_row(r), list(g),
                               (list(accs[0]), accs[1], accs[2]))
       return tuple(g), (tuple(accs[0]), accs[1], accs[2])
 
@@ -865,8 +951,11 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
   zeros = jnp.zeros((LANES,), jnp.float32)
   carry = (tuple(columns(dlast_ref, b)), (tuple(zeros for _ in range(num_state)), zeros, zeros))
   _, (da_acc, dd_acc, dbias_acc) = jax.lax.fori_loop(0, num_segments, segment_body, carry)
-  for n in range(num_state):
-    da_ref[b, pl.ds(c0, LANES), n] = da_acc[n]
+  for q, n in enumerate(slots):
+    if cfg.lanes_xor:
+      da_ref[b, channel, n] = da_acc[q]
+    else:
+      da_ref[b, pl.ds(c0, LANES), n] = da_acc[q]
   dd_ref[b, pl.ds(c0, LANES)] = dd_acc
   dbias_ref[b, pl.ds(c0, LANES)] = dbias_acc
 
@@ -877,10 +966,10 @@ def _compiler_params(num_warps):
   return plt.CompilerParams(num_warps=num_warps, num_stages=1)
 
 
-def _common(cfg, index, u, delta, B, z):
+def _common(cfg, index, u, delta, B, z, num_state=None):
   batch, _, u_channels = u.shape
   channels = delta.shape[2]
-  groups, num_state = B.shape[2], B.shape[3]
+  groups, num_state = B.shape[2], num_state or B.shape[3]
   z_channels = z.shape[2] if z is not None else channels
   num_segments = -(-cfg.seq_len // cfg.checkpoint_every)
   num_chunks = num_segments * (cfg.checkpoint_every // cfg.chunk)
@@ -917,7 +1006,7 @@ def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
 @functools.partial(jax.jit, static_argnums=(0,))
 def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt):
   batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index = _common(
-      cfg, index, u, delta, B, z)
+      cfg, index, u, delta, B, z, num_state=a2.shape[1])  # B: [B, C] rows (lanes_bc_row)
   tokens = delta.shape[1]
   num_tiles = channels // cfg.bwd_tile
   kernel = functools.partial(_backward_kernel_lanes if cfg.lanes else _backward_kernel,
@@ -997,14 +1086,21 @@ def _scan_bwd(cfg, residuals, cotangents):
     _, ckpt, _ = _forward_call(
         dataclasses.replace(_checkpointing_forward(cfg), write_output=False), index, u, delta,
         A * LOG2_E, B, C, D, bias, z)
-  # The lanes backward reads B_t and C_t as 2N warp-uniform scalars per step, each 16-bit one
-  # followed by a shift to float32 (~50 SHF per step and warp in its SASS, session 16); float32
+  # The lanes backward reads B and C as float32: read 16-bit, each value took a shift to
+  # float32 in the kernel (~50 SHF per step and warp in its SASS, session 16). The float32
   # copies are the same values (the cast is exact, and dB, dC are still rounded to B's dtype
   # once, below) for 2N * 2 more bytes per step and group. Measured (H200, bf16, fused, same
-  # call): stage 3 4.35 -> 4.27 ms, stage 1 16.09 -> 15.52, gradients bit-identical. The
-  # forward keeps B and C as they are: it reads them as [N] vectors (offline, float32 ones
-  # took it from 128 to 150 registers).
-  bc = (B.astype(jnp.float32), C.astype(jnp.float32)) if cfg.lanes else (B, C)
+  # call): stage 3 4.35 -> 4.27 ms, stage 1 16.09 -> 15.52, gradients bit-identical. With
+  # lanes_bc_row they go as one [B, C] row per step and group (one 128-byte load per step,
+  # `_backward_kernel_lanes`). The forward keeps B and C as they are: it reads them as [N]
+  # vectors (offline, float32 ones took it from 128 to 150 registers).
+  if cfg.lanes and cfg.lanes_bc_row:  # one [B, C] row per step and group (lanes_xor only)
+    rows = jnp.concatenate([B.astype(jnp.float32), C.astype(jnp.float32)], axis=-1)
+    bc = (rows, rows)
+  elif cfg.lanes:
+    bc = (B.astype(jnp.float32), C.astype(jnp.float32))
+  else:
+    bc = (B, C)
   grads = list(_backward_call(cfg, index, u, delta, A * LOG2_E, *bc, D, bias, z,
                               dout.astype(_out_dtype(cfg, u)), dlast.astype(jnp.float32),
                               ckpt))
@@ -1038,14 +1134,15 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           delta_softplus=False, read_index=None, write_at_tokens=True,
                           return_last_state=False, chunk=DEFAULT_CHUNK,
                           checkpoint_every=DEFAULT_CHECKPOINT_EVERY, tile=None, bwd_tile=None,
-                          num_warps=None, bwd_num_warps=None, keep_decay=DEFAULT_KEEP_DECAY,
+                          num_warps=None, bwd_num_warps=None, keep_decay=None,
                           lean=DEFAULT_LEAN, fma=DEFAULT_FMA, keep_dl=DEFAULT_KEEP_DL,
                           sfu=DEFAULT_SFU, out_dtype=None,
                           max_registers=DEFAULT_MAX_REGISTERS,
                           bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS,
                           recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS,
                           poly_softplus=DEFAULT_POLY_SOFTPLUS, lanes=None,
-                          lanes_ahead=True, interpret=None):
+                          lanes_ahead=True, lanes_xor=None, lanes_bc_row=None,
+                          interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
   u: [b, T, Cu] where Cu = C, or Cu divides C (one u shared by the C // Cu groups of
@@ -1097,7 +1194,10 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      (8). None = the measured default (`_lanes_default`): on for scans read through a
      read_index and for plain scans of >= LANES_MIN_SEQ steps, where the shape fits and
      bwd_tile / bwd_num_warps are unset. lanes_ahead: its adjoint issues the previous
-     step's loads before the current step's stores.
+     step's loads before the current step's stores. lanes_xor: it keeps the states in an
+     XOR-by-lane order (`_reduce_scatter_lanes_xor`; the same sums, fewer selects).
+     lanes_bc_row (with lanes_xor): it reads each step's [B_t, C_t] as one 128-byte row and
+     hands every slot its values by shuffles, instead of one gather load per slot.
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -1173,6 +1273,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   bwd_max_registers = (_bwd_max_registers_default(lean, index is not None, chunk, lanes)
                        if bwd_max_registers is None
                        else register_cap.checked_cap(bwd_max_registers, "bwd_max_registers"))
+  lanes_xor = DEFAULT_LANES_XOR if lanes_xor is None else bool(lanes_xor)
   if interpret:  # no Triton compile to cap
     max_registers = bwd_max_registers = fwd_only_max_registers = None
   cfg = _Config(seq_len=seq_len, chunk=chunk, checkpoint_every=checkpoint_every, tile=fwd_tile,
@@ -1183,7 +1284,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 indexed=index is not None, write_at_tokens=bool(write_at_tokens),
                 num_warps=num_warps or (1 if fwd_tile <= 32 else 2),
                 bwd_num_warps=1 if lanes else bwd_num_warps or (1 if bwd_t <= 16 else 2),
-                keep_decay=bool(keep_decay), sfu=bool(sfu),
+                keep_decay=DEFAULT_KEEP_DECAY if keep_decay is None else bool(keep_decay),
+                sfu=bool(sfu),
                 keep_dl=DEFAULT_KEEP_DL if keep_dl is None else bool(keep_dl),
                 lean=lean,
                 fma=bool(fma),
@@ -1193,7 +1295,10 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 fwd_only_chunk=fwd_only_chunk,
                 fwd_only_max_registers=fwd_only_max_registers,
                 recompute_checkpoints=bool(recompute_checkpoints),
-                lanes=lanes, lanes_ahead=bool(lanes_ahead))
+                lanes=lanes, lanes_ahead=bool(lanes_ahead), 
+                lanes_xor=lanes_xor,
+                lanes_bc_row=lanes_xor and (DEFAULT_LANES_BC_ROW if lanes_bc_row is None
+                                            else bool(lanes_bc_row)))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
