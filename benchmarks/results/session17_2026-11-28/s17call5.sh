@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Session 17 call 5 (one H200): the lanes backward reading [B_t, C_t] as one row handed to
+# the slots by shuffles (lanes_bc_row) against today's default (XOR order, a gather load per
+# slot): LocalVMamba-T bf16 train step at 128 compiled at once and timed one at a time, then
+# the stage-1 micro-benchmark if time is left.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site2:. XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
+nvidia-smi -L > $OUT/gpus.txt 2>&1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site2 .whl/ml_collections*.whl
+rm -f /tmp/b5 /tmp/lock5
+C="--batch 128 --steps 10 --warmup 2 --time-budget 12 --no-compilation-cache --dtype bf16 --model local_vssm_tiny --mode train --results $OUT/steps.jsonl --barrier /tmp/b5:2 --device-lock /tmp/lock5"
+timeout 320 python3 -m localmamba_jax.benchmark $C --tag "s17c5 T default (xor)" > $OUT/A.log 2>&1 &
+timeout 320 python3 -c "
+import sys, runpy
+from localmamba_jax.ops.kernels import selective_scan_gpu
+selective_scan_gpu.DEFAULT_LANES_BC_ROW = True
+sys.argv = ['benchmark'] + sys.argv[1:]
+runpy.run_module('localmamba_jax.benchmark', run_name='__main__')" $C --tag "s17c5 T lanes_bc_row" > $OUT/B.log 2>&1 &
+wait
+cd $OUT && grep -h "img/s\|pipelined\|Error\|RESOURCE\|compiled in" A.log B.log | cut -c1-250; python3 -c "
+import json
+for l in open('steps.jsonl'): d=json.loads(l); print(d['tag'], d.get('img_per_s'), d.get('pipelined_img_per_s'), d.get('peak_gib'), 'lower', d.get('lower_s'), 'compile', d.get('compile_s'), d.get('losses', [])[:3], d.get('loss'))"
+cd - > /dev/null
+export PYTHONPATH=.
+timeout 110 python3 benchmarks/bench_selective_scan.py --dtypes bfloat16 --no-assoc --shapes stage1_fused --variants o1,o0 --out $OUT/stage1.json 2>&1 | grep -v "Warning\|warn" > $OUT/stage1.log
+cut -c1-220 $OUT/stage1.log
