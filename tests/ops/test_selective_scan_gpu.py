@@ -456,12 +456,13 @@ def test_recompute_checkpoints_matches_float64_reference():
 # 2N = 32 sums scattered one per lane).
 
 @pytest.mark.parametrize("checkpoint_every,lanes_ahead,recompute,state_order", [
-    (8, True, False, "xor"),  # four chunks per saved state: three start states through the
-                              # scratch buffer; the second segment runs past the sequence end
-    (8, True, False, "plain"),    # states in the same order in every lane (62 selects)
-    (8, True, False, "xor+row"),  # [B, C] rows handed to the slots by shuffles
+    # four chunks per saved state: three start states through the scratch buffer; the second
+    # segment runs past the sequence end; XOR state order with [B, C] rows (the defaults)
+    (8, True, False, "xor+row"),
+    (8, True, False, "plain"),  # states in the same order in every lane (62 selects)
     (2, False, True, "xor"),  # one chunk per saved state, loads issued after the previous
-                              # step's stores; the checkpoints rebuilt by a states-only forward
+                              # step's stores; the checkpoints rebuilt by a states-only forward;
+                              # B, C gathered per slot
 ])
 def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahead, recompute,
                                                     state_order):
@@ -483,8 +484,7 @@ def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahea
   assert_matches(kernel, reference, args, rng.standard_normal((2, 11, 64)), NAMES)
 
 
-@pytest.mark.parametrize("bc_row", [False, True])
-def test_lanes_backward_matches_float64_through_a_scan_order_table(bc_row):
+def test_lanes_backward_matches_float64_through_a_scan_order_table():
   from localmamba_jax.ops.scan_orders import stacked_scan_orders
   grid_hw, directions = (3, 5), ("w2", "v_flip")      # window pads; v_flip's exact merge
   orders = stacked_scan_orders(*grid_hw, directions)
@@ -498,7 +498,7 @@ def test_lanes_backward_matches_float64_through_a_scan_order_table(bc_row):
   def kernel(u, delta, A, B, C, D, bias):
     return selective_scan_gpu.multi_direction_scan_pallas(
         u, delta, A, B, C, D, bias, None, gather=orders.gather, merge=orders.merge, chunk=2,
-        checkpoint_every=4, lanes=True, lanes_bc_row=bc_row, interpret=True)
+        checkpoint_every=4, lanes=True, interpret=True)
 
   def reference(u, delta, A, B, C, D, bias):
     return multi_direction_selective_scan(u, delta, A, B, C, D, bias, grid_hw=grid_hw,
