@@ -19,10 +19,18 @@ measurement. Spill bytes are static counts, not the dynamic spill traffic ncu me
 plain-order backward with keep_dl spills 236 bytes here and was measured faster than without). When ptxas is
 older than the PTX that Triton emits, the PTX's `.version` line is lowered to the newest one
 ptxas accepts.
+
+`--sass-mix TOP` (with `--cuobjdump`, e.g. the one in the triton package's
+backends/nvidia/bin) also assembles a cubin and adds the kernel's static SASS: its
+instruction count and its TOP most frequent opcodes. Static, not executed: a change to the
+backward's per-step code shows up once per loop body (session 17: the lanes backward runs
+~600 instructions per warp-step and is issue-bound, so its instruction count is what a
+variant has to cut; ncu measures the executed count on the GPU).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -122,6 +130,30 @@ def assemble(ptx_path, ptxas):
           number(r"(\d+) bytes spill loads"))
 
 
+_SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def sass_mix(text):
+  """Counter of opcodes (the mnemonic before the first '.') over the SASS lines of a
+  `cuobjdump -sass` listing; a predicate guard (@P0, @!PT) is skipped."""
+  counts = collections.Counter()
+  for line in text.splitlines():
+    match = _SASS_LINE.search(line)
+    if match:
+      counts[match.group(1).split(".")[0]] += 1
+  return counts
+
+
+def static_sass(ptx_path, ptxas, cuobjdump):
+  """Opcode Counter of the kernel in ptx_path, assembled for sm_90a and disassembled."""
+  cubin = ptx_path[:-len(".ptx")] + ".cubin"
+  subprocess.run([ptxas, "--gpu-name", "sm_90a", "-o", cubin, ptx_path], check=True,
+                 capture_output=True, text=True)
+  listing = subprocess.run([cuobjdump, "-sass", cubin], check=True, capture_output=True,
+                           text=True).stdout
+  return sass_mix(listing)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--shape", default="stage1", choices=tuple(SHAPES))
@@ -133,6 +165,9 @@ def main(argv=None):
                       help="a Python interpreter that can `import triton`")
   parser.add_argument("--ptxas", default="ptxas")
   parser.add_argument("--keep", default=None, help="directory to keep the TTIR and PTX files in")
+  parser.add_argument("--sass-mix", type=int, default=0, metavar="TOP",
+                      help="also report the static SASS: instruction count and TOP opcodes")
+  parser.add_argument("--cuobjdump", default="cuobjdump")
   args = parser.parse_args(argv)
   workdir = args.keep or tempfile.mkdtemp(prefix="kernel_registers_")
   os.makedirs(workdir, exist_ok=True)
@@ -155,6 +190,10 @@ def main(argv=None):
       row = dict(shape=args.shape, dtype=args.dtype, options=variant or "defaults", kernel=name,
                  num_warps=num_warps, registers=registers, spill_store_bytes=spill_stores,
                  spill_load_bytes=spill_loads)
+      if args.sass_mix:
+        mix = static_sass(stem + ".ptx", args.ptxas, args.cuobjdump)
+        row.update(static_instructions=sum(mix.values()),
+                   top_opcodes=dict(mix.most_common(args.sass_mix)))
       rows.append(row)
       print(json.dumps(row), flush=True)
   return rows

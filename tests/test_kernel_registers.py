@@ -43,3 +43,16 @@ def test_register_cap_reaches_the_triton_ir_of_the_capped_kernel_only():
   header = lambda text: next(line for line in text.splitlines() if "tt.func public" in line)
   assert "nvvm.maxnreg = 144 : i32" in header(kernels["selective_scan_bwd_maxnreg144"])
   assert "maxnreg" not in kernels["selective_scan_fwd"]
+
+
+def test_sass_mix_counts_opcodes_and_skips_predicates_and_other_lines():
+  listing = "\n".join([
+      "        code for sm_90a",
+      "        Function : selective_scan_bwd",
+      "        /*0000*/                   LDC R1, c[0x0][0x28] ;   /* 0x00000a00ff017b82 */",
+      "        /*0010*/                   FFMA R2, R3, R4, R5 ;",
+      "        /*0020*/              @!P0 FFMA.FTZ R2, R3, R4, R5 ;",
+      "        /*0030*/               @P1 SHFL.BFLY PT, R6, R7, 0x10, 0x1f ;",
+      "        /*0040*/                   EXIT ;",
+      "        .L_x_0:"])
+  assert kernel_registers.sass_mix(listing) == {"LDC": 1, "FFMA": 2, "SHFL": 1, "EXIT": 1}
