@@ -458,11 +458,11 @@ def test_recompute_checkpoints_matches_float64_reference():
 @pytest.mark.parametrize("checkpoint_every,lanes_ahead,recompute,state_order", [
     # four chunks per saved state: three start states through the scratch buffer; the second
     # segment runs past the sequence end; XOR state order with [B, C] rows (the defaults)
-    (8, True, False, "xor+row"),
+    (8, True, False, "xor"),
     (8, True, False, "plain"),  # states in the same order in every lane (62 selects)
-    (2, False, True, "xor"),  # one chunk per saved state, loads issued after the previous
-                              # step's stores; the checkpoints rebuilt by a states-only forward;
-                              # B, C gathered per slot
+    (2, False, True, "xor+bfly"),  # one chunk per saved state, loads issued after the previous
+                                   # step's stores; the checkpoints rebuilt by a states-only
+                                   # forward; B, C as half-rows through butterfly shuffles
 ])
 def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahead, recompute,
                                                     state_order):
@@ -476,7 +476,7 @@ def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahea
         u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
         checkpoint_every=checkpoint_every, lanes=True, lanes_ahead=lanes_ahead,
         recompute_checkpoints=recompute, lanes_xor=state_order != "plain",
-        lanes_bc_row=state_order == "xor+row", interpret=True)
+        lanes_bc_bfly=state_order == "xor+bfly", interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
@@ -569,9 +569,9 @@ def test_lanes_refusals_and_cuda_lowering():
     selective_scan_gpu.selective_scan_pallas(x, x, a16, bc16, bc16, lanes=True, bwd_tile=16,
                                              interpret=True)
   # the GPU lowering (no GPU needed): the shuffles are inline PTX in the backward kernel
-  for bc_row in (False, True):
+  for bfly in (False, True):
     fn = jax.jit(jax.grad(lambda u: jnp.sum(selective_scan_gpu.selective_scan_pallas(
-        u, u, a16, bc16, bc16, lanes=True, lanes_bc_row=bc_row, interpret=False))))
+        u, u, a16, bc16, bc16, lanes=True, lanes_bc_bfly=bfly, interpret=False))))
     text = fn.trace(jax.ShapeDtypeStruct(x.shape, x.dtype)).lower(
         lowering_platforms=("cuda",)).as_text()
     assert "selective_scan_bwd" in text and "__gpu$xla.gpu.triton" in text

@@ -201,9 +201,9 @@ DEFAULT_LANES = True
 LANES_MIN_SEQ = 512
 LANES_CHUNK = 2  # its backward's chunk; the forward keeps FORWARD_CHUNK (only groups loads)
 # measured on an H200 (session 17), LocalVMamba-T bf16 train step at 128, same call each:
-# +2.7% with the XOR state order, then +1.7% more with the [B, C] rows
+# +2.7% with the XOR state order (B, C gathered per slot), then +1.7% more with the [B, C]
+# rows handed out by shuffles, which replaced the gathers
 DEFAULT_LANES_XOR = True
-DEFAULT_LANES_BC_ROW = True
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -306,11 +306,12 @@ class _Config:
   lanes: bool = False
   lanes_ahead: bool = True  # its adjoint loads the previous step's inputs before its stores
   # its lane l keeps state q ^ (l mod N) in slot q (`_backward_kernel_lanes`): a reduce-scatter
-  # with 2N instead of 4N - 2 selects per step
+  # with 2N instead of 4N - 2 selects per step; it then reads each step's [B_t, C_t] as one
+  # [2N] row (entry l in lane l) and hands each slot its values by shuffles
   lanes_xor: bool = False
-  # it reads [B_t, C_t] as one [2N] row, entry l in lane l, and hands each slot its value by a
-  # shuffle (cfg.lanes_xor only), instead of a gather load per slot
-  lanes_bc_row: bool = False
+  # with lanes_xor: B_t and C_t read as half-rows (lane l holds entry l mod N of each), slot q
+  # taking its value by a butterfly shuffle with the constant mask q instead
+  lanes_bc_bfly: bool = False
 
 
 def _out_dtype(cfg, u):
@@ -405,7 +406,7 @@ def _sigmoid(x, cfg):
 
 
 def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None,
-               scalar_states=None, state_slots=None, state_row=None):
+               scalar_states=None, state_row=None, state_half_rows=None):
   """Issues the loads of step t of one program's tile; returns them raw (unmasked).
 
   Loading is kept apart from use (`_derive`) so that a whole chunk's loads can be issued
@@ -413,18 +414,15 @@ def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_
   buffer (it cannot prove they do not alias), so a load placed after a store costs one full
   memory latency on the critical path of every step.
   scalar_states=N: B_t and C_t as N warp-uniform scalars (lists; one channel per lane,
-  `_backward_kernel_lanes`) instead of [N] vectors. state_slots: a list of [lanes] state
-  indices instead: entry q of the lists is B_t / C_t at state state_slots[q] in each lane (the
-  lanes backward's XOR-permuted state order, cfg.lanes_xor). state_row=2N: b_ref holds the
-  [B_t, C_t] rows, loaded whole as raw["bct"] (cfg.lanes_bc_row).
+  `_backward_kernel_lanes`) instead of [N] vectors. state_row=2N: b_ref holds the [B_t, C_t]
+  rows, loaded whole as raw["bct"] (cfg.lanes_xor). state_half_rows: a [lanes] state index
+  (lane mod N): B_t and C_t loaded at it, as raw["bhalf"] / raw["chalf"] (cfg.lanes_bc_bfly).
   """
   u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
   t_safe = _clamped_step(cfg, t)
   raw_token = t_safe if index_ref is None else _table_entry(cfg, index_ref, group, t)
   token = jnp.maximum(raw_token, 0).astype(jnp.int32)
   def states(ref):
-    if state_slots is not None:
-      return [ref[b, token, group, n] for n in state_slots]
     if scalar_states is not None:
       return [ref[b, token, group, n] for n in range(scalar_states)]
     return plt.load(ref.at[b, token, group, :])
@@ -433,10 +431,14 @@ def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_
              draw=plt.load(delta_ref.at[b, token, pl.ds(c0, tile)]))
   if state_row is not None:
     raw["bct"] = plt.load(b_ref.at[b, token, group, pl.ds(0, state_row)])
+  elif state_half_rows is not None:
+    raw["bhalf"] = b_ref[b, token, group, state_half_rows]
+    if need_c:
+      raw["chalf"] = c_ref[b, token, group, state_half_rows]
   else:
     raw["bt"] = states(b_ref)
-  if need_c and state_row is None:
-    raw["ct"] = states(c_ref)
+    if need_c:
+      raw["ct"] = states(c_ref)
   if need_c:
     if cfg.has_z:
       raw["zt"] = plt.load(z_ref.at[b, token, pl.ds(cz0, tile)])
@@ -803,9 +805,9 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
 
   State order (session 17, H200): with cfg.lanes_xor, lane l keeps state q ^ (l mod N) in
   slot q, so that the reduce-scatter needs 32 instead of 62 selects per step; the price is
-  that B_t and C_t differ per lane. Read as one gather load per slot, that cost an address
-  computation per load (ncu, stage 3: 644 warp instructions per warp-step, IMAD 56 and LOP3
-  33 of them); with cfg.lanes_bc_row each step's [B_t, C_t] arrives as one 128-byte row (lane
+  that B_t and C_t differ per lane. Read as one gather load per slot (the first version), that
+  cost an address computation per load (ncu, stage 3: 644 warp instructions per warp-step,
+  IMAD 56 and LOP3 33 of them); now each step's [B_t, C_t] arrives as one 128-byte row (lane
   l holds entry l) and every slot takes its value from the lane that holds it by a shuffle.
   Stage 1 fused fwd+bwd bf16 at batch 128: 14.9 -> 14.2 ms with the XOR order, then 14.0 ->
   13.4 ms with the rows (separate calls); LocalVMamba-T's train step +2.7%, then +1.7%.
@@ -835,8 +837,10 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
     slots = [q ^ (lane & (num_state - 1)) for q in range(num_state)]
     channel = c0 + lane
     columns = lambda ref, *lead: [ref[(*lead, channel, n)] for n in slots]
-    # lanes_bc_row: b_ref holds [B, C] rows ([..., 2N], `_scan_bwd`); lane l loads entry l
-    state_loads = dict(state_row=2 * num_state) if cfg.lanes_bc_row else dict(state_slots=slots)
+    # b_ref holds [B, C] rows ([..., 2N], `_scan_bwd`); lane l loads entry l (lanes_bc_bfly:
+    # B and C apart, lane l loads entry l mod N of each)
+    state_loads = (dict(state_half_rows=slots[0]) if cfg.lanes_bc_bfly
+                   else dict(state_row=2 * num_state))
   else:
     slots = list(range(num_state))
     columns = lambda ref, *lead: [ref[(*lead, pl.ds(c0, LANES), n)] for n in slots]
@@ -849,11 +853,17 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
   def load(t, full):
     raw = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, LANES, t, need_c=full,
                      dout_ref=dout_ref if full else None, **state_loads)
-    if cfg.lanes_bc_row:  # slot q: B at state slots[q] from lane slots[q], C from lane N + it
+    if cfg.lanes_xor and not cfg.lanes_bc_bfly:  # slot q: B from lane slots[q], C from N + it
       row = raw.pop("bct")
       raw["bt"] = [_shfl_idx(row, n, cfg) for n in slots]
       if full:
         raw["ct"] = [_shfl_idx(row, n | num_state, cfg) for n in slots]
+    elif cfg.lanes_bc_bfly:  # lane l ^ q holds entry (l mod N) ^ q, slot q's state
+      bfly = lambda half: [half if q == 0 else _shfl_xor(half, q, cfg)
+                           for q in range(num_state)]
+      raw["bt"] = bfly(raw.pop("bhalf"))
+      if full:
+        raw["ct"] = bfly(raw.pop("chalf"))
     return raw
 
   def step_state(h, s):
@@ -1006,7 +1016,7 @@ def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
 @functools.partial(jax.jit, static_argnums=(0,))
 def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt):
   batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index = _common(
-      cfg, index, u, delta, B, z, num_state=a2.shape[1])  # B: [B, C] rows (lanes_bc_row)
+      cfg, index, u, delta, B, z, num_state=a2.shape[1])  # B: [B, C] rows (lanes_xor)
   tokens = delta.shape[1]
   num_tiles = channels // cfg.bwd_tile
   kernel = functools.partial(_backward_kernel_lanes if cfg.lanes else _backward_kernel,
@@ -1091,10 +1101,10 @@ def _scan_bwd(cfg, residuals, cotangents):
   # copies are the same values (the cast is exact, and dB, dC are still rounded to B's dtype
   # once, below) for 2N * 2 more bytes per step and group. Measured (H200, bf16, fused, same
   # call): stage 3 4.35 -> 4.27 ms, stage 1 16.09 -> 15.52, gradients bit-identical. With
-  # lanes_bc_row they go as one [B, C] row per step and group (one 128-byte load per step,
+  # lanes_xor they go as one [B, C] row per step and group (one 128-byte load per step,
   # `_backward_kernel_lanes`). The forward keeps B and C as they are: it reads them as [N]
   # vectors (offline, float32 ones took it from 128 to 150 registers).
-  if cfg.lanes and cfg.lanes_bc_row:  # one [B, C] row per step and group (lanes_xor only)
+  if cfg.lanes and cfg.lanes_xor and not cfg.lanes_bc_bfly:  # one [B, C] row per step, group
     rows = jnp.concatenate([B.astype(jnp.float32), C.astype(jnp.float32)], axis=-1)
     bc = (rows, rows)
   elif cfg.lanes:
@@ -1141,7 +1151,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS,
                           recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS,
                           poly_softplus=DEFAULT_POLY_SOFTPLUS, lanes=None,
-                          lanes_ahead=True, lanes_xor=None, lanes_bc_row=None,
+                          lanes_ahead=True, lanes_xor=None, lanes_bc_bfly=False,
                           interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
@@ -1195,9 +1205,11 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      read_index and for plain scans of >= LANES_MIN_SEQ steps, where the shape fits and
      bwd_tile / bwd_num_warps are unset. lanes_ahead: its adjoint issues the previous
      step's loads before the current step's stores. lanes_xor: it keeps the states in an
-     XOR-by-lane order (`_reduce_scatter_lanes_xor`; the same sums, fewer selects).
-     lanes_bc_row (with lanes_xor): it reads each step's [B_t, C_t] as one 128-byte row and
-     hands every slot its values by shuffles, instead of one gather load per slot.
+     XOR-by-lane order (`_reduce_scatter_lanes_xor`; the same sums, fewer selects) and reads
+     each step's [B_t, C_t] as one 128-byte row whose values reach the slots by shuffles.
+     lanes_bc_bfly (with lanes_xor): B_t and C_t as half-rows instead, each slot's value by a
+     butterfly shuffle with a constant mask (no per-shuffle lane index; fewer static
+     instructions offline, not yet timed on a GPU: opt-in).
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -1297,8 +1309,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 recompute_checkpoints=bool(recompute_checkpoints),
                 lanes=lanes, lanes_ahead=bool(lanes_ahead), 
                 lanes_xor=lanes_xor,
-                lanes_bc_row=lanes_xor and (DEFAULT_LANES_BC_ROW if lanes_bc_row is None
-                                            else bool(lanes_bc_row)))
+                lanes_bc_bfly=lanes_xor and bool(lanes_bc_bfly))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
