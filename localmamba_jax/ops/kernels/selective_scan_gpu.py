@@ -204,6 +204,7 @@ LANES_CHUNK = 2  # its backward's chunk; the forward keeps FORWARD_CHUNK (only g
 # +2.7% with the XOR state order (B, C gathered per slot), then +1.7% more with the [B, C]
 # rows handed out by shuffles, which replaced the gathers
 DEFAULT_LANES_XOR = True
+DEFAULT_LANES_BC_BFLY = False  # offline fewer instructions (session 17), not yet timed
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -1151,7 +1152,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS,
                           recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS,
                           poly_softplus=DEFAULT_POLY_SOFTPLUS, lanes=None,
-                          lanes_ahead=True, lanes_xor=None, lanes_bc_bfly=False,
+                          lanes_ahead=True, lanes_xor=None, lanes_bc_bfly=None,
                           interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
@@ -1309,7 +1310,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 recompute_checkpoints=bool(recompute_checkpoints),
                 lanes=lanes, lanes_ahead=bool(lanes_ahead), 
                 lanes_xor=lanes_xor,
-                lanes_bc_bfly=lanes_xor and bool(lanes_bc_bfly))
+                lanes_bc_bfly=lanes_xor and (DEFAULT_LANES_BC_BFLY if lanes_bc_bfly is None
+                                             else bool(lanes_bc_bfly)))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
