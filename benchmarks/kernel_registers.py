@@ -111,10 +111,11 @@ def triton_kernels(shape_name, batch, dtype, options):
           for name, config in triton_calls(lowered)]
 
 
-def assemble(ptx_path, ptxas):
-  """(registers, spill store bytes, spill load bytes) from `ptxas -v`."""
+def assemble(ptx_path, ptxas, cubin=os.devnull):
+  """(registers, spill store bytes, spill load bytes) from `ptxas -v`; the cubin goes to
+  `cubin` (discarded by default)."""
   for _ in range(2):
-    result = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", "-o", os.devnull, ptx_path],
+    result = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", "-o", cubin, ptx_path],
                             capture_output=True, text=True)
     too_new = re.search(r"Unsupported \.version [\d.]+; current version is '([\d.]+)'",
                         result.stderr)
@@ -144,11 +145,8 @@ def sass_mix(text):
   return counts
 
 
-def static_sass(ptx_path, ptxas, cuobjdump):
-  """Opcode Counter of the kernel in ptx_path, assembled for sm_90a and disassembled."""
-  cubin = ptx_path[:-len(".ptx")] + ".cubin"
-  subprocess.run([ptxas, "--gpu-name", "sm_90a", "-o", cubin, ptx_path], check=True,
-                 capture_output=True, text=True)
+def static_sass(cubin, cuobjdump):
+  """Opcode Counter of the kernel in a cubin (`assemble`'s), disassembled."""
   listing = subprocess.run([cuobjdump, "-sass", cubin], check=True, capture_output=True,
                            text=True).stdout
   return sass_mix(listing)
@@ -186,12 +184,13 @@ def main(argv=None):
           env=dict(os.environ, TRITON_DEFAULT_FP_FUSION="1"))
       if compiled.returncode:
         raise RuntimeError(f"triton could not compile {name}: {compiled.stderr[-800:]}")
-      registers, spill_stores, spill_loads = assemble(stem + ".ptx", args.ptxas)
+      registers, spill_stores, spill_loads = assemble(
+          stem + ".ptx", args.ptxas, stem + ".cubin" if args.sass_mix else os.devnull)
       row = dict(shape=args.shape, dtype=args.dtype, options=variant or "defaults", kernel=name,
                  num_warps=num_warps, registers=registers, spill_store_bytes=spill_stores,
                  spill_load_bytes=spill_loads)
       if args.sass_mix:
-        mix = static_sass(stem + ".ptx", args.ptxas, args.cuobjdump)
+        mix = static_sass(stem + ".cubin", args.cuobjdump)
         row.update(static_instructions=sum(mix.values()),
                    top_opcodes=dict(mix.most_common(args.sass_mix)))
       rows.append(row)

@@ -1286,7 +1286,8 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   bwd_max_registers = (_bwd_max_registers_default(lean, index is not None, chunk, lanes)
                        if bwd_max_registers is None
                        else register_cap.checked_cap(bwd_max_registers, "bwd_max_registers"))
-  lanes_xor = DEFAULT_LANES_XOR if lanes_xor is None else bool(lanes_xor)
+  # only the lanes backward has a state order (off: one config for the kernels it leaves alike)
+  lanes_xor = lanes and (DEFAULT_LANES_XOR if lanes_xor is None else bool(lanes_xor))
   if interpret:  # no Triton compile to cap
     max_registers = bwd_max_registers = fwd_only_max_registers = None
   cfg = _Config(seq_len=seq_len, chunk=chunk, checkpoint_every=checkpoint_every, tile=fwd_tile,
@@ -1308,8 +1309,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 fwd_only_chunk=fwd_only_chunk,
                 fwd_only_max_registers=fwd_only_max_registers,
                 recompute_checkpoints=bool(recompute_checkpoints),
-                lanes=lanes, lanes_ahead=bool(lanes_ahead), 
-                lanes_xor=lanes_xor,
+                lanes=lanes, lanes_ahead=bool(lanes_ahead), lanes_xor=lanes_xor,
                 lanes_bc_bfly=lanes_xor and (DEFAULT_LANES_BC_BFLY if lanes_bc_bfly is None
                                              else bool(lanes_bc_bfly)))
   f32 = jnp.float32
