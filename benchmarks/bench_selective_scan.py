@@ -56,8 +56,7 @@ NUM_STATE = 16
 INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias", "z")
 # the kernel options that are flags (0/1 on command lines)
 FLAG_OPTIONS = ("keep_decay", "lean", "fma", "keep_dl", "sfu", "recompute_checkpoints",
-                "poly_softplus", "lanes", "lanes_ahead", "lanes_xor",
-                "lanes_bc_bfly")
+                "poly_softplus", "lanes", "lanes_ahead", "lanes_xor")
 
 
 def load_kernel_module(path, name="kernel_under_test"):
@@ -272,13 +271,13 @@ def parse_variant(text):
   bwd_num_warps, f = forward tile, v = forward warps, l = lean backward schedule, m = fma,
   d = keep_dl, x = sfu, r = bwd_max_registers,
   q = max_registers, e = recompute_checkpoints, y = poly_softplus, n = lanes (the backward with
-  one channel per lane), a = lanes_ahead, p = lanes_xor, b = lanes_bc_bfly); letters may be
+  one channel per lane), a = lanes_ahead, p = lanes_xor); letters may be
   omitted (kernel default)."""
   keys = dict(c="chunk", s="checkpoint_every", k="keep_decay", t="bwd_tile",
               w="bwd_num_warps", f="tile", v="num_warps", l="lean", m="fma", d="keep_dl",
               x="sfu", r="bwd_max_registers",
               q="max_registers", e="recompute_checkpoints", y="poly_softplus", n="lanes",
-              a="lanes_ahead", p="lanes_xor", b="lanes_bc_bfly")
+              a="lanes_ahead", p="lanes_xor")
   options, i = {}, 0
   while i < len(text):
     j = i + 1

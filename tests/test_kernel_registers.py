@@ -12,12 +12,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "ben
 kernel_registers = pytest.importorskip("kernel_registers")
 
 
-@pytest.mark.parametrize("shape,bwd_name", [
-    ("tiny", "selective_scan_bwd"),
-    # the fused path's lean backward is capped at 168 registers by default (register_cap)
-    ("tiny_fused", "selective_scan_bwd_maxnreg168")])
-def test_both_kernels_lower_to_triton_ir_without_a_gpu(shape, bwd_name):
-  kernels = kernel_registers.triton_kernels(shape, 2, jnp.dtype("float32"), {"keep_dl": 0})
+@pytest.mark.parametrize("shape,options,bwd_name", [
+    # the plain order's row-kernel backward (lanes off) runs uncapped
+    ("tiny", {"keep_dl": 0, "lanes": 0}, "selective_scan_bwd"),
+    # the fused path's lanes backward is capped at 168 registers by default (register_cap),
+    # as every lanes backward is
+    ("tiny_fused", {}, "selective_scan_bwd_maxnreg168")])
+def test_both_kernels_lower_to_triton_ir_without_a_gpu(shape, options, bwd_name):
+  kernels = kernel_registers.triton_kernels(shape, 2, jnp.dtype("float32"), options)
   assert [name for name, _, _ in kernels] == ["selective_scan_fwd", bwd_name]
   for name, num_warps, text in kernels:
     assert num_warps >= 1

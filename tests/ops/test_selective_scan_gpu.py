@@ -238,8 +238,9 @@ def test_lean_schedule_default_follows_the_measurements():
 
 
 def test_register_cap_default_and_explicit_values(monkeypatch):
-  """The backward's cap defaults to 168 for the lean schedule through a read_index only
-  (measured slower for the batched schedule and in plain order); 0 means no cap; bad values
+  """The backward's cap defaults to 168 for the lean schedule through a read_index and for
+  every lanes backward (measured slower for the batched and lean row kernels in plain order);
+  0 means no cap; bad values
   name the option. Interpret mode never caps (nothing is compiled by ptxas)."""
   seen = []
   original = selective_scan_gpu._scan
@@ -460,9 +461,8 @@ def test_recompute_checkpoints_matches_float64_reference():
     # segment runs past the sequence end; XOR state order with [B, C] rows (the defaults)
     (8, True, False, "xor"),
     (8, True, False, "plain"),  # states in the same order in every lane (62 selects)
-    (2, False, True, "xor+bfly"),  # one chunk per saved state, loads issued after the previous
-                                   # step's stores; the checkpoints rebuilt by a states-only
-                                   # forward; B, C as half-rows through butterfly shuffles
+    (2, False, True, "xor"),  # one chunk per saved state, loads issued after the previous
+                              # step's stores; the checkpoints rebuilt by a states-only forward
 ])
 def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahead, recompute,
                                                     state_order):
@@ -475,8 +475,7 @@ def test_lanes_backward_matches_float64_plain_order(checkpoint_every, lanes_ahea
     return selective_scan_gpu.selective_scan_pallas(
         u, delta, A, B, C, D, z, bias, delta_softplus=True, chunk=2,
         checkpoint_every=checkpoint_every, lanes=True, lanes_ahead=lanes_ahead,
-        recompute_checkpoints=recompute, lanes_xor=state_order != "plain",
-        lanes_bc_bfly=state_order == "xor+bfly", interpret=True)
+        recompute_checkpoints=recompute, lanes_xor=state_order != "plain", interpret=True)
 
   def reference(u, delta, A, B, C, D, bias, z):
     return selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, impl="reference")
@@ -569,9 +568,9 @@ def test_lanes_refusals_and_cuda_lowering():
     selective_scan_gpu.selective_scan_pallas(x, x, a16, bc16, bc16, lanes=True, bwd_tile=16,
                                              interpret=True)
   # the GPU lowering (no GPU needed): the shuffles are inline PTX in the backward kernel
-  for bfly in (False, True):
+  for xor in (False, True):
     fn = jax.jit(jax.grad(lambda u: jnp.sum(selective_scan_gpu.selective_scan_pallas(
-        u, u, a16, bc16, bc16, lanes=True, lanes_bc_bfly=bfly, interpret=False))))
+        u, u, a16, bc16, bc16, lanes=True, lanes_xor=xor, interpret=False))))
     text = fn.trace(jax.ShapeDtypeStruct(x.shape, x.dtype)).lower(
         lowering_platforms=("cuda",)).as_text()
     assert "selective_scan_bwd" in text and "__gpu$xla.gpu.triton" in text
@@ -599,32 +598,36 @@ def test_blocks_of_one_shape_share_one_lowered_kernel_per_direction_set():
 
 
 def test_lanes_default_follows_the_measurements(monkeypatch):
-  """lanes=None: on for scans read through a table and plain scans of >= 512 steps where the
-  shape fits (H100, BENCHMARKS.md session 15: faster at every LocalVMamba-T stage in the train
-  step and at the 3136-step plain shape, slower at LocalVim's 197 plain steps), with chunk 2,
-  checkpoints every 8 and, through a table, the 168-register cap the step ran under; the
-  forward that saves the checkpoints keeps one chunk per interval."""
+  """lanes=None: on for every scan whose shape fits (N = 16, 32 channels per group, no
+  backward tile asked for), read through a table or not (H200, BENCHMARKS.md session 18:
+  faster than the row kernels at every plain length timed, 64 to 3136 steps, LocalVim's 197
+  included), with chunk 2, checkpoints every 8 and the 168-register cap (session 18: the plain
+  order is faster under it too); the forward that saves the checkpoints keeps one chunk per
+  interval. Shapes that do not fit keep the row kernels' plain-order chunking (4, 4)."""
   lanes_default = selective_scan_gpu._lanes_default
   assert lanes_default(64, True, 16, 96, None, None)         # LocalVMamba stage 4 (w2 pads)
   assert lanes_default(3136, False, 16, 768, None, None)     # issue 7's plain shape
-  assert not lanes_default(197, False, 16, 384, None, None)  # LocalVim
+  assert lanes_default(197, False, 16, 384, None, None)      # LocalVim
+  assert lanes_default(64, False, 16, 1536, None, None)      # stage-4 plain shape
   assert not lanes_default(3136, True, 8, 768, None, None)   # N != 16
   assert not lanes_default(3136, True, 16, 48, None, None)   # 48 channels per group
   assert not lanes_default(3136, True, 16, 768, 16, None)    # a backward tile asked for
   cap_default = selective_scan_gpu._bwd_max_registers_default
   assert cap_default(lean=False, indexed=True, chunk=2, lanes=True) == 168
-  assert cap_default(lean=True, indexed=False, chunk=2, lanes=True) is None
+  assert cap_default(lean=True, indexed=False, chunk=2, lanes=True) == 168
+  assert cap_default(lean=False, indexed=False, chunk=4, lanes=False) is None  # rows, plain
   seen = []
   original = selective_scan_gpu._forward_call
   monkeypatch.setattr(selective_scan_gpu, "_forward_call", lambda cfg, *args: seen.append(
       (cfg.lanes, cfg.chunk, cfg.checkpoint_every, cfg.save_checkpoints)) or original(cfg, *args))
-  a = -jnp.ones((64, 16), jnp.float32)
-  for tokens, table, want in ((600, None, True), (20, None, False),
-                              (20, np.arange(20)[None].repeat(2, 0), True)):
+  for tokens, table, state, want in ((600, None, 16, True), (20, None, 16, True),
+                                     (20, np.arange(20)[None].repeat(2, 0), 16, True),
+                                     (20, None, 8, False)):
+    a = -jnp.ones((64, state), jnp.float32)
     x = jax.ShapeDtypeStruct((1, tokens, 64), jnp.float32)
-    bc = jnp.ones((1, tokens, 2, 16), jnp.float32)
+    bc = jnp.ones((1, tokens, 2, state), jnp.float32)
     seen.clear()
     jax.eval_shape(jax.grad(lambda x: jnp.sum(selective_scan_gpu.selective_scan_pallas(
         x, x, a, bc, bc, read_index=table, interpret=True))), x)
     chunk, every = (8, 8) if want else (4, 4)
-    assert seen == [(want, min(chunk, tokens), min(every, tokens), True)], (tokens, seen)
+    assert seen == [(want, min(chunk, tokens), min(every, tokens), True)], (tokens, state, seen)

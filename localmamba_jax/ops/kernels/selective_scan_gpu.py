@@ -195,16 +195,23 @@ DEFAULT_POLY_SOFTPLUS = None
 # go through a scratch buffer and the chunk passes are loops instead of unrolled code, and
 # B/C are read as float32. Fused fwd+bwd bf16: stage 3 4.35 -> 4.27 ms (float32 B/C) -> 3.92
 # (scratch), stage 1 16.09 -> 15.52 -> 14.60; train step pipelined 979.6 -> 1061.0 img/s,
-# compile 157.5 -> 95.4 s. Not re-measured with it: plain order (uncapped; at stage 3 the cap
-# was 6% faster than none through a table) and LocalVim's 197 steps (lanes off there).
+# compile 157.5 -> 95.4 s.
+# Session 18 (H200, 2026-11-28, BENCHMARKS.md) re-measured plain order, bf16, batch 128,
+# fwd+bwd: under the 168-register cap (now on every lanes backward) stage 1 14.27 -> 12.91 ms,
+# stage 2 7.19 -> 6.59; and lanes against the row kernels on short plain scans: stage 3
+# (196 steps) 4.80 -> 3.54, stage 4 (64) 3.04 -> 2.54, LocalVim-T's 197 steps 0.96 -> 0.80;
+# LocalVim-T's bf16 train step 1424.6 -> 1552.1 img/s pipelined, peak 23.02 -> 17.36 GiB.
+# So LANES_MIN_SEQ (plain scans shorter than it keep the row kernels) went from 512 to 0.
 DEFAULT_LANES = True
-LANES_MIN_SEQ = 512
+LANES_MIN_SEQ = 0
 LANES_CHUNK = 2  # its backward's chunk; the forward keeps FORWARD_CHUNK (only groups loads)
 # measured on an H200 (session 17), LocalVMamba-T bf16 train step at 128, same call each:
 # +2.7% with the XOR state order (B, C gathered per slot), then +1.7% more with the [B, C]
 # rows handed out by shuffles, which replaced the gathers
+# (B_t and C_t as half-rows, each slot's value by a butterfly shuffle of constant mask, had
+# fewer static instructions offline but ran slower on an H200, session 18: stage-1 fused
+# fwd+bwd +0.7..+2.3%, train step 1106.4 -> 1098.9 img/s; its code is not kept)
 DEFAULT_LANES_XOR = True
-DEFAULT_LANES_BC_BFLY = False  # offline fewer instructions (session 17), not yet timed
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -234,9 +241,9 @@ def _chunk_default(lean: bool, indexed: bool) -> int:
 
 def _bwd_max_registers_default(lean: bool, indexed: bool, chunk: int,
                                lanes: bool = False) -> int | None:
-  # the lanes backward was measured in the train step under the cap where it reads through a
-  # table (chunk 2), and uncapped in plain order (BENCHMARKS.md session 15)
-  capped = indexed and (lanes or lean or chunk <= BATCHED_INDEXED_CHUNK)
+  # the lanes backward is capped in plain order too (H200, session 18: uncapped it took 236
+  # registers, 8 warps per SM; capped, stage-1 plain fwd+bwd 14.27 -> 12.91 ms)
+  capped = lanes or (indexed and (lean or chunk <= BATCHED_INDEXED_CHUNK))
   return LEAN_INDEXED_BWD_MAX_REGISTERS if capped else None
 
 
@@ -310,9 +317,6 @@ class _Config:
   # with 2N instead of 4N - 2 selects per step; it then reads each step's [B_t, C_t] as one
   # [2N] row (entry l in lane l) and hands each slot its values by shuffles
   lanes_xor: bool = False
-  # with lanes_xor: B_t and C_t read as half-rows (lane l holds entry l mod N of each), slot q
-  # taking its value by a butterfly shuffle with the constant mask q instead
-  lanes_bc_bfly: bool = False
 
 
 def _out_dtype(cfg, u):
@@ -407,7 +411,7 @@ def _sigmoid(x, cfg):
 
 
 def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_ref=None,
-               scalar_states=None, state_row=None, state_half_rows=None):
+               scalar_states=None, state_row=None):
   """Issues the loads of step t of one program's tile; returns them raw (unmasked).
 
   Loading is kept apart from use (`_derive`) so that a whole chunk's loads can be issued
@@ -416,8 +420,7 @@ def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_
   memory latency on the critical path of every step.
   scalar_states=N: B_t and C_t as N warp-uniform scalars (lists; one channel per lane,
   `_backward_kernel_lanes`) instead of [N] vectors. state_row=2N: b_ref holds the [B_t, C_t]
-  rows, loaded whole as raw["bct"] (cfg.lanes_xor). state_half_rows: a [lanes] state index
-  (lane mod N): B_t and C_t loaded at it, as raw["bhalf"] / raw["chalf"] (cfg.lanes_bc_bfly).
+  rows, loaded whole as raw["bct"] (cfg.lanes_xor).
   """
   u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref = refs
   t_safe = _clamped_step(cfg, t)
@@ -432,10 +435,6 @@ def _load_step(cfg, refs, b, group, c0, cu0, cz0, tile, t, *, need_c=True, dout_
              draw=plt.load(delta_ref.at[b, token, pl.ds(c0, tile)]))
   if state_row is not None:
     raw["bct"] = plt.load(b_ref.at[b, token, group, pl.ds(0, state_row)])
-  elif state_half_rows is not None:
-    raw["bhalf"] = b_ref[b, token, group, state_half_rows]
-    if need_c:
-      raw["chalf"] = c_ref[b, token, group, state_half_rows]
   else:
     raw["bt"] = states(b_ref)
     if need_c:
@@ -838,10 +837,8 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
     slots = [q ^ (lane & (num_state - 1)) for q in range(num_state)]
     channel = c0 + lane
     columns = lambda ref, *lead: [ref[(*lead, channel, n)] for n in slots]
-    # b_ref holds [B, C] rows ([..., 2N], `_scan_bwd`); lane l loads entry l (lanes_bc_bfly:
-    # B and C apart, lane l loads entry l mod N of each)
-    state_loads = (dict(state_half_rows=slots[0]) if cfg.lanes_bc_bfly
-                   else dict(state_row=2 * num_state))
+    # b_ref holds [B, C] rows ([..., 2N], `_scan_bwd`); lane l loads entry l
+    state_loads = dict(state_row=2 * num_state)
   else:
     slots = list(range(num_state))
     columns = lambda ref, *lead: [ref[(*lead, pl.ds(c0, LANES), n)] for n in slots]
@@ -854,17 +851,11 @@ def _backward_kernel_lanes(*refs, cfg, per_group, u_channels, z_channels, num_ch
   def load(t, full):
     raw = _load_step(cfg, load_refs, b, group, c0, cu0, cz0, LANES, t, need_c=full,
                      dout_ref=dout_ref if full else None, **state_loads)
-    if cfg.lanes_xor and not cfg.lanes_bc_bfly:  # slot q: B from lane slots[q], C from N + it
+    if cfg.lanes_xor:  # slot q: B from lane slots[q], C from N + it
       row = raw.pop("bct")
       raw["bt"] = [_shfl_idx(row, n, cfg) for n in slots]
       if full:
         raw["ct"] = [_shfl_idx(row, n | num_state, cfg) for n in slots]
-    elif cfg.lanes_bc_bfly:  # lane l ^ q holds entry (l mod N) ^ q, slot q's state
-      bfly = lambda half: [half if q == 0 else _shfl_xor(half, q, cfg)
-                           for q in range(num_state)]
-      raw["bt"] = bfly(raw.pop("bhalf"))
-      if full:
-        raw["ct"] = bfly(raw.pop("chalf"))
     return raw
 
   def step_state(h, s):
@@ -1105,7 +1096,7 @@ def _scan_bwd(cfg, residuals, cotangents):
   # lanes_xor they go as one [B, C] row per step and group (one 128-byte load per step,
   # `_backward_kernel_lanes`). The forward keeps B and C as they are: it reads them as [N]
   # vectors (offline, float32 ones took it from 128 to 150 registers).
-  if cfg.lanes and cfg.lanes_xor and not cfg.lanes_bc_bfly:  # one [B, C] row per step, group
+  if cfg.lanes and cfg.lanes_xor:  # one [B, C] row per step and group
     rows = jnp.concatenate([B.astype(jnp.float32), C.astype(jnp.float32)], axis=-1)
     bc = (rows, rows)
   elif cfg.lanes:
@@ -1152,7 +1143,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS,
                           recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS,
                           poly_softplus=DEFAULT_POLY_SOFTPLUS, lanes=None,
-                          lanes_ahead=True, lanes_xor=None, lanes_bc_bfly=None,
+                          lanes_ahead=True, lanes_xor=None,
                           interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
@@ -1203,14 +1194,11 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      one warp, N = 16 only, bwd_tile / bwd_num_warps / lean / keep_decay / keep_dl do not
      apply to it; its default chunk is LANES_CHUNK (2) with checkpoints every FORWARD_CHUNK
      (8). None = the measured default (`_lanes_default`): on for scans read through a
-     read_index and for plain scans of >= LANES_MIN_SEQ steps, where the shape fits and
+     read_index and for plain scans of >= LANES_MIN_SEQ (0) steps, where the shape fits and
      bwd_tile / bwd_num_warps are unset. lanes_ahead: its adjoint issues the previous
      step's loads before the current step's stores. lanes_xor: it keeps the states in an
      XOR-by-lane order (`_reduce_scatter_lanes_xor`; the same sums, fewer selects) and reads
      each step's [B_t, C_t] as one 128-byte row whose values reach the slots by shuffles.
-     lanes_bc_bfly (with lanes_xor): B_t and C_t as half-rows instead, each slot's value by a
-     butterfly shuffle with a constant mask (no per-shuffle lane index; fewer static
-     instructions offline, not yet timed on a GPU: opt-in).
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -1309,9 +1297,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 fwd_only_chunk=fwd_only_chunk,
                 fwd_only_max_registers=fwd_only_max_registers,
                 recompute_checkpoints=bool(recompute_checkpoints),
-                lanes=lanes, lanes_ahead=bool(lanes_ahead), lanes_xor=lanes_xor,
-                lanes_bc_bfly=lanes_xor and (DEFAULT_LANES_BC_BFLY if lanes_bc_bfly is None
-                                             else bool(lanes_bc_bfly)))
+                lanes=lanes, lanes_ahead=bool(lanes_ahead), lanes_xor=lanes_xor)
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
