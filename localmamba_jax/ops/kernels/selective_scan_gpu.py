@@ -31,15 +31,17 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     first rebuilds the checkpoints with a states-only forward (no C, z or outputs): less
     memory held between a model's forward and backward (LocalVMamba-T bf16 at 128 per H100:
     37.0 -> 21.1 GiB for -5.7% img/s; BENCHMARKS.md session 9).
-    The default backward for LocalVMamba's scans (through a scan-order table) and for plain
-    scans of >= 512 steps is `_backward_kernel_lanes`: one channel per lane on 32-channel
-    tiles, the state as N [32] vectors, dB/dC through a butterfly reduce-scatter of inline
-    shuffles (H100: -12% fwd+bwd at stage 1; LocalVMamba-T's train step +8.0% with it on
+    The default backward for every scan whose shape fits (N = 16, 32 channels per group),
+    through a scan-order table or not, is `_backward_kernel_lanes`: one channel per lane on
+    32-channel tiles, the state as N [32] vectors, dB/dC through a butterfly reduce-scatter
+    of inline shuffles (H100: -12% fwd+bwd at stage 1; LocalVMamba-T's train step +8.0% with it on
     stages 1-2 and +3.2% more on every stage, same-call comparisons; BENCHMARKS.md session 15),
     its chunk start states in a scratch buffer so that its chunk passes are loops, and B/C
     read as float32 (H200: train step +8.3% more and 62 s less compile; session 16), its
     states kept in an XOR-by-lane order with each step's [B, C] as one row handed out by
-    shuffles (H200: train step +2.7% and +1.7% more; session 17).
+    shuffles (H200: train step +2.7% and +1.7% more; session 17), and capped at 168
+    registers in plain order too, where it now also replaced the row kernels below 512 steps
+    (H200: LocalVim-T's train step +9.0%, peak 23.0 -> 17.4 GiB; session 18).
     dB/dC (summed over the channels of a group) are written as one partial per channel tile,
     [batch, tokens, tiles, N], and summed afterwards; dA, dD and d delta_bias are per-program
     partials summed over batch afterwards. No atomics, so results are deterministic.
