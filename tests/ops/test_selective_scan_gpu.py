@@ -605,13 +605,12 @@ def test_lanes_default_follows_the_measurements(monkeypatch):
   order is faster under it too); the forward that saves the checkpoints keeps one chunk per
   interval. Shapes that do not fit keep the row kernels' plain-order chunking (4, 4)."""
   lanes_default = selective_scan_gpu._lanes_default
-  assert lanes_default(64, True, 16, 96, None, None)         # LocalVMamba stage 4 (w2 pads)
-  assert lanes_default(3136, False, 16, 768, None, None)     # issue 7's plain shape
-  assert lanes_default(197, False, 16, 384, None, None)      # LocalVim
-  assert lanes_default(64, False, 16, 1536, None, None)      # stage-4 plain shape
-  assert not lanes_default(3136, True, 8, 768, None, None)   # N != 16
-  assert not lanes_default(3136, True, 16, 48, None, None)   # 48 channels per group
-  assert not lanes_default(3136, True, 16, 768, 16, None)    # a backward tile asked for
+  assert lanes_default(16, 96, None, None)         # LocalVMamba stage 4 (96 channels per group)
+  assert lanes_default(16, 384, None, None)        # LocalVim
+  assert not lanes_default(8, 768, None, None)     # N != 16
+  assert not lanes_default(16, 48, None, None)     # 48 channels per group
+  assert not lanes_default(16, 768, 16, None)      # a backward tile asked for
+  assert not lanes_default(16, 768, None, 2)       # two warps asked for
   cap_default = selective_scan_gpu._bwd_max_registers_default
   assert cap_default(lean=False, indexed=True, chunk=2, lanes=True) == 168
   assert cap_default(lean=True, indexed=False, chunk=2, lanes=True) == 168

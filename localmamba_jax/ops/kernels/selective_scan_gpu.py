@@ -147,7 +147,8 @@ LEAN_MIN_SEQ = 512
 # (stage 1: 3.98 -> 4.83 ms). So the cap applies to the lean backward read through a
 # scan-order table only, and short tables (<= LEAN_MAX_SHORT_INDEXED_SEQ) take the lean one.
 LEAN_MAX_SHORT_INDEXED_SEQ = 64
-LEAN_INDEXED_BWD_MAX_REGISTERS = 168
+# (session 18 extended the cap to every lanes backward, `_bwd_max_registers_default`)
+BWD_MAX_REGISTERS_CAP = 168
 # The batched backward through a scan-order table (stage 3, L = 196) with chunk 4, checkpoints
 # every 4 steps and the cap of 168 ran fwd+bwd 5.15 ms against 7.62 for chunk 8 uncapped (same
 # H100 call, bf16, batch 128; chunk 4 without the cap was not timed): its forward writes twice
@@ -190,9 +191,9 @@ DEFAULT_POLY_SOFTPLUS = None
 #     scans read through a table): pipelined 844.5 -> 911.7 img/s with it on stages 1-2,
 #     895.0 -> 923.9 with it on every stage (peak 37.00 -> 31.80 GiB: stage 3's batched
 #     backward saved a state every 4 steps).
-# So lanes=None resolves to it for every scan read through a scan-order table and for plain
-# scans of at least LANES_MIN_SEQ steps, wherever the shape fits (N = 16, 32 channels per
-# group) and no backward tile or warp count is asked for.
+# So lanes=None resolved to it for every scan read through a scan-order table and for plain
+# scans of at least 512 steps, wherever the shape fits (N = 16, 32 channels per group) and no
+# backward tile or warp count is asked for.
 # Session 16 (H200, 2026-11-28, BENCHMARKS.md) changed its schedule: the chunk start states
 # go through a scratch buffer and the chunk passes are loops instead of unrolled code, and
 # B/C are read as float32. Fused fwd+bwd bf16: stage 3 4.35 -> 4.27 ms (float32 B/C) -> 3.92
@@ -203,9 +204,9 @@ DEFAULT_POLY_SOFTPLUS = None
 # stage 2 7.19 -> 6.59; and lanes against the row kernels on short plain scans: stage 3
 # (196 steps) 4.80 -> 3.54, stage 4 (64) 3.04 -> 2.54, LocalVim-T's 197 steps 0.96 -> 0.80;
 # LocalVim-T's bf16 train step 1424.6 -> 1552.1 img/s pipelined, peak 23.02 -> 17.36 GiB.
-# So LANES_MIN_SEQ (plain scans shorter than it keep the row kernels) went from 512 to 0.
+# So the 512-step minimum for plain scans is gone: lanes=None resolves to the lanes backward
+# for every scan whose shape fits (`_lanes_default`).
 DEFAULT_LANES = True
-LANES_MIN_SEQ = 0
 LANES_CHUNK = 2  # its backward's chunk; the forward keeps FORWARD_CHUNK (only groups loads)
 # measured on an H200 (session 17), LocalVMamba-T bf16 train step at 128, same call each:
 # +2.7% with the XOR state order (B, C gathered per slot), then +1.7% more with the [B, C]
@@ -246,7 +247,7 @@ def _bwd_max_registers_default(lean: bool, indexed: bool, chunk: int,
   # the lanes backward is capped in plain order too (H200, session 18: uncapped it took 236
   # registers, 8 warps per SM; capped, stage-1 plain fwd+bwd 14.27 -> 12.91 ms)
   capped = lanes or (indexed and (lean or chunk <= BATCHED_INDEXED_CHUNK))
-  return LEAN_INDEXED_BWD_MAX_REGISTERS if capped else None
+  return BWD_MAX_REGISTERS_CAP if capped else None
 
 
 def _poly_softplus_default(indexed: bool, lean: bool) -> bool:
@@ -726,9 +727,8 @@ def _lanes_supported(num_state: int, per_group: int) -> bool:
   return 2 * num_state == LANES and per_group % LANES == 0
 
 
-def _lanes_default(seq_len, indexed, num_state, per_group, bwd_tile, bwd_num_warps) -> bool:
-  return (DEFAULT_LANES and (indexed or seq_len >= LANES_MIN_SEQ)
-          and _lanes_supported(num_state, per_group)
+def _lanes_default(num_state, per_group, bwd_tile, bwd_num_warps) -> bool:
+  return (DEFAULT_LANES and _lanes_supported(num_state, per_group)
           and bwd_tile in (None, LANES) and bwd_num_warps in (None, 1))
 
 
@@ -1195,10 +1195,10 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   lanes: the backward with one channel per lane (`_backward_kernel_lanes`): 32-channel tiles on
      one warp, N = 16 only, bwd_tile / bwd_num_warps / lean / keep_decay / keep_dl do not
      apply to it; its default chunk is LANES_CHUNK (2) with checkpoints every FORWARD_CHUNK
-     (8). None = the measured default (`_lanes_default`): on for scans read through a
-     read_index and for plain scans of >= LANES_MIN_SEQ (0) steps, where the shape fits and
-     bwd_tile / bwd_num_warps are unset. lanes_ahead: its adjoint issues the previous
-     step's loads before the current step's stores. lanes_xor: it keeps the states in an
+     (8). None = the measured default (`_lanes_default`): on for every scan, read through a
+     read_index or not, where the shape fits and bwd_tile / bwd_num_warps are unset.
+     lanes_ahead: its adjoint issues the previous step's loads before the current step's
+     stores. lanes_xor: it keeps the states in an
      XOR-by-lane order (`_reduce_scatter_lanes_xor`; the same sums, fewer selects) and reads
      each step's [B_t, C_t] as one 128-byte row whose values reach the slots by shuffles.
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
@@ -1239,8 +1239,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
     index = jnp.asarray(read_index, jnp.int32)
   cap = lambda t, default: largest_pow2_divisor(per_group, t or default)
   fwd_tile, bwd_t = cap(tile, DEFAULT_TILE), cap(bwd_tile, DEFAULT_BWD_TILE)
-  lanes = (_lanes_default(tokens if read_index is None else int(read_index.shape[1]),
-                          read_index is not None, num_state, per_group, bwd_tile, bwd_num_warps)
+  lanes = (_lanes_default(num_state, per_group, bwd_tile, bwd_num_warps)
            if lanes is None else bool(lanes))
   if lanes:
     if not _lanes_supported(num_state, per_group):
