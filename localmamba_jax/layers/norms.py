@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from localmamba_jax.ops.kernels import row_norm_gpu
+
 # PyTorch's LayerNorm/RMSNorm eps, used everywhere in the official models (reference doc
 # Sec. 8 and Sec. 10.11); Flax's default is 1e-6.
 TORCH_NORM_EPS = 1e-5
@@ -50,6 +52,81 @@ class OnePassLayerNorm(nnx.LayerNorm):
       y = y + self.bias[...].astype(jnp.float32)
     return y.astype(self.dtype or jnp.result_type(x, *(
         p[...] for p in (self.scale, self.bias) if p is not None)))
+
+
+class KernelGradLayerNorm(nnx.LayerNorm):
+  """nnx.LayerNorm (same parameters and state-dict layout, same forward) whose backward runs
+  as one Pallas pass (`ops.kernels.row_norm_gpu.layer_norm_grad`) where the model's scans run
+  the GPU kernel (`scan_impl` 'pallas_gpu', or 'auto' on a GPU; interpret mode off the GPU, as
+  the scan). Elsewhere, with a mask, or for widths the row kernels do not split, it is
+  nnx.LayerNorm as is (`use_kernel`).
+
+  Why: differentiated by XLA, the LayerNorms of LocalVMamba's float32 residual stream became
+  Triton fusions with the residual adds and with the next block's LayerNorm backward
+  (recomputed, not written), with 5-9 chained row reductions tiled across the batch: the one
+  at stage 1 took 3.1 ms of a 116 ms LocalVMamba-T train step on an H200, ~15x its memory
+  floor (BENCHMARKS.md, session 19). The kernel writes dx in one read of x and the incoming
+  gradient; what XLA adds to it is then plain elementwise work. Values and gradients equal
+  nnx.LayerNorm's within float32 rounding (tests/layers/test_norms.py).
+  """
+
+  def __init__(self, num_features: int, *, scan_impl: str = "auto", **kwargs):
+    super().__init__(num_features, **kwargs)
+    self.scan_impl = scan_impl
+
+  def use_kernel(self, x) -> bool:
+    on_kernel_path = self.scan_impl == "pallas_gpu" or (self.scan_impl == "auto"
+                                                        and row_norm_gpu.on_gpu())
+    axes = self.reduction_axes
+    return (on_kernel_path and self.scale is not None and self.bias is not None
+            and (axes if isinstance(axes, int) else tuple(axes)) in (-1, (-1,))
+            and not self.axis_name and getattr(x, "ndim", 0) >= 2
+            and row_norm_gpu.is_supported(x.shape[-1], x.dtype))
+
+  def __call__(self, x, *, mask=None):
+    if mask is not None or not self.use_kernel(x):
+      return super().__call__(x, mask=mask)
+    out_dtype = self.dtype or jnp.result_type(x, self.scale[...], self.bias[...])
+    return _kernel_grad_layer_norm(x, self.scale[...], self.bias[...], float(self.epsilon),
+                                   jnp.dtype(out_dtype), None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _kernel_grad_layer_norm(x, scale, bias, epsilon, out_dtype, interpret):
+  return _kernel_grad_layer_norm_fwd(x, scale, bias, epsilon, out_dtype, interpret)[0]
+
+
+def _kernel_grad_layer_norm_fwd(x, scale, bias, epsilon, out_dtype, interpret):
+  # nnx.LayerNorm's forward (use_fast_variance=False: PyTorch's two-pass variance), in
+  # float32 at least, keeping the row statistics for the backward.
+  del interpret
+  compute = jnp.promote_types(jnp.result_type(x, scale, bias), jnp.float32)
+  xc = x.astype(compute)
+  mean = jnp.mean(xc, axis=-1, keepdims=True)
+  rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xc - mean), axis=-1, keepdims=True) + epsilon)
+  y = (xc - mean) * (rstd * scale.astype(compute)) + bias.astype(compute)
+  return y.astype(out_dtype), (x, mean[..., 0], rstd[..., 0], scale, bias)
+
+
+def _kernel_grad_layer_norm_bwd(epsilon, out_dtype, interpret, residuals, g):
+  del epsilon, out_dtype
+  x, mean, rstd, scale, bias = residuals
+  batch, features = x.shape[0], x.shape[-1]
+  rows = lambda a, *tail: a.reshape(batch, -1, *tail)
+  dx, d_scale, d_bias = row_norm_gpu.layer_norm_grad(
+      rows(x, features), rows(g, features), rows(mean), rows(rstd), scale, interpret=interpret)
+  return (dx.reshape(x.shape), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype))
+
+
+_kernel_grad_layer_norm.defvjp(_kernel_grad_layer_norm_fwd, _kernel_grad_layer_norm_bwd)
+
+
+def kernel_grad_layer_norm(num_features: int, *, rngs: nnx.Rngs, scan_impl: str = "auto",
+                           dtype=None, param_dtype=None) -> KernelGradLayerNorm:
+  """torch.nn.LayerNorm(num_features, eps=1e-5) with the kernel backward (KernelGradLayerNorm)."""
+  kwargs = {} if param_dtype is None else {"param_dtype": param_dtype}
+  return KernelGradLayerNorm(num_features, scan_impl=scan_impl, epsilon=TORCH_NORM_EPS,
+                             use_fast_variance=False, dtype=dtype, rngs=rngs, **kwargs)
 
 
 def one_pass_layer_norm(num_features: int, *, rngs: nnx.Rngs, dtype=None,

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from localmamba_jax.layers.norms import (TORCH_NORM_EPS, OnePassLayerNorm, layer_norm,
+from localmamba_jax.layers.norms import (TORCH_NORM_EPS, KernelGradLayerNorm, OnePassLayerNorm,
+                                         kernel_grad_layer_norm, layer_norm,
                                          one_pass_layer_norm, pooled_layer_norm)
+from localmamba_jax.ops.kernels import row_norm_gpu
 
 
 def plain_formula(x, scale, bias):
@@ -131,3 +133,83 @@ def test_one_pass_layer_norm_is_a_drop_in_for_layer_norm():
     one(x, mask=jnp.ones((4, 8), bool))
   with pytest.raises(ValueError, match="last axis of each device's x only"):
     OnePassLayerNorm(8, reduction_axes=(-2, -1), rngs=nnx.Rngs(0))(x)
+
+
+# ---- KernelGradLayerNorm: the residual stream's LayerNorm with the Pallas backward ----------
+# (ops/kernels/row_norm_gpu.layer_norm_grad, interpret mode on this CPU)
+
+@pytest.mark.parametrize("shape,dtype,offset", [
+    ((2, 6, 6, 96), jnp.float32, 0.0),      # LocalVMamba's stage-1 width, 3 column blocks
+    ((2, 3, 3, 768), jnp.float32, 10.0),    # stage-4 width, one row per block
+    ((3, 20, 40), jnp.float32, 100.0),      # 5 column blocks of 8; rows with a large mean
+    ((2, 4, 24), jnp.bfloat16, 0.0),        # bf16 input, normalised in float32
+    ((5, 12), jnp.float32, 0.0)])           # rank 2: one row per batch element
+def test_kernel_grad_layer_norm_matches_the_formula_in_float64(shape, dtype, offset):
+  """Same forward as nnx.LayerNorm (the same expression; equal within 1 ulp), and gradients of
+  x, scale and bias within twice the float32 error of nnx.LayerNorm differentiated by JAX (or
+  1e-6 relative), against the float64 formula on fresh random inputs."""
+  rng = np.random.default_rng(len(shape) * 31 + shape[-1])
+  features = shape[-1]
+  x = rng.standard_normal(shape) * rng.uniform(0.2, 3.0, shape[:-1] + (1,))
+  x = jnp.asarray(x + offset * rng.standard_normal(shape[:-1] + (1,)), dtype)
+  scale = jnp.asarray(1 + 0.3 * rng.standard_normal(features), jnp.float32)
+  bias = jnp.asarray(0.2 * rng.standard_normal(features), jnp.float32)
+  weight = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  kernel = kernel_grad_layer_norm(features, rngs=nnx.Rngs(0), scan_impl="pallas_gpu",
+                                  dtype=jnp.float32)
+  plain = layer_norm(features, rngs=nnx.Rngs(0), dtype=jnp.float32)
+  for norm in (kernel, plain):
+    norm.scale[...], norm.bias[...] = scale, bias
+  assert kernel.use_kernel(x)
+
+  def grads(norm):
+    module_grads, x_grad = nnx.grad(lambda m, v: jnp.sum(m(v) * weight), argnums=(0, 1))(norm, x)
+    return x_grad, module_grads["scale"][...], module_grads["bias"][...]
+
+  traced = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(kernel(v) * weight)))(x))
+  assert "layer_norm_grad" in traced
+  out, want_out = kernel(x), plain(x)
+  assert out.dtype == want_out.dtype == jnp.float32
+  assert float(jnp.max(jnp.abs(out - want_out))) <= 1e-6 * float(jnp.max(jnp.abs(want_out)))
+  with jax.enable_x64():
+    args64 = [jnp.asarray(np.asarray(a.astype(jnp.float32)), jnp.float64)
+              for a in (x, scale, bias)]
+    ref_grads = jax.grad(lambda *a: jnp.sum(layer_norm_formula(*a) * np.asarray(weight)),
+                         argnums=(0, 1, 2))(*args64)
+    ref_grads = [np.asarray(g) for g in ref_grads]
+  got, autodiff = grads(kernel), grads(plain)
+  assert got[0].dtype == x.dtype
+  for name, grad, plain_grad, want in zip(("x", "scale", "bias"), got, autodiff, ref_grads):
+    assert rel_err(grad.astype(jnp.float32), want) <= max(
+        2 * rel_err(plain_grad.astype(jnp.float32), want), 1e-6), (
+        f"gradient of {name}: {rel_err(grad.astype(jnp.float32), want):.2e} (autodiff: "
+        f"{rel_err(plain_grad.astype(jnp.float32), want):.2e})")
+
+
+def test_kernel_grad_layer_norm_is_a_drop_in_and_falls_back_where_the_kernel_does_not_apply():
+  """Same parameters as layer_norm (checkpoints and the converter see no difference); XLA's
+  LayerNorm where the scans do not run the GPU kernel (the associative scan, or 'auto' on
+  this CPU), for masks, and for widths the row kernels do not split (9 = 9 blocks of 1)."""
+  kernel = kernel_grad_layer_norm(8, rngs=nnx.Rngs(0), scan_impl="pallas_gpu")
+  assert isinstance(kernel, KernelGradLayerNorm) and isinstance(kernel, nnx.LayerNorm)
+  describe = lambda m: jax.tree.map(lambda v: (v.shape, v.dtype), nnx.state(m))
+  assert describe(kernel) == describe(layer_norm(8, rngs=nnx.Rngs(0)))
+  x = jnp.ones((2, 3, 8))
+  assert kernel.use_kernel(x)
+  assert not kernel_grad_layer_norm(8, rngs=nnx.Rngs(0), scan_impl="associative").use_kernel(x)
+  assert not kernel_grad_layer_norm(8, rngs=nnx.Rngs(0), scan_impl="auto").use_kernel(x)
+  assert not kernel_grad_layer_norm(9, rngs=nnx.Rngs(0), scan_impl="pallas_gpu").use_kernel(
+      jnp.ones((2, 3, 9)))
+  mask = jnp.ones((2, 3, 8), bool)
+  traced = str(jax.make_jaxpr(jax.grad(lambda v: jnp.sum(kernel(v, mask=mask) ** 2)))(x))
+  assert "layer_norm_grad" not in traced
+
+
+def test_layer_norm_grad_names_a_misshapen_argument():
+  x = jnp.ones((2, 4, 8))
+  with pytest.raises(ValueError, match=r"dy has shape \(2, 4, 7\), expected \(2, 4, 8\)"):
+    row_norm_gpu.layer_norm_grad(x, jnp.ones((2, 4, 7)), jnp.ones((2, 4)), jnp.ones((2, 4)),
+                                 jnp.ones(8))
+  with pytest.raises(ValueError, match="expected a rank-3 array"):
+    row_norm_gpu.layer_norm_grad(jnp.ones((8, 8)), jnp.ones((8, 8)), jnp.ones(8), jnp.ones(8),
+                                 jnp.ones(8))

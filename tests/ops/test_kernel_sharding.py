@@ -5,8 +5,9 @@ on the whole global batch on every device; on the 2-GPU machine the data-paralle
 step then asked for one 56 GiB allocation (BENCHMARKS.md). Runs in a subprocess with 4
 simulated CPU devices (the device count must be set before jax starts); the GPU kernel runs
 in interpret mode (and the TPU kernel's fused op in TPU interpret mode). Checks, for the
-plain and the fused multi-direction op, and for SCAttn's row kernels
-(layers.scattn.gated_branch_sum), under `jax.set_mesh`: the lowered program contains a
+plain and the fused multi-direction op, for SCAttn's row kernels
+(layers.scattn.gated_branch_sum) and the residual stream's LayerNorm backward
+(layers.norms.KernelGradLayerNorm), under `jax.set_mesh`: the lowered program contains a
 shard_map (manual computation) around the kernel, and values and gradients (incl. the replicated parameters, whose gradients shard_map
 sums over the shards) equal the unsharded reference within float32 tolerance; also with the
 scan-order tables passed as data (`tables=`, LocalVMamba's scan_blocks), replicated.
@@ -85,8 +86,27 @@ SCRIPT = textwrap.dedent(r"""
       return jnp.sum(y * w_gate), y
     return loss
 
+  from localmamba_jax.layers.norms import _kernel_grad_layer_norm, layer_norm
+  w_norm = f(b, 6, 8)
+
+  def norm(impl):
+    # a residual-stream LayerNorm with the Pallas backward (row_norm_gpu.layer_norm_grad):
+    # its d_scale / d_bias partial sums come back per shard
+    def loss(a):
+      if impl == "reference":
+        module = layer_norm(8, rngs=nnx.Rngs(0))
+        module.scale[...], module.bias[...] = a["scale"], a["bias"]
+        y = module(a["x"])
+      else:
+        y = _kernel_grad_layer_norm(a["x"], a["scale"], a["bias"], 1e-5, jnp.dtype("float32"),
+                                    None)
+      return jnp.sum(y * w_norm), y
+    return loss
+
   out = {}
-  for name, make, inputs, kernel in (("scattn_rows", gate_sum, {"y": f(b, 6, 2, 8)}, "rows"),
+  for name, make, inputs, kernel in (("layer_norm_rows", norm,
+                                      {"x": f(b, 6, 8), "scale": f(8), "bias": f(8)}, "rows"),
+                                     ("scattn_rows", gate_sum, {"y": f(b, 6, 2, 8)}, "rows"),
                                      ("fused", fused, args, "pallas_gpu"),
                                      ("plain", flat, plain, "pallas_gpu"),
                                      ("fused_tpu", fused, args, "pallas_tpu"),

@@ -90,6 +90,12 @@ class LocalVMambaConfig:
                     of each block. False = XLA only. Values and gradients agree within float32
                     rounding. Only the channel-only SCAttn with the plain branch sum (not the
                     spatial form, not the search supernet) has the fused path.
+  norm_kernels:     True (default) = where the scan runs the GPU kernel, the LayerNorms of the
+                    residual stream (patch embedding, each block's norm, patch merging, the
+                    final norm) take their backward from one Pallas pass
+                    (layers.norms.KernelGradLayerNorm) instead of XLA's fusions; same
+                    parameters and forward, gradients equal within float32 rounding. False =
+                    XLA only.
   scan_blocks:      True = run each stage's consecutive blocks of equal scan-table layout as
                     one jax.lax.scan (one block program traced and compiled, the directions,
                     drop-path rates and parameters passed as data), to cut compile time;
@@ -120,6 +126,7 @@ class LocalVMambaConfig:
   scan_blocks: bool = False
   scan_output_dtype: str = "float32"
   scattn_kernels: bool = True
+  norm_kernels: bool = True
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)

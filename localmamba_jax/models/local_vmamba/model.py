@@ -15,6 +15,7 @@ SS2D:      in_proj -> (x, z); z = SiLU(z); x = SiLU(depthwise conv(x));
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -26,7 +27,7 @@ from flax import nnx
 from localmamba_jax.layers.branch_merge import BranchMerge
 from localmamba_jax.layers.drop_path import drop_path
 from localmamba_jax.layers.init_keys import init_keys
-from localmamba_jax.layers.norms import layer_norm, one_pass_layer_norm
+from localmamba_jax.layers.norms import kernel_grad_layer_norm, layer_norm, one_pass_layer_norm
 from localmamba_jax.layers.scattn import SCAttn, gated_branch_sum
 from localmamba_jax.models.local_vmamba.config import LocalVMambaConfig
 from localmamba_jax.ops.kernels import row_norm_gpu
@@ -82,12 +83,13 @@ class PatchEmbed(nnx.Module):
   rows/columns are dropped).
   """
 
-  def __init__(self, in_chans: int, dim: int, patch_size: int, *, dtype=None, rngs: nnx.Rngs):
+  def __init__(self, in_chans: int, dim: int, patch_size: int, *, dtype=None,
+               norm=layer_norm, rngs: nnx.Rngs):
     fan_in = in_chans * patch_size * patch_size
     self.proj = nnx.Conv(in_chans, dim, (patch_size, patch_size), (patch_size, patch_size),
                          padding="VALID", dtype=dtype, kernel_init=torch_default_uniform(fan_in),
                          bias_init=torch_default_uniform(fan_in), rngs=rngs)
-    self.norm = layer_norm(dim, rngs=rngs, dtype=jnp.float32)
+    self.norm = norm(dim, rngs=rngs, dtype=jnp.float32)
 
   def __call__(self, images):
     return self.norm(self.proj(images))
@@ -204,8 +206,9 @@ class SS2D(nnx.Module):
 class VSSBlock(nnx.Module):
   """x + drop_path(SS2D(LayerNorm(x))). `deterministic` switches drop path off (model.eval())."""
 
-  def __init__(self, dim: int, *, drop_path_rate: float, rngs: nnx.Rngs, **mixer_kwargs):
-    self.norm = layer_norm(dim, rngs=rngs, dtype=jnp.float32)
+  def __init__(self, dim: int, *, drop_path_rate: float, rngs: nnx.Rngs, norm=layer_norm,
+               **mixer_kwargs):
+    self.norm = norm(dim, rngs=rngs, dtype=jnp.float32)
     self.op = SS2D(dim, rngs=rngs, **mixer_kwargs)
     self.drop_path_rate = float(drop_path_rate)
     self.deterministic = False
@@ -278,8 +281,8 @@ class PatchMerging2D(nnx.Module):
   `reduction`'s input channels.
   """
 
-  def __init__(self, dim: int, out_dim: int, *, dtype=None, rngs: nnx.Rngs):
-    self.norm = layer_norm(4 * dim, rngs=rngs, dtype=jnp.float32)
+  def __init__(self, dim: int, out_dim: int, *, dtype=None, norm=layer_norm, rngs: nnx.Rngs):
+    self.norm = norm(4 * dim, rngs=rngs, dtype=jnp.float32)
     self.reduction = nnx.Linear(4 * dim, out_dim, use_bias=False, dtype=dtype,
                                 kernel_init=linear_init, rngs=rngs)
 
@@ -319,15 +322,19 @@ class LocalVMamba(nnx.Module):
   def _build(self, config: LocalVMambaConfig, rngs):
     self.config = config
     dtype = config.dtype
+    # The residual stream's LayerNorms: with norm_kernels, their backward is one Pallas pass
+    # where the scan runs the GPU kernel (layers.norms.KernelGradLayerNorm; same parameters).
+    norm = (functools.partial(kernel_grad_layer_norm, scan_impl=config.scan_impl)
+            if config.norm_kernels else layer_norm)
     self.patch_embed = PatchEmbed(config.in_chans, config.dims[0], config.patch_size,
-                                  dtype=dtype, rngs=rngs)
+                                  dtype=dtype, norm=norm, rngs=rngs)
     rates = config.drop_path_rates()
     stages, block_index = [], 0
     for s, (dim, depth) in enumerate(zip(config.dims, config.depths)):
       blocks = []
       for _ in range(depth):
         blocks.append(VSSBlock(
-            dim, drop_path_rate=rates[block_index], rngs=rngs,
+            dim, drop_path_rate=rates[block_index], rngs=rngs, norm=norm,
             directions=config.block_directions(block_index), search=config.is_search,
             d_state=config.d_state, ssm_ratio=config.ssm_ratio, dt_rank=config.stage_dt_rank(s),
             d_conv=config.d_conv, scattn_spatial=config.scattn_spatial,
@@ -339,10 +346,10 @@ class LocalVMamba(nnx.Module):
         block_index += 1
       last = s == len(config.dims) - 1
       downsample = None if last else PatchMerging2D(dim, config.dims[s + 1], dtype=dtype,
-                                                    rngs=rngs)
+                                                    norm=norm, rngs=rngs)
       stages.append(LocalVMambaStage(blocks, downsample))
     self.layers = nnx.List(stages)
-    self.norm = layer_norm(config.dims[-1], rngs=rngs, dtype=jnp.float32)
+    self.norm = norm(config.dims[-1], rngs=rngs, dtype=jnp.float32)
     self.head = (nnx.Linear(config.dims[-1], config.num_classes, dtype=dtype,
                             kernel_init=linear_init, rngs=rngs)
                  if config.num_classes > 0 else None)

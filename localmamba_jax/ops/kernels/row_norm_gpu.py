@@ -1,4 +1,5 @@
-"""Pallas GPU kernels for the row-normalised statistics of LocalVMamba's scan output.
+"""Pallas GPU row kernels: the row-normalised statistics of LocalVMamba's scan output, and the
+residual stream's LayerNorm backward.
 
 SCAttn's channel gate (layers/scattn.py) needs, per branch, the mean over the L tokens of
 LayerNorm(y) over E: the float32 scan output y [b, L, K, E] is the largest tensor of a block
@@ -17,6 +18,12 @@ does one such pair in one read of y, with the row held in registers:
         d_y = d_out * gate_k + rstd * (d_hat_k - mean_E(d_hat_k) - y_hat * mean_E(d_hat_k y_hat))
     Grid (b, row blocks); each program does all K branches of its rows, so d_out [b, L, E]
     is read from memory once.
+  * `layer_norm_grad(x, dy, mean, rstd, scale)`: a LayerNorm's backward over the last axis
+    of x [b, L, C] in one read of x and dy: dx, and per-program partial sums of d_scale and
+    d_bias. Why: XLA fused the LayerNorm backwards of LocalVMamba's residual stream with the
+    residual adds (and with each other, recomputing instead of writing) into Triton fusions
+    of 5-9 chained row reductions, tiled across the batch: 3.1 ms for one stage-1 fusion that
+    moves ~0.9 GB (a 0.2 ms floor on an H200; BENCHMARKS.md, session 19).
 
 Rows and columns are split into power-of-two blocks that divide L and E exactly (Triton
 needs power-of-two shapes; LocalVMamba's E = 192 * 2^i gives 3 column blocks of 2^(6+i)), so
@@ -46,6 +53,7 @@ MAX_COLUMN_BLOCKS = 8     # E must split into at most this many equal power-of-t
 MAX_BLOCK_ELEMENTS = 4096  # rows x E per register block: 32 floats per thread on 4 warps
 MAX_ROWS = 16
 ROWS_PER_PROGRAM = 64     # rows one program of the pooled mean sums (more programs than SMs)
+LN_ROWS_PER_PROGRAM = 256  # rows one program of layer_norm_grad loops over (fewer partials)
 NUM_WARPS = 4
 _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -201,3 +209,84 @@ def _grad_call(y, d_out, gate, d_hat, *, rows, width, count, epsilon, interpret)
       grid=(y.shape[0], y.shape[1] // rows), interpret=interpret, name="gated_sum_norm_grad",
       compiler_params=plt.CompilerParams(num_warps=NUM_WARPS, num_stages=1))(
           y, d_out, gate, d_hat)
+
+
+# ----------------------------------------------------------------------------- LayerNorm backward
+
+def _layer_norm_grad_kernel(x_ref, dy_ref, mean_ref, rstd_ref, scale_ref, dx_ref, dscale_ref,
+                            dbias_ref, *, rows, blocks_per_program, width, count):
+  b, part = pl.program_id(0), pl.program_id(1)
+  features = width * count
+  cols = [pl.ds(j * width, width) for j in range(count)]
+  scale = [scale_ref[c].astype(jnp.float32) for c in cols]
+
+  def body(i, sums):
+    rs = pl.ds((part * blocks_per_program + i) * rows, rows)
+    mean, rstd = mean_ref[b, rs], rstd_ref[b, rs]                               # [rows]
+    x_hat = [(x_ref[b, rs, c].astype(jnp.float32) - mean[:, None]) * rstd[:, None]
+             for c in cols]
+    dy = [dy_ref[b, rs, c].astype(jnp.float32) for c in cols]
+    g = [d * s[None, :] for d, s in zip(dy, scale)]                  # d(normalised row)
+    mean_g = sum(gj.sum(axis=1) for gj in g) / features
+    mean_gx = sum((gj * xj).sum(axis=1) for gj, xj in zip(g, x_hat)) / features
+    for j, c in enumerate(cols):
+      dx = rstd[:, None] * (g[j] - mean_g[:, None] - x_hat[j] * mean_gx[:, None])
+      dx_ref[b, rs, c] = dx.astype(dx_ref.dtype)
+    d_scale = tuple(s + (d * xj).sum(axis=0) for s, d, xj in zip(sums[:count], dy, x_hat))
+    d_bias = tuple(s + d.sum(axis=0) for s, d in zip(sums[count:], dy))
+    return d_scale + d_bias
+
+  zeros = tuple(jnp.zeros((width,), jnp.float32) for _ in range(2 * count))
+  sums = jax.lax.fori_loop(0, blocks_per_program, body, zeros)
+  for j, c in enumerate(cols):
+    dscale_ref[b, part, c] = sums[j]
+    dbias_ref[b, part, c] = sums[count + j]
+
+
+def layer_norm_grad(x, dy, mean, rstd, scale, *, interpret: bool | None = None):
+  """The backward of y = (x - mean) * rstd * scale + bias over the last axis of x.
+
+  x, dy: [b, L, C] (float32, bfloat16 or float16; read as float32); mean, rstd: [b, L]
+  float32 (the forward's row statistics, rstd = 1 / sqrt(var + eps)); scale: [C].
+  Returns (dx [b, L, C] in x's dtype, d_scale [C] float32, d_bias [C] float32):
+      dx = rstd * (g - mean_C(g) - x_hat * mean_C(g * x_hat)),  g = dy * scale,
+      d_scale = sum over rows of dy * x_hat,  d_bias = sum over rows of dy.
+  Each program loops over up to LN_ROWS_PER_PROGRAM rows of one batch element and writes its
+  partial column sums; XLA adds them.
+  """
+  _check("layer_norm_grad", x, ndim=3, features=x.shape[-1] if x.ndim == 3 else None)
+  batch, length, features = x.shape
+  expected = {"dy": (dy, (batch, length, features)), "mean": (mean, (batch, length)),
+              "rstd": (rstd, (batch, length)), "scale": (scale, (features,))}
+  for name, (value, shape) in expected.items():
+    if tuple(value.shape) != shape:
+      raise ValueError(f"layer_norm_grad: {name} has shape {tuple(value.shape)}, expected "
+                       f"{shape} for x of shape {tuple(x.shape)}.")
+  width, count = column_blocks(features)
+  rows = _rows_per_block(length, features)
+  blocks = length // rows
+  per_program = max(d for d in range(1, min(max(1, LN_ROWS_PER_PROGRAM // rows), blocks) + 1)
+                    if blocks % d == 0)
+  interpret = not on_gpu() if interpret is None else interpret
+  call = functools.partial(_layer_norm_grad_call, rows=rows, blocks_per_program=per_program,
+                           width=width, count=count, interpret=interpret)
+  dx, d_scale, d_bias = shard_over_batch(
+      call, x, dy, mean.astype(jnp.float32), rstd.astype(jnp.float32), scale,
+      batched=(True, True, True, True, False))
+  return dx, d_scale.sum(axis=(0, 1)), d_bias.sum(axis=(0, 1))
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "blocks_per_program", "width", "count",
+                                             "interpret"))
+def _layer_norm_grad_call(x, dy, mean, rstd, scale, *, rows, blocks_per_program, width, count,
+                          interpret):
+  batch, length, features = x.shape
+  parts = length // (rows * blocks_per_program)
+  kernel = functools.partial(_layer_norm_grad_kernel, rows=rows,
+                             blocks_per_program=blocks_per_program, width=width, count=count)
+  partial_sums = jax.ShapeDtypeStruct((batch, parts, features), jnp.float32)
+  return pl.pallas_call(
+      kernel, out_shape=(jax.ShapeDtypeStruct(x.shape, x.dtype), partial_sums, partial_sums),
+      grid=(batch, parts), interpret=interpret, name="layer_norm_grad",
+      compiler_params=plt.CompilerParams(num_warps=NUM_WARPS, num_stages=1))(
+          x, dy, mean, rstd, scale)
