@@ -23,7 +23,9 @@ first two rows with SCAttn's row kernels, the others measured before them):
   --config.model.recompute_scan=True \
       --config.model.scan_output_dtype=compute       19.0 GiB, 813 img/s (loop)
   --config.model.recompute_scan=True \
-      --config.gpu_scheduler_memory_slop=22          19.2 GiB, ~650 img/s (older kernel)
+      --config.gpu_scheduler_memory_slop=22          19.2 GiB, ~650 img/s (older kernel);
+      15.9 GiB, 1038 img/s (loop) on one H200 held to an H100's memory limit (2026-11-28,
+      session 19, against 1154 img/s and 32.3 GiB for the default there)
   --config.model.remat=True                          9.7 GiB, 650 img/s (loop, 2026-11-28)
 """
 from localmamba_jax.training.recipes import imagenet_config

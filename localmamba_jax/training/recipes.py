@@ -24,12 +24,20 @@ def imagenet_config(model_name: str, *, drop_path_rate: float, model_dtype: str 
   # True = recompute each selective scan's forward in the backward instead of keeping its
   # states (a middle ground between the default and remat; models' config docstrings)
   c.model.recompute_scan = False
+  # the selective scan: "auto" (the backend's kernel where it covers the shapes), "pallas_gpu",
+  # "pallas_tpu", "associative" or "reference" (ops.selective_scan; e.g. to compare a step)
+  c.model.scan_impl = "auto"
   if model_name.startswith("local_vssm"):
     # True = one lax.scan over each stage's blocks of equal scan-table layout (compile time)
     c.model.scan_blocks = False
     # "compute" = the scan returns the compute dtype instead of float32 (faster in bf16, not
     # the official numerics; LocalVMambaConfig.scan_output_dtype)
     c.model.scan_output_dtype = "float32"
+    # False = XLA's path instead of the Pallas row kernels where the scan runs the GPU kernel:
+    # SCAttn's pooled LayerNorm + branch sum, and the residual stream's LayerNorm backward
+    # (LocalVMambaConfig.scattn_kernels / norm_kernels; for comparisons)
+    c.model.scattn_kernels = True
+    c.model.norm_kernels = True
   c.model_dtype = model_dtype
   c.num_classes = 1000
   c.eval_every_epochs = 10.0

@@ -1,6 +1,7 @@
 """Config files load, validate, and bad configs fail with a clear message before anything runs."""
 import importlib.util
 import pathlib
+import re
 
 import ml_collections
 import pytest
@@ -124,3 +125,20 @@ def test_gpu_scheduler_memory_slop_is_checked_and_reaches_the_train_step_compile
   monkeypatch.setattr(train_step.shd, "replicated", lambda mesh: None)
   train_step.jit_train_step(None, None, None, c, 10, None, None)
   assert seen["compiler_options"] == {"xla_gpu_memory_limit_slop_factor": 22}
+
+
+def test_every_documented_model_flag_exists_in_a_config():
+  """Each `--config.model.KEY` that the README, docs/ or a config file tells users to pass
+  names a key some config file defines: ml_collections refuses unknown keys on the command
+  line (AttributeError), so a documented flag without its key fails at startup."""
+  root = CONFIG_DIR.parent
+  documents = [root / "README.md", *sorted((root / "docs").glob("*.md")),
+               *sorted(CONFIG_DIR.glob("*.py"))]
+  documented = {(key, doc.name) for doc in documents
+                for key in re.findall(r"--config\.model\.([a-z_]+)", doc.read_text())}
+  assert documented, "no documented --config.model flags found: the pattern is stale"
+  defined = set()
+  for path in sorted(CONFIG_DIR.glob("*.py")):
+    defined |= set(load(path.stem).model.keys())
+  missing = sorted((key, doc) for key, doc in documented if key not in defined)
+  assert not missing, f"documented --config.model keys that no config defines: {missing}"
