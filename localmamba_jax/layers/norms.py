@@ -75,10 +75,9 @@ class KernelGradLayerNorm(nnx.LayerNorm):
     self.scan_impl = scan_impl
 
   def use_kernel(self, x) -> bool:
-    on_kernel_path = self.scan_impl == "pallas_gpu" or (self.scan_impl == "auto"
-                                                        and row_norm_gpu.on_gpu())
     axes = self.reduction_axes
-    return (on_kernel_path and self.scale is not None and self.bias is not None
+    return (row_norm_gpu.on_kernel_path(self.scan_impl)
+            and self.scale is not None and self.bias is not None
             and (axes if isinstance(axes, int) else tuple(axes)) in (-1, (-1,))
             and not self.axis_name and getattr(x, "ndim", 0) >= 2
             and row_norm_gpu.is_supported(x.shape[-1], x.dtype))
@@ -88,18 +87,17 @@ class KernelGradLayerNorm(nnx.LayerNorm):
       return super().__call__(x, mask=mask)
     out_dtype = self.dtype or jnp.result_type(x, self.scale[...], self.bias[...])
     return _kernel_grad_layer_norm(x, self.scale[...], self.bias[...], float(self.epsilon),
-                                   jnp.dtype(out_dtype), None)
+                                   jnp.dtype(out_dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _kernel_grad_layer_norm(x, scale, bias, epsilon, out_dtype, interpret):
-  return _kernel_grad_layer_norm_fwd(x, scale, bias, epsilon, out_dtype, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _kernel_grad_layer_norm(x, scale, bias, epsilon, out_dtype):
+  return _kernel_grad_layer_norm_fwd(x, scale, bias, epsilon, out_dtype)[0]
 
 
-def _kernel_grad_layer_norm_fwd(x, scale, bias, epsilon, out_dtype, interpret):
+def _kernel_grad_layer_norm_fwd(x, scale, bias, epsilon, out_dtype):
   # nnx.LayerNorm's forward (use_fast_variance=False: PyTorch's two-pass variance), in
   # float32 at least, keeping the row statistics for the backward.
-  del interpret
   compute = jnp.promote_types(jnp.result_type(x, scale, bias), jnp.float32)
   xc = x.astype(compute)
   mean = jnp.mean(xc, axis=-1, keepdims=True)
@@ -108,13 +106,13 @@ def _kernel_grad_layer_norm_fwd(x, scale, bias, epsilon, out_dtype, interpret):
   return y.astype(out_dtype), (x, mean[..., 0], rstd[..., 0], scale, bias)
 
 
-def _kernel_grad_layer_norm_bwd(epsilon, out_dtype, interpret, residuals, g):
+def _kernel_grad_layer_norm_bwd(epsilon, out_dtype, residuals, g):
   del epsilon, out_dtype
   x, mean, rstd, scale, bias = residuals
   batch, features = x.shape[0], x.shape[-1]
   rows = lambda a, *tail: a.reshape(batch, -1, *tail)
   dx, d_scale, d_bias = row_norm_gpu.layer_norm_grad(
-      rows(x, features), rows(g, features), rows(mean), rows(rstd), scale, interpret=interpret)
+      rows(x, features), rows(g, features), rows(mean), rows(rstd), scale)
   return (dx.reshape(x.shape), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype))
 
 

@@ -14,6 +14,7 @@ from localmamba_jax.layers.branch_merge import BranchMerge
 from localmamba_jax.layers.scattn import SCAttn, gated_branch_sum
 from localmamba_jax.models.local_vmamba import LocalVMamba, LocalVMambaConfig
 from localmamba_jax.ops.kernels import row_norm_gpu
+from tests.model_comparison import assert_same_loss_and_grads, loss_and_grads
 
 EPS = 1e-5
 # (b, L, K, E): E = 3 x 8 (LocalVMamba's 3 column blocks), 5 x 8, one block of 16; L = 49
@@ -154,23 +155,14 @@ def test_the_model_keeps_its_values_and_gradients(monkeypatch, overrides):
   from localmamba_jax.models.local_vmamba import model as vmamba_model
   images = jnp.asarray(np.random.default_rng(4).normal(size=(2, 12, 12, 3)), jnp.float32)
 
-  def loss_and_grads(fused):
+  def run(fused):
     monkeypatch.setattr(vmamba_model.SS2D, "_gate_with_row_kernels", lambda self, y: fused)
-    model = _model(scan_impl="associative", **overrides)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    key = jax.random.key(0)  # scanned blocks take their drop-path rates as data: a key is due
-    loss = lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(images, key=key) ** 2)
-    traced = jax.jit(jax.value_and_grad(loss)).trace(params)
-    assert ("pooled_normalized_mean" in str(traced.jaxpr)) == fused
-    return traced.lower().compile({"xla_backend_optimization_level": 0})(params)
+    result, traced_kernel = loss_and_grads(_model(scan_impl="associative", **overrides), images,
+                                           "pooled_normalized_mean")
+    assert traced_kernel == fused
+    return result
 
-  value, grads = loss_and_grads(True)
-  want_value, want_grads = loss_and_grads(False)
-  assert abs(float(value - want_value)) <= 1e-5 * abs(float(want_value))
-  for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(want_grads),
-                               jax.tree.leaves(grads)):
-    scale = float(jnp.max(jnp.abs(want))) + 1e-12
-    assert float(jnp.max(jnp.abs(got - want))) <= 2e-5 * scale, jax.tree_util.keystr(path)
+  assert_same_loss_and_grads(run(True), run(False))
 
 
 def test_kernels_lower_to_triton_for_cuda_without_a_gpu():

@@ -10,6 +10,7 @@ from flax import nnx
 
 from localmamba_jax.layers.norms import KernelGradLayerNorm
 from localmamba_jax.models.local_vmamba import LocalVMamba, LocalVMambaConfig
+from tests.model_comparison import assert_same_loss_and_grads, loss_and_grads
 
 DIRECTIONS = (("h", "v", "w2", "w2_flip"), ("v_flip", "h", "w2", "h_flip"))
 
@@ -45,20 +46,11 @@ def test_the_model_keeps_its_values_and_gradients(monkeypatch, overrides):
   largest entry."""
   images = jnp.asarray(np.random.default_rng(5).normal(size=(2, 16, 16, 3)), jnp.float32)
 
-  def loss_and_grads(kernels):
+  def run(kernels):
     monkeypatch.setattr(KernelGradLayerNorm, "use_kernel", lambda self, x: kernels)
     model = _model(**{"scan_impl": "associative", "drop_path_rate": 0.2, **overrides})
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    key = jax.random.key(1)
-    loss = lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(images, key=key) ** 2)
-    traced = jax.jit(jax.value_and_grad(loss)).trace(params)
-    assert ("layer_norm_grad" in str(traced.jaxpr)) == kernels
-    return traced.lower().compile({"xla_backend_optimization_level": 0})(params)
+    result, traced_kernel = loss_and_grads(model, images, "layer_norm_grad")
+    assert traced_kernel == kernels
+    return result
 
-  value, grads = loss_and_grads(True)
-  want_value, want_grads = loss_and_grads(False)
-  assert abs(float(value - want_value)) <= 1e-5 * abs(float(want_value))
-  for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(want_grads),
-                               jax.tree.leaves(grads)):
-    scale = float(jnp.max(jnp.abs(want))) + 1e-12
-    assert float(jnp.max(jnp.abs(got - want))) <= 2e-5 * scale, jax.tree_util.keystr(path)
+  assert_same_loss_and_grads(run(True), run(False))

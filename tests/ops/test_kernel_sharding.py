@@ -8,8 +8,8 @@ in interpret mode (and the TPU kernel's fused op in TPU interpret mode). Checks,
 plain and the fused multi-direction op, for SCAttn's row kernels
 (layers.scattn.gated_branch_sum) and the residual stream's LayerNorm backward
 (layers.norms.KernelGradLayerNorm), under `jax.set_mesh`: the lowered program contains a
-shard_map (manual computation) around the kernel, and values and gradients (incl. the replicated parameters, whose gradients shard_map
-sums over the shards) equal the unsharded reference within float32 tolerance; also with the
+shard_map (manual computation) around the kernel, and values and gradients (incl. the
+replicated parameters, whose gradients shard_map sums over the shards) equal the unsharded reference within float32 tolerance; also with the
 scan-order tables passed as data (`tables=`, LocalVMamba's scan_blocks), replicated.
 """
 import json
@@ -98,8 +98,7 @@ SCRIPT = textwrap.dedent(r"""
         module.scale[...], module.bias[...] = a["scale"], a["bias"]
         y = module(a["x"])
       else:
-        y = _kernel_grad_layer_norm(a["x"], a["scale"], a["bias"], 1e-5, jnp.dtype("float32"),
-                                    None)
+        y = _kernel_grad_layer_norm(a["x"], a["scale"], a["bias"], 1e-5, jnp.dtype("float32"))
       return jnp.sum(y * w_norm), y
     return loss
 

@@ -196,9 +196,8 @@ class SS2D(nnx.Module):
   def _gate_with_row_kernels(self, y) -> bool:
     """LocalVMambaConfig.scattn_kernels: the fused SCAttn + branch sum where the scan runs the
     GPU kernel (interpret mode with scan_impl='pallas_gpu' off the GPU, as the scan)."""
-    on_kernel_path = self.scan_impl == "pallas_gpu" or (self.scan_impl == "auto"
-                                                        and row_norm_gpu.on_gpu())
-    return (self.scattn_kernels and on_kernel_path and not self.attn.spatial
+    return (self.scattn_kernels and row_norm_gpu.on_kernel_path(self.scan_impl)
+            and not self.attn.spatial
             and not self.branch_merge.search
             and row_norm_gpu.is_supported(y.shape[-1], y.dtype))
 

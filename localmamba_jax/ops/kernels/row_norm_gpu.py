@@ -64,6 +64,12 @@ def column_blocks(features: int) -> tuple[int, int]:
   return width, features // width
 
 
+def on_kernel_path(scan_impl: str) -> bool:
+  """Whether a model with this `scan_impl` runs the GPU kernels: 'pallas_gpu' (interpret mode
+  off the GPU), or 'auto' on a GPU. The row kernels follow the scan there and only there."""
+  return scan_impl == "pallas_gpu" or (scan_impl == "auto" and on_gpu())
+
+
 def is_supported(features: int, dtype=jnp.float32) -> bool:
   """Whether the kernels cover rows of `features` values of this dtype."""
   return (_HAVE_PALLAS_TRITON and features >= 1
@@ -75,8 +81,9 @@ def _rows_per_block(length: int, features: int) -> int:
   return largest_pow2_divisor(length, max(1, min(MAX_ROWS, MAX_BLOCK_ELEMENTS // features)))
 
 
-def _blocks_per_program(num_blocks: int, rows: int) -> int:
-  cap = max(1, ROWS_PER_PROGRAM // rows)
+def _blocks_per_program(num_blocks: int, rows: int, rows_per_program: int = ROWS_PER_PROGRAM
+                        ) -> int:
+  cap = max(1, rows_per_program // rows)
   return max(d for d in range(1, min(cap, num_blocks) + 1) if num_blocks % d == 0)
 
 
@@ -264,9 +271,7 @@ def layer_norm_grad(x, dy, mean, rstd, scale, *, interpret: bool | None = None):
                        f"{shape} for x of shape {tuple(x.shape)}.")
   width, count = column_blocks(features)
   rows = _rows_per_block(length, features)
-  blocks = length // rows
-  per_program = max(d for d in range(1, min(max(1, LN_ROWS_PER_PROGRAM // rows), blocks) + 1)
-                    if blocks % d == 0)
+  per_program = _blocks_per_program(length // rows, rows, LN_ROWS_PER_PROGRAM)
   interpret = not on_gpu() if interpret is None else interpret
   call = functools.partial(_layer_norm_grad_call, rows=rows, blocks_per_program=per_program,
                            width=width, count=count, interpret=interpret)
