@@ -21,6 +21,7 @@ from localmamba_jax.ops.kernels import selective_scan_gpu
 from localmamba_jax.ops.scan_orders import stacked_scan_orders
 from localmamba_jax.training.model_factory import build_model, model_kwargs
 from localmamba_jax.training.recipes import imagenet_config
+from tests.model_comparison import assert_same_loss_and_grads, loss_and_grads
 from tests.models.test_remat import (FAST_COMPILE, VIM_DIRECTIONS, VMAMBA_DIRECTIONS,
                                      assert_tree_close, loss_fn, loss_scale)
 
@@ -112,3 +113,51 @@ def test_recompute_scan_config_and_training_path():
   for config_class in (LocalVMambaConfig, LocalVimConfig):
     with pytest.raises(ValueError, match="recompute_scan must be True"):
       config_class(recompute_scan="yes")
+
+
+def _kernel_model(recompute_scan, **overrides):
+  """A small LocalVMamba on the GPU kernel's path (interpret mode on this CPU)."""
+  kwargs = dict(dims=(16, 32), depths=(1, 1), directions=VMAMBA_DIRECTIONS[:1] + (
+      ("v_flip", "h", "w2", "h_flip"),), num_classes=5, drop_path_rate=0.2,
+      scan_impl="pallas_gpu", recompute_scan=recompute_scan)
+  kwargs.update(overrides)
+  return LocalVMamba(LocalVMambaConfig(**kwargs), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("scan_blocks", [False, True])
+def test_recompute_scan_on_the_gpu_kernel_keeps_no_delta(scan_blocks):
+  """With recompute_scan the GPU kernel keeps only its inputs, and SS2D recomputes the largest,
+  Delta [b, HW, K, E], from dt and the dt projection (SS2D._scan). Abstract: the residuals
+  jax.vjp holds, by shape, for a bf16 model; without recompute_scan Delta is among them."""
+  batch, size = 2, 16
+  def residual_shapes(recompute):
+    overrides = dict(dtype=jnp.bfloat16)
+    if scan_blocks:  # blocks as a lax.scan, their scan-order tables as data
+      overrides.update(depths=(2, 1), scan_blocks=True, directions=(
+          VMAMBA_DIRECTIONS[0], ("v_flip", "h", "w2", "h_flip"), VMAMBA_DIRECTIONS[0]))
+    model = nnx.eval_shape(lambda: _kernel_model(recompute, **overrides))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    key = jax.random.key(0)
+    loss = lambda p, x: jnp.sum(nnx.merge(graphdef, p, rest)(x, key=key).astype(jnp.float32))
+    leaves = jax.eval_shape(lambda p, x: jax.tree.leaves(jax.vjp(lambda q: loss(q, x), p)[1]),
+                            params, images)
+    return {(leaf.shape, jnp.dtype(leaf.dtype)) for leaf in leaves}
+
+  # Delta per stage: [b, HW, K=4, E] and the kernel's flat view [b, HW, K*E] (E = 2 * dim)
+  deltas = {((batch, hw, 4, e), jnp.dtype(jnp.bfloat16)) for hw, e in ((16, 32), (4, 64))}
+  deltas |= {((batch, hw, 4 * e), jnp.dtype(jnp.bfloat16)) for hw, e in ((16, 32), (4, 64))}
+  if scan_blocks:  # stage 1's two blocks: stacked residuals with a leading block axis
+    deltas |= {((2,) + shape, dtype) for shape, dtype in deltas}
+  assert residual_shapes(False) & deltas
+  assert not residual_shapes(True) & deltas
+
+
+def test_recompute_scan_on_the_gpu_kernel_keeps_values_and_gradients():
+  """The GPU kernel (interpret mode) with recompute_scan against without: its states rebuilt
+  in the backward and Delta recomputed there. Drop path on, as in training."""
+  images = jnp.asarray(np.random.default_rng(5).normal(size=(2, 16, 16, 3)), jnp.float32)
+  got, want = (loss_and_grads(_kernel_model(recompute), images, "selective_scan")
+               for recompute in (True, False))
+  assert got[1] and want[1]  # the kernel ran
+  assert_same_loss_and_grads(got[0], want[0])

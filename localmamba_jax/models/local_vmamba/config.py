@@ -69,11 +69,11 @@ class LocalVMambaConfig:
                     Parameters, outputs and gradients are unchanged.
   recompute_scan:   True = each selective scan keeps only its inputs for the backward and
                     recomputes its forward there (the GPU kernel: just its state
-                    checkpoints; LocalVMamba-T, bf16, 128 per H100: 37.0 -> 21.1 GiB for
-                    -5.7% img/s, 19.2 GiB with the training config's
-                    gpu_scheduler_memory_slop=22). A middle ground between the default
-                    (fastest) and remat (least memory): one more scan forward per block.
-                    Outputs and gradients are unchanged.
+                    checkpoints, and Delta is recomputed from its low-rank dt by one small
+                    GEMM; LocalVMamba-T, bf16, 128 per H200: 32.3 -> 16.6 GiB for -7..-9%
+                    img/s). A middle ground between the default (fastest) and remat (least
+                    memory): one more scan forward per block. Outputs and gradients are
+                    unchanged.
   scan_output_dtype: "float32" (default) = the selective scan returns float32 whatever the
                     compute dtype, as the official custom_fwd(cast_inputs=float32) scan under
                     autocast; "compute" = it returns the compute dtype (bf16 under bf16), so

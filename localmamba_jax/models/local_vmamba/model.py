@@ -31,7 +31,7 @@ from localmamba_jax.layers.norms import kernel_grad_layer_norm, layer_norm, one_
 from localmamba_jax.layers.scattn import SCAttn, gated_branch_sum
 from localmamba_jax.models.local_vmamba.config import LocalVMambaConfig
 from localmamba_jax.ops.kernels import row_norm_gpu
-from localmamba_jax.ops.multi_direction import multi_direction_selective_scan
+from localmamba_jax.ops.multi_direction import multi_direction_selective_scan, resolved_path
 from localmamba_jax.ops.scan_orders import stacked_scan_orders
 
 # ---- initialisers (the official ones, reference doc Sec. 3.4) --------------------------------
@@ -67,6 +67,14 @@ def dt_projs_init(key, num_dirs: int, inner: int, rank: int, dt_min=1e-3, dt_max
   dt = jnp.maximum(jnp.exp(log_dt), dt_init_floor)
   bias = dt + jnp.log(-jnp.expm1(-dt))                            # inverse of softplus
   return weight, bias
+
+
+def _recompute_delta_policy(prim, *_, **params) -> bool:
+  """jax.checkpoint policy of SS2D._scan under recompute_scan: save what the scan computes,
+  recompute Delta. Inside SS2D._scan the only dot_general and transposes are Delta's einsum
+  (dt_projs); reshapes cost nothing to redo (bitcasts in XLA), and left saveable the
+  flattened view of Delta that the scan kernel keeps would be saved in Delta's place."""
+  return prim.name not in ("dot_general", "transpose", "reshape")
 
 
 def _as_compute(x, dtype):
@@ -170,7 +178,6 @@ class SS2D(nnx.Module):
     # projecting in spatial order and letting the op gather (pads -> 0) is identical.
     x_dbl = jnp.einsum("ble,kce->blkc", u, _as_compute(self.x_proj_weight[...], self.dtype))
     dt, B, C = jnp.split(x_dbl, [rank, rank + d_state], axis=-1)
-    delta = jnp.einsum("blkr,ker->blke", dt, _as_compute(self.dt_projs_weight[...], self.dtype))
     # SelectiveScan is custom_fwd(cast_inputs=float32): the scan runs in float32 and returns
     # float32 even under bf16 autocast. u, delta, B and C go in as computed (bf16 under a
     # bf16 compute dtype) with out_dtype=float32: the GPU kernel converts them (exactly) as it
@@ -178,13 +185,10 @@ class SS2D(nnx.Module):
     # the other paths cast them to float32 first. (scan_output_dtype="compute" makes the
     # output bf16 instead: faster, not the official numerics; LocalVMambaConfig.)
     f32 = lambda a: a.astype(jnp.float32)
-    y = multi_direction_selective_scan(
-        u, delta, -jnp.exp(f32(self.A_logs[...])).reshape(num_dirs, inner, d_state),
-        B, C, f32(self.Ds[...]).reshape(num_dirs, inner),
-        f32(self.dt_projs_bias[...]), grid_hw=(height, width), directions=self.directions,
-        delta_softplus=True, exact_inverse=self.exact_inverse, impl=self.scan_impl,
-        chunk_size=self.scan_chunk_size, tables=scan_tables, recompute=self.recompute_scan,
-        out_dtype=self.scan_out_dtype)                # [b, HW, K, E], float32 by default
+    y = self._scan(u, dt, _as_compute(self.dt_projs_weight[...], self.dtype),
+                   -jnp.exp(f32(self.A_logs[...])).reshape(num_dirs, inner, d_state), B, C,
+                   f32(self.Ds[...]).reshape(num_dirs, inner), f32(self.dt_projs_bias[...]),
+                   scan_tables, grid_hw=(height, width))  # [b, HW, K, E], float32 by default
     if self._gate_with_row_kernels(y):
       y = gated_branch_sum(self.attn, y)          # the same sum, two passes over y fewer
     else:
@@ -192,6 +196,33 @@ class SS2D(nnx.Module):
     y = self.out_norm(y).reshape(batch, height, width, inner)
     y = _as_compute(y, self.dtype) * z
     return self.out_proj(y)
+
+  def _scan(self, u, dt, dt_weight, A, B, C, D, delta_bias, scan_tables, *, grid_hw):
+    """Delta = dt_projs(dt), then the K-direction selective scan.
+
+    With recompute_scan on the GPU kernel, which then keeps only its inputs for the backward,
+    Delta [b, HW, K, E], the largest of them, is not kept either: the backward recomputes it
+    from dt [b, HW, K, R] (kept anyway, for the weights' gradient) with one small GEMM per
+    block (`jax.checkpoint` with `_recompute_delta_policy`). LocalVMamba-T, bf16, 128
+    images: peak 20.3 -> 16.6 GiB for 0.3% of the step (one H200, BENCHMARKS.md session 20).
+    Same values: the same einsum of the same inputs."""
+    def delta_then_scan(u, dt, dt_weight, A, B, C, D, delta_bias, scan_tables):
+      delta = jnp.einsum("blkr,ker->blke", dt, dt_weight)
+      return multi_direction_selective_scan(
+          u, delta, A, B, C, D, delta_bias, grid_hw=grid_hw, directions=self.directions,
+          delta_softplus=True, exact_inverse=self.exact_inverse, impl=self.scan_impl,
+          chunk_size=self.scan_chunk_size, tables=scan_tables, recompute=self.recompute_scan,
+          out_dtype=self.scan_out_dtype)
+    if self.recompute_scan and self._scan_path(dt.dtype) == "pallas_gpu":
+      # (the XLA and TPU paths wrap the whole scan in jax.checkpoint; nested in this policy's
+      # checkpoint, their inner values would be saved)
+      delta_then_scan = jax.checkpoint(delta_then_scan, policy=_recompute_delta_policy)
+    return delta_then_scan(u, dt, dt_weight, A, B, C, D, delta_bias, scan_tables)
+
+  def _scan_path(self, dtype) -> str:
+    """The implementation the selective scan runs for inputs of `dtype`."""
+    return resolved_path(self.scan_impl, len(self.directions), self.inner, self.d_state,
+                         [dtype], self.scan_out_dtype)
 
   def _gate_with_row_kernels(self, y) -> bool:
     """LocalVMambaConfig.scattn_kernels: the fused SCAttn + branch sum where the scan runs the
