@@ -69,13 +69,16 @@ def test_grad_clipping_option():
 
 
 def test_global_norm_of_the_logged_metrics_matches_float64():
-  """train_step.global_norm (one reduction over all leaves, mixed dtypes) against numpy."""
+  """train_step.global_norm (one sum per group of equal-shape, equal-dtype leaves, stacked)
+  against numpy: groups of several leaves, a shape shared by two dtypes, scalars, bf16."""
   import jax
   from localmamba_jax.training.train_step import global_norm
   rng = np.random.default_rng(0)
-  tree = {"a": rng.standard_normal((3, 5)).astype(np.float32),
-          "b": [rng.standard_normal(7).astype(np.float32),
-                rng.standard_normal((2, 2, 2)).astype(jnp.bfloat16)], "c": np.float32(3.0)}
+  normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+  tree = {"a": normal(3, 5), "a2": normal(3, 5), "a3": 100 * normal(3, 5),
+          "b": [normal(7), normal(2, 2, 2).astype(jnp.bfloat16),
+                normal(2, 2, 2), normal(2, 2, 2).astype(jnp.bfloat16)],
+          "c": np.float32(3.0), "c2": np.float32(-4.0)}
   want = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64)))
                      for x in jax.tree.leaves(tree)))
   np.testing.assert_allclose(float(global_norm(tree)), want, rtol=1e-6)
