@@ -20,9 +20,10 @@ a bf16 scan output that the official code does not have: 478.6 img/s, 66.4 GiB).
 more than the 0.75 of the GPU JAX takes by default (under it XLA plans 59.9 GiB and runs out), so
 train.py sets XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 unless you set it (do the same in a notebook,
 before JAX starts). --config.model.recompute_scan=True keeps only the scans' inputs for the
-backward: 436.4 img/s (loop) at a 35.0 GiB peak (one H100, 2026-11-28, session 13; 29.2 GiB at
-353.0 img/s with --config.gpu_scheduler_memory_slop=22, session 10, older kernel), which fits
-JAX's default fraction on an 80 GB card.
+backward (Delta not even those): 568.0 img/s (loop) at a 28.5 GiB peak (one H200, 2026-11-28,
+session 20, against 624.4 img/s and 57.3 GiB by default on another H200; 436.4 img/s and
+35.0 GiB on an H100 in session 13, older code), which fits JAX's default fraction of an
+80 GB card and a 40 GB one.
 --config.model.remat=True recomputes each block in the backward: 365.5 img/s (loop) at a
 9.95 GiB peak; add --config.model.scan_blocks=True with it to compile in 115 s instead of 177 s
 (trace, lower and compile) for 357.0 img/s at 10.6 GiB (one H100, 2026-11-28, session 13).

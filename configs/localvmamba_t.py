@@ -20,12 +20,11 @@ first two rows with SCAttn's row kernels, the others measured before them):
   default                                           37.0 GiB, 843 img/s (loop)
   --config.model.scan_output_dtype=compute           33.8 GiB, 870 img/s (loop;
       bf16 scan output, not the official float32: faster, not bit-faithful)
+  --config.model.recompute_scan=True                 16.6 GiB, 1042 img/s (loop) on one H200
+      held to an H100's memory limit (2026-11-28, session 20; the default there: 32.3 GiB,
+      1147 img/s; the scans rebuild their checkpoints and Delta in the backward)
   --config.model.recompute_scan=True \
-      --config.model.scan_output_dtype=compute       19.0 GiB, 813 img/s (loop)
-  --config.model.recompute_scan=True \
-      --config.gpu_scheduler_memory_slop=22          19.2 GiB, ~650 img/s (older kernel);
-      15.9 GiB, 1038 img/s (loop) on one H200 held to an H100's memory limit (2026-11-28,
-      session 19, against 1154 img/s and 32.3 GiB for the default there)
+      --config.model.scan_output_dtype=compute       13.5 GiB, 1090 img/s (loop), same H200
   --config.model.remat=True                          9.7 GiB, 650 img/s (loop, 2026-11-28)
 """
 from localmamba_jax.training.recipes import imagenet_config

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 20 call 3 (one H200): recompute_scan with Delta kept (TMP_KEEP_DELTA=1, a temporary
-# switch) or recomputed (this session's change), LocalVMamba-T bf16 train at 128, memory
-# fraction 0.51, each compiled cold and alone, then timed and profiled (3 steps).
+# switch in SS2D._scan, removed after this call: `and not os.environ.get("TMP_KEEP_DELTA")` on
+# its jax.checkpoint condition) or recomputed (this session's change), LocalVMamba-T bf16 train
+# at 128, memory fraction 0.51, each compiled cold and alone, then timed and profiled (3 steps).
 set -u
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_MEM_FRACTION=0.51
 nvidia-smi -L > $OUT/gpus.txt 2>&1; T0=$(date +%s)
