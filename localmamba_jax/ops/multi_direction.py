@@ -21,7 +21,7 @@ import numpy as np
 
 from localmamba_jax.ops import scan_orders as scan_orders_lib
 from localmamba_jax.ops.selective_scan import (DEFAULT_CHUNK_SIZE, kernel_recompute,
-                                               resolve_impl, selective_scan)
+                                               resolved_path, selective_scan)
 
 
 def _array_module(table):
@@ -73,19 +73,6 @@ def _check_per_direction(name, x, batch, length, num_dirs, last, allow_shared=Fa
       expected += f" or [batch, L, {last or 'E'}]"
     raise ValueError(f"multi_direction_selective_scan: {name} must have shape {expected}, got "
                      f"{None if shape is None else tuple(shape)}.")
-
-
-def resolved_path(impl: str, num_dirs: int, channels: int, num_state: int, dtypes,
-                  out_dtype=None) -> str:
-  """The implementation `multi_direction_selective_scan(..., impl=impl)` runs for K=num_dirs
-  directions of E=channels channels with N=num_state states, inputs of `dtypes` and
-  `out_dtype`: 'pallas_gpu', 'pallas_tpu' or one of the XLA paths ('auto' falls back to
-  'associative' where no kernel covers the shapes)."""
-  from localmamba_jax.ops.kernels import selective_scan_gpu, selective_scan_tpu
-  dtypes = list(dtypes) + ([] if out_dtype is None else [jnp.dtype(out_dtype)])
-  kernel_ok = selective_scan_gpu.is_supported(num_dirs * channels, num_dirs, num_state, dtypes)
-  tpu_ok = selective_scan_tpu.is_supported(num_dirs * channels, num_dirs, num_state, dtypes)
-  return resolve_impl(impl, kernel_ok, tpu_ok)
 
 
 def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z=None, *,
@@ -147,8 +134,9 @@ def multi_direction_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, z
 
   from localmamba_jax.ops.kernels import common as kernels_common
   from localmamba_jax.ops.kernels import selective_scan_gpu, selective_scan_tpu
-  resolved = resolved_path(impl, num_dirs, channels, num_state,
-                           [x.dtype for x in (u, delta, B, C, z) if x is not None], out_dtype)
+  dtypes = [x.dtype for x in (u, delta, B, C, z) if x is not None]
+  resolved = resolved_path(impl, num_dirs * channels, num_dirs, num_state,
+                           dtypes + ([] if out_dtype is None else [jnp.dtype(out_dtype)]))
   if out_dtype is not None and resolved != "pallas_gpu":
     # Paths that compute in their inputs' dtype: promote the inputs to out_dtype first.
     out_dtype = jnp.dtype(out_dtype)

@@ -209,16 +209,34 @@ def resolve_impl(impl: str, kernel_supported: bool = False, tpu_supported: bool 
   return impl
 
 
-def _kernel_supported(u, delta, A, B, C, z):
-  from localmamba_jax.ops.kernels import selective_scan_gpu
-  return selective_scan_gpu.is_supported(u.shape[2], B.shape[2], A.shape[1],
-                                         [x.dtype for x in (u, delta, B, C, z) if x is not None])
+def resolved_path(impl: str, channels: int, groups: int, num_state: int, dtypes) -> str:
+  """The implementation `selective_scan(..., impl=impl)` runs for `channels` channels in
+  `groups` B/C groups with N=num_state states and inputs of `dtypes`: 'pallas_gpu',
+  'pallas_tpu' or an XLA path ('auto' falls back to 'associative' where no kernel covers
+  the shapes). `multi_direction_selective_scan` resolves the same way, with K*E channels in
+  K groups."""
+  from localmamba_jax.ops.kernels import selective_scan_gpu, selective_scan_tpu
+  dtypes = list(dtypes)
+  return resolve_impl(impl,
+                      selective_scan_gpu.is_supported(channels, groups, num_state, dtypes),
+                      selective_scan_tpu.is_supported(channels, groups, num_state, dtypes))
 
 
-def _tpu_kernel_supported(u, delta, A, B, C, z):
-  from localmamba_jax.ops.kernels import selective_scan_tpu
-  return selective_scan_tpu.is_supported(u.shape[2], B.shape[2], A.shape[1],
-                                         [x.dtype for x in (u, delta, B, C, z) if x is not None])
+def _save_all_but_projections(prim, *_, **params) -> bool:
+  return prim.name not in ("dot_general", "transpose", "reshape")
+
+
+def recompute_delta_projection(delta_then_scan):
+  """jax.checkpoint of `delta_then_scan` (Delta = a low-rank projection of dt, then a scan
+  whose GPU kernel keeps only its inputs, `recompute=True`) that keeps everything it computes
+  for the backward except its matrix products, transposes and reshapes: Delta, the largest
+  input the kernel would keep ([b, L, channels] against dt's [b, L, groups, R]), is recomputed
+  from dt (which the projection's own backward keeps anyway) by one small GEMM. Reshapes cost
+  nothing to redo (bitcasts in XLA); left saveable, the kernel's flattened view of Delta would
+  be kept in Delta's place. Only for the GPU kernel's path (`resolved_path(...) ==
+  'pallas_gpu'`): the other paths wrap the whole scan in jax.checkpoint, whose inner values
+  this policy would save. Same values and gradients: the same einsum of the same inputs."""
+  return jax.checkpoint(delta_then_scan, policy=_save_all_but_projections)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
@@ -239,8 +257,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
   B, C = check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"selective_scan: chunk_size must be an integer >= 1, got {chunk_size!r}.")
-  impl = resolve_impl(impl, _kernel_supported(u, delta, A, B, C, z),
-                      _tpu_kernel_supported(u, delta, A, B, C, z))
+  impl = resolved_path(impl, u.shape[2], B.shape[2], A.shape[1],
+                       [x.dtype for x in (u, delta, B, C, z) if x is not None])
   if impl in ("pallas_tpu", "pallas_gpu"):
     from localmamba_jax.ops.kernels import common, selective_scan_gpu, selective_scan_tpu
     kernel = (selective_scan_tpu.selective_scan_pallas_tpu if impl == "pallas_tpu"

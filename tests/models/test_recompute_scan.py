@@ -161,3 +161,45 @@ def test_recompute_scan_on_the_gpu_kernel_keeps_values_and_gradients():
                for recompute in (True, False))
   assert got[1] and want[1]  # the kernel ran
   assert_same_loss_and_grads(got[0], want[0])
+
+
+@pytest.mark.parametrize("family", ["local_vmamba", "local_vim"])
+def test_recomputing_delta_saves_its_bytes(monkeypatch, family):
+  """Both model families on the GPU kernel's path, bf16, recompute_scan: the residuals saved
+  for the backward shrink by Delta's bytes (one [b, Lmax, K, E] bf16 per block) against the
+  same model with recompute_delta_projection switched off. Abstract, no compile. (jax's
+  residual listing, `saved_residuals`, is what `jax.ad_checkpoint.print_saved_residuals`
+  prints. It lists a reshaped view apart from its source, a bitcast to XLA; LocalVim's listing
+  also loses such views of u and z, so there the check is a lower bound, H*W <= Lmax.)"""
+  from jax._src.ad_checkpoint import saved_residuals
+  import localmamba_jax.models.local_vim.model as vim_model
+  import localmamba_jax.models.local_vmamba.model as vmamba_model
+  module = vim_model if family == "local_vim" else vmamba_model
+  batch, size = 2, image_size(family)
+  if family == "local_vim":
+    config = LocalVimConfig.tiny_test(depth=3, directions=VIM_DIRECTIONS, dtype=jnp.bfloat16,
+                                      scan_impl="pallas_gpu", recompute_scan=True)
+    make = lambda: LocalVim(config, rngs=nnx.Rngs(0))
+    tokens = (size // config.patch_size) ** 2
+    delta_bytes = sum(batch * tokens * len(d) * 2 * config.embed_dim * 2  # E = 2 * dim
+                      for d in VIM_DIRECTIONS)
+  else:
+    make = lambda: _kernel_model(True, dtype=jnp.bfloat16)
+    # stage 1: 8 x 8 tokens, E = 32; stage 2: 4 x 4, E = 64; K = 4 directions, bf16
+    delta_bytes = batch * 4 * (64 * 32 + 16 * 64) * 2
+
+  def residual_bytes():
+    graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    key = jax.random.key(0)
+    loss = lambda p, x: jnp.sum(nnx.merge(graphdef, p, rest)(x, key=key).astype(jnp.float32))
+    residuals = saved_residuals(loss, params,
+                                jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32))
+    return sum(aval.size * aval.dtype.itemsize for aval, _ in residuals)
+
+  recomputed = residual_bytes()
+  monkeypatch.setattr(module, "recompute_delta_projection", lambda fn: fn)
+  saved = residual_bytes() - recomputed
+  if family == "local_vim":
+    assert saved >= delta_bytes, (saved, delta_bytes)
+  else:
+    assert saved == delta_bytes, (saved, delta_bytes)

@@ -24,6 +24,7 @@ from flax import nnx
 from localmamba_jax.layers import BranchMerge, SCAttn, drop_path, init_keys, rms_norm
 from localmamba_jax.ops import (ALL_CHOICES, IMPLEMENTATIONS, PAD, gather_tokens, merge_tokens,
                                 parse_direction, selective_scan, stacked_scan_orders)
+from localmamba_jax.ops.selective_scan import recompute_delta_projection, resolved_path
 from localmamba_jax.models.local_vim import rope as rope_lib
 
 # torch.nn.Linear / Conv default init (kaiming_uniform(a=sqrt(5))): U(+-1/sqrt(fan_in)).
@@ -62,8 +63,9 @@ class LocalVimConfig:
     much less activation memory. Parameters, outputs and gradients are unchanged.
   recompute_scan: True = each selective scan keeps only its inputs for the backward and
     recomputes its forward there (the GPU kernel: just its state checkpoints, b * L / 4 *
-    K*E * N float32 per block; LocalVim-T, bf16, 128 per H100: 23.0 -> 12.3 GiB for -5.2%
-    img/s): one more scan forward per block. Outputs and gradients are unchanged.
+    K*E * N float32 per block, and Delta, from dt; LocalVim-T, bf16, 128 per H100: 23.0 ->
+    12.3 GiB for -5.2% img/s, before Delta was recomputed too): one more scan forward per
+    block. Outputs and gradients are unchanged.
   """
 
   embed_dim: int = 192
@@ -366,13 +368,24 @@ class MultiMamba(nnx.Module):
     dt_weight = self.dt_proj.weight[...]
     if self.dtype is not None:
       dt, dt_weight = dt.astype(self.dtype), dt_weight.astype(self.dtype)
-    delta = jnp.einsum("blkr,kre->blke", dt, dt_weight)
     max_length = xz.shape[1]
     flat = lambda t: t.reshape(batch, max_length, num_dirs * inner)
-    y = selective_scan(
-        flat(u), flat(delta), -jnp.exp(self.A_log[...].reshape(num_dirs * inner, state)),
-        B, C, self.D[...].reshape(-1), flat(z_seq), self.dt_proj.bias[...].reshape(-1),
-        delta_softplus=True, impl=self.scan_impl, recompute=self.recompute_scan)
+
+    def delta_then_scan(u, dt, dt_weight, A, B, C, D, z, delta_bias):
+      delta = jnp.einsum("blkr,kre->blke", dt, dt_weight)
+      return selective_scan(flat(u), flat(delta), A, B, C, D, flat(z), delta_bias,
+                            delta_softplus=True, impl=self.scan_impl,
+                            recompute=self.recompute_scan)
+    # With recompute_scan on the GPU kernel, the backward recomputes Delta from dt instead of
+    # keeping it (ops.selective_scan.recompute_delta_projection; LocalVMamba's SS2D._scan):
+    # LocalVim-T, bf16, 128, one H200: 12.17 -> 10.46 GiB for -0.8% (BENCHMARKS.md session 20)
+    if self.recompute_scan and resolved_path(
+        self.scan_impl, num_dirs * inner, num_dirs, state,
+        [x.dtype for x in (u, dt, B, C, z_seq)]) == "pallas_gpu":
+      delta_then_scan = recompute_delta_projection(delta_then_scan)
+    y = delta_then_scan(u, dt, dt_weight,
+                        -jnp.exp(self.A_log[...].reshape(num_dirs * inner, state)), B, C,
+                        self.D[...].reshape(-1), z_seq, self.dt_proj.bias[...].reshape(-1))
     y = merge_tokens(y.reshape(batch, max_length, num_dirs, inner), merge)   # [b, L, K, E]
     return self.out_proj(self.multi_scan(self.attn(y)))
 

@@ -31,7 +31,8 @@ from localmamba_jax.layers.norms import kernel_grad_layer_norm, layer_norm, one_
 from localmamba_jax.layers.scattn import SCAttn, gated_branch_sum
 from localmamba_jax.models.local_vmamba.config import LocalVMambaConfig
 from localmamba_jax.ops.kernels import row_norm_gpu
-from localmamba_jax.ops.multi_direction import multi_direction_selective_scan, resolved_path
+from localmamba_jax.ops.multi_direction import multi_direction_selective_scan
+from localmamba_jax.ops.selective_scan import recompute_delta_projection, resolved_path
 from localmamba_jax.ops.scan_orders import stacked_scan_orders
 
 # ---- initialisers (the official ones, reference doc Sec. 3.4) --------------------------------
@@ -67,14 +68,6 @@ def dt_projs_init(key, num_dirs: int, inner: int, rank: int, dt_min=1e-3, dt_max
   dt = jnp.maximum(jnp.exp(log_dt), dt_init_floor)
   bias = dt + jnp.log(-jnp.expm1(-dt))                            # inverse of softplus
   return weight, bias
-
-
-def _recompute_delta_policy(prim, *_, **params) -> bool:
-  """jax.checkpoint policy of SS2D._scan under recompute_scan: save what the scan computes,
-  recompute Delta. Inside SS2D._scan the only dot_general and transposes are Delta's einsum
-  (dt_projs); reshapes cost nothing to redo (bitcasts in XLA), and left saveable the
-  flattened view of Delta that the scan kernel keeps would be saved in Delta's place."""
-  return prim.name not in ("dot_general", "transpose", "reshape")
 
 
 def _as_compute(x, dtype):
@@ -203,7 +196,7 @@ class SS2D(nnx.Module):
     With recompute_scan on the GPU kernel, which then keeps only its inputs for the backward,
     Delta [b, HW, K, E], the largest of them, is not kept either: the backward recomputes it
     from dt [b, HW, K, R] (kept anyway, for the weights' gradient) with one small GEMM per
-    block (`jax.checkpoint` with `_recompute_delta_policy`). LocalVMamba-T, bf16, 128
+    block (`ops.selective_scan.recompute_delta_projection`). LocalVMamba-T, bf16, 128
     images: peak 20.3 -> 16.6 GiB for 0.3% of the step (one H200, BENCHMARKS.md session 20).
     Same values: the same einsum of the same inputs."""
     def delta_then_scan(u, dt, dt_weight, A, B, C, D, delta_bias, scan_tables):
@@ -214,15 +207,14 @@ class SS2D(nnx.Module):
           chunk_size=self.scan_chunk_size, tables=scan_tables, recompute=self.recompute_scan,
           out_dtype=self.scan_out_dtype)
     if self.recompute_scan and self._scan_path(dt.dtype) == "pallas_gpu":
-      # (the XLA and TPU paths wrap the whole scan in jax.checkpoint; nested in this policy's
-      # checkpoint, their inner values would be saved)
-      delta_then_scan = jax.checkpoint(delta_then_scan, policy=_recompute_delta_policy)
+      delta_then_scan = recompute_delta_projection(delta_then_scan)
     return delta_then_scan(u, dt, dt_weight, A, B, C, D, delta_bias, scan_tables)
 
   def _scan_path(self, dtype) -> str:
     """The implementation the selective scan runs for inputs of `dtype`."""
-    return resolved_path(self.scan_impl, len(self.directions), self.inner, self.d_state,
-                         [dtype], self.scan_out_dtype)
+    num_dirs = len(self.directions)
+    return resolved_path(self.scan_impl, num_dirs * self.inner, num_dirs, self.d_state,
+                         [dtype, self.scan_out_dtype])
 
   def _gate_with_row_kernels(self, y) -> bool:
     """LocalVMambaConfig.scattn_kernels: the fused SCAttn + branch sum where the scan runs the
