@@ -14,9 +14,10 @@ epochs from 1e-7 then cosine to 1e-6, label smoothing 0.1, mixup 0.2 / cutmix 1.
   python train.py --config configs/localvim_t.py:runlocal --workdir /tmp/localvim_t_local   # smoke run
 Options: --config.optim.ema_decay=0.9999  --config.optim.clip_grad_norm=1.0
          --config.sharding.strategy=fsdp  --config.sharding.distributed=True (multi-host)
-Memory: --config.model.recompute_scan=True rebuilds the scans' state checkpoints in the
-backward (measured in bf16 at 128 images per H100, 2026-11-27: 23.0 -> 12.3 GiB for -5.2%
-img/s; this config trains in fp32, not measured).
+Memory: --config.model.recompute_scan=True rebuilds the scans' state checkpoints (and Delta)
+in the backward (measured in bf16 at 128 images per H100, 2026-11-27: 23.0 -> 12.3 GiB for
+-5.2% img/s; on one H200, 2026-11-28, with Delta recomputed too: 10.5 GiB at 1496 img/s as
+train.py's loop runs it; this config trains in fp32, not measured).
 """
 from localmamba_jax.training.recipes import imagenet_config
 
