@@ -3,8 +3,10 @@ recomputes its forward there. Same parameters, values and gradients; fewer resid
 
 The XLA scan path (CPU) does it with jax.checkpoint around the scan; the GPU kernel rebuilds
 only its state checkpoints (tests/ops/test_selective_scan_gpu.py checks that in interpret
-mode; here, that the option reaches it). Tolerance as tests/models/test_remat.py: every
-gradient leaf within 1e-6 * max|leaf|.
+mode; here, that the option reaches it), and on its path both models recompute Delta from dt
+instead of keeping it (ops.selective_scan.recompute_delta_projection; here, with the kernel in
+interpret mode). Tolerance as tests/models/test_remat.py: every gradient leaf within
+1e-6 * max|leaf| (the kernel-path comparison: tests/model_comparison.py's).
 """
 from __future__ import annotations
 
