@@ -3,7 +3,8 @@
     python -m localmamba_jax.benchmark --model local_vssm_tiny --batch 128 [--mode train|infer|both]
         [--dtype bf16|fp32] [--steps N] [--warmup W] [--scan-impl auto] [--results FILE]
         [--profile DIR] [--model all|name,name|'glob*'] [--timeout S] [--no-compilation-cache]
-        [--compile-only] [--profile-compile DIR]
+        [--compile-only] [--profile-compile DIR] [--device-lock FILE] [--compile-lock FILE]
+        [--barrier FILE:N]
 
 What is timed is the step `train.py` runs, built from the same pieces as
 `training.loop.train_and_evaluate`: the recipe config (`training.recipes.imagenet_config`),
@@ -116,6 +117,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            "the process exits, since the allocator keeps its device memory "
                            "until then (two LocalVMamba-T train processes do not fit an 80 GB "
                            "card at once)")
+  parser.add_argument("--compile-lock", default="", metavar="FILE",
+                      help="a file locked (flock) around the compile, so that several benchmark "
+                           "processes compile one at a time: XLA's autotuner then times its "
+                           "candidate kernels on an idle GPU and compiles them on every CPU "
+                           "core. Same-call comparisons of steps compiled at once differed by "
+                           "up to 3%% where the same steps compiled one at a time differed by "
+                           "0.3%% (BENCHMARKS.md session 20). Not the --device-lock file")
   parser.add_argument("--barrier", default="", metavar="FILE:N",
                       help="after compiling, append a line to FILE and wait until it has N lines "
                       "before timing: several processes compiling at once on one host (with "
@@ -144,6 +152,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  "wait for it) nor --profile (nothing to trace); drop one of them")
   if args.warmup < 0:
     parser.error(f"--warmup must be >= 0, got {args.warmup}")
+  if args.compile_lock and args.compile_lock == args.device_lock:
+    parser.error(f"--compile-lock and --device-lock must be different files, got "
+                 f"{args.compile_lock!r} for both: the device lock is held until a process "
+                 f"exits, so the next process could not compile before then")
   return args
 
 
@@ -414,9 +426,10 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       lower_s = time.perf_counter() - t0
       with _maybe_trace(args.profile_compile and (
           os.path.join(args.profile_compile, mode) if len(modes) > 1 else args.profile_compile)):
-        t0 = time.perf_counter()
-        compiled = lowered.compile()
-        compile_s = time.perf_counter() - t0
+        with device_lock(args.compile_lock) as compile_lock_wait_s:
+          t0 = time.perf_counter()
+          compiled = lowered.compile()
+          compile_s = time.perf_counter() - t0
       print(f"[{model_name} {mode} {args.dtype}] traced+lowered in {lower_s:.1f} s, compiled in "
             f"{compile_s:.1f} s (persistent compilation cache: {cache_dir or 'off'})", flush=True)
       xla_memory = _xla_memory_bytes(compiled)
@@ -427,6 +440,8 @@ def benchmark_model(args, model_name: str) -> list[dict]:
         record = dict(base, mode=mode, compile_only=True, setup_s=round(setup_s, 2),
                       lower_s=round(lower_s, 2),
                       compile_s=round(compile_s, 2), xla_memory_bytes=xla_memory)
+        if args.compile_lock:
+          record["compile_lock_wait_s"] = round(compile_lock_wait_s, 1)
         append_record(args.results, record)
         records.append(record)
         continue
@@ -480,6 +495,8 @@ def benchmark_model(args, model_name: str) -> list[dict]:
         record["barrier_wait_s"] = round(barrier_wait_s, 1)
       if args.device_lock:
         record["lock_wait_s"] = round(waited_s, 1)
+      if args.compile_lock:
+        record["compile_lock_wait_s"] = round(compile_lock_wait_s, 1)
       print_record(record)
       append_record(args.results, record)
       records.append(record)

@@ -263,3 +263,28 @@ def test_profile_compile_traces_the_compile(tmp_path):
   s = cs.summarize(cs.load_events(cs.find_trace(str(tmp_path / "ctrace"))))
   assert s["busy_s_all_threads"] > 0
   assert any(r["name"].startswith("$") for r in s["top_self"])  # jax's compile frames
+
+
+def test_compile_lock_serialises_compiles(tmp_path, monkeypatch):
+  """--compile-lock holds its flock exactly around the compile (taken there, released after),
+  records the wait, and must not be the --device-lock file (held until exit)."""
+  import fcntl
+  lock = tmp_path / "compile.lock"
+  seen = []
+  original = benchmark.device_lock
+
+  def watching_lock(path, until_exit=False):
+    seen.append((path, until_exit))
+    return original(path, until_exit)
+  monkeypatch.setattr(benchmark, "device_lock", watching_lock)
+  results = tmp_path / "bench.jsonl"
+  code = benchmark.main(["--model", "local_vssm_tiny", "--mode", "infer", "--dtype", "fp32",
+                         "--compile-only", "--compile-lock", str(lock), "--results",
+                         str(results), *TINY])
+  assert code == 0 and seen == [(str(lock), False)]
+  (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+  assert record["compile_lock_wait_s"] >= 0
+  with open(lock) as f:  # released: another process can take it at once
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(["--compile-lock", "/tmp/l", "--device-lock", "/tmp/l"])
