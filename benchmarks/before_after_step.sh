@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # One single-GPU device call: the bf16 step of earlier code against the working tree (and
-# the working tree with other kernel options), all compiled at once (cold, no cache), then
-# timed one at a time (barrier + device lock), so every row comes from the same machine.
+# the working tree with other kernel options), compiled cold (no cache) one at a time
+# (--compile-lock; SERIAL_COMPILE=0 compiles them all at once, faster, but then XLA's
+# autotuner times its candidates beside the others' compiles: up to 3% apart between runs of
+# the same step, BENCHMARKS.md session 20), then timed one at a time (barrier + device lock),
+# so every row comes from the same machine.
 # Before the call, extract each earlier package into an ignored path:
 #   mkdir -p .bench_old/REV && git archive REV localmamba_jax | tar -x -C .bench_old/REV
 # (or copy a modified package there; BEFORE="" times only the working tree, with and
 # without OPTIONS), then run (carry .bench_old):
 #   OUT=/some/dir BEFORE=".bench_old/REV [.bench_old/OTHER ...]" [OPTIONS="bwd_max_registers=0"] \
 #     [MODEL=local_vssm_tiny] [MODE=train] [PROFILE=1] [DUMP=1] [EXTRA="--override remat=true"] \
-#     bash benchmarks/before_after_step.sh
+#     [SERIAL_COMPILE=0] bash benchmarks/before_after_step.sh
 # EXTRA: more benchmark arguments, given to every run (e.g. model config overrides).
 # PROFILE=1 profiles the working tree's steps (summary + kernel events kept); DUMP=1 keeps
 # the buffer assignment, the scheduled HLO and the memory report of the working tree's
@@ -24,11 +27,12 @@ OPTIONS=${OPTIONS:-}
 read -r -a befores <<< "$BEFORE"
 runs=$(( ${#befores[@]} + 1 ))
 [ -n "$OPTIONS" ] && runs=$(( runs + 1 ))
-B=/tmp/ba_barrier.$$; L=/tmp/ba_lock.$$; : > "$B"
+B=/tmp/ba_barrier.$$; L=/tmp/ba_lock.$$; CL=/tmp/ba_compile_lock.$$; : > "$B"
 common=(--model "${MODEL:-local_vssm_tiny}" --mode "${MODE:-train}" --dtype bf16 --batch 128
         --steps 10 --warmup 2 --time-budget 10 --no-compilation-cache --barrier "$B:$runs"
         --barrier-timeout "${BARRIER_TIMEOUT:-330}" --device-lock "$L"
         --results "$OUT/before_after.jsonl")
+[ "${SERIAL_COMPILE:-1}" != 0 ] && common+=(--compile-lock "$CL")
 # shellcheck disable=SC2206  # EXTRA is a list of words
 [ -n "${EXTRA:-}" ] && common+=($EXTRA)
 limit=${JOB_TIMEOUT:-520}
