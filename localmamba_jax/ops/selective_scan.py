@@ -226,16 +226,20 @@ def _save_all_but_projections(prim, *_, **params) -> bool:
   return prim.name not in ("dot_general", "transpose", "reshape")
 
 
-def recompute_delta_projection(delta_then_scan):
-  """jax.checkpoint of `delta_then_scan` (Delta = a low-rank projection of dt, then a scan
-  whose GPU kernel keeps only its inputs, `recompute=True`) that keeps everything it computes
-  for the backward except its matrix products, transposes and reshapes: Delta, the largest
-  input the kernel would keep ([b, L, channels] against dt's [b, L, groups, R]), is recomputed
-  from dt (which the projection's own backward keeps anyway) by one small GEMM. Reshapes cost
-  nothing to redo (bitcasts in XLA); left saveable, the kernel's flattened view of Delta would
-  be kept in Delta's place. Only for the GPU kernel's path (`resolved_path(...) ==
-  'pallas_gpu'`): the other paths wrap the whole scan in jax.checkpoint, whose inner values
-  this policy would save. Same values and gradients: the same einsum of the same inputs."""
+def recompute_delta_projection(delta_then_scan, path: str):
+  """`delta_then_scan` (Delta = a low-rank projection of dt, then a scan with
+  `recompute=True`) such that the backward recomputes Delta instead of keeping it, where the
+  scan runs the GPU kernel (`path`, from `resolved_path`, is 'pallas_gpu'); elsewhere it is
+  returned as is. There the kernel keeps only its inputs, and Delta is the largest
+  ([b, L, channels] against dt's [b, L, groups, R]): jax.checkpoint keeps everything the
+  function computes except its matrix products, transposes and reshapes, so Delta is
+  recomputed from dt (which the projection's own backward keeps anyway) by one small GEMM.
+  Reshapes cost nothing to redo (bitcasts in XLA); left saveable, the kernel's flattened view
+  of Delta would be kept in Delta's place. The other paths wrap the whole scan in
+  jax.checkpoint, whose inner values this policy would save. Same values and gradients: the
+  same einsum of the same inputs."""
+  if path != "pallas_gpu":
+    return delta_then_scan
   return jax.checkpoint(delta_then_scan, policy=_save_all_but_projections)
 
 

@@ -379,10 +379,10 @@ class MultiMamba(nnx.Module):
     # With recompute_scan on the GPU kernel, the backward recomputes Delta from dt instead of
     # keeping it (ops.selective_scan.recompute_delta_projection; LocalVMamba's SS2D._scan):
     # LocalVim-T, bf16, 128, one H200: 12.17 -> 10.46 GiB for -0.8% (BENCHMARKS.md session 20)
-    if self.recompute_scan and resolved_path(
-        self.scan_impl, num_dirs * inner, num_dirs, state,
-        [x.dtype for x in (u, dt, B, C, z_seq)]) == "pallas_gpu":
-      delta_then_scan = recompute_delta_projection(delta_then_scan)
+    if self.recompute_scan:
+      delta_then_scan = recompute_delta_projection(delta_then_scan, resolved_path(
+          self.scan_impl, num_dirs * inner, num_dirs, state,
+          [x.dtype for x in (u, dt, B, C, z_seq)]))
     y = delta_then_scan(u, dt, dt_weight,
                         -jnp.exp(self.A_log[...].reshape(num_dirs * inner, state)), B, C,
                         self.D[...].reshape(-1), z_seq, self.dt_proj.bias[...].reshape(-1))

@@ -206,15 +206,15 @@ class SS2D(nnx.Module):
           delta_softplus=True, exact_inverse=self.exact_inverse, impl=self.scan_impl,
           chunk_size=self.scan_chunk_size, tables=scan_tables, recompute=self.recompute_scan,
           out_dtype=self.scan_out_dtype)
-    if self.recompute_scan and self._scan_path(dt.dtype) == "pallas_gpu":
-      delta_then_scan = recompute_delta_projection(delta_then_scan)
+    if self.recompute_scan:
+      delta_then_scan = recompute_delta_projection(delta_then_scan, self._scan_path(dt.dtype))
     return delta_then_scan(u, dt, dt_weight, A, B, C, D, delta_bias, scan_tables)
 
   def _scan_path(self, dtype) -> str:
     """The implementation the selective scan runs for inputs of `dtype`."""
     num_dirs = len(self.directions)
     return resolved_path(self.scan_impl, num_dirs * self.inner, num_dirs, self.d_state,
-                         [dtype, self.scan_out_dtype])
+                         [jnp.dtype(dtype), jnp.dtype(self.scan_out_dtype)])
 
   def _gate_with_row_kernels(self, y) -> bool:
     """LocalVMambaConfig.scattn_kernels: the fused SCAttn + branch sum where the scan runs the
