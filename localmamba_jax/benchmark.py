@@ -4,7 +4,7 @@
         [--dtype bf16|fp32] [--steps N] [--warmup W] [--scan-impl auto] [--results FILE]
         [--profile DIR] [--model all|name,name|'glob*'] [--timeout S] [--no-compilation-cache]
         [--compile-only] [--profile-compile DIR] [--device-lock FILE] [--compile-lock FILE]
-        [--barrier FILE:N]
+        [--barrier FILE:N] [--no-threefry-gpu-kernel] [--no-pruned-autotuning]
 
 What is timed is the step `train.py` runs, built from the same pieces as
 `training.loop.train_and_evaluate`: the recipe config (`training.recipes.imagenet_config`),
@@ -14,8 +14,13 @@ path, loss, grads, update), the mesh and shardings of `training.sharding`, and t
 `jax.jit(..., in_shardings, out_shardings, donate_argnums=(0,))` wrapper as the loop. Infer
 mode times the loop's `make_eval_step` (forward + loss + top-5) on parameters alone.
 
+Compiled as train.py compiles (since session 21): threefry draws as JAX's GPU kernel
+(`training.gpu_prng`) and XLA's pruned GPU autotuning (`training.gpu_autotuning`, added to
+XLA_FLAGS, which each JSON line records as `xla_flags`); the two --no-... options turn them off.
+
 Method: the step is lowered and compiled ahead of time (trace+lower and compile times are
-reported apart, not counted in the step time; on accelerators JAX's persistent compilation
+reported apart, not counted in the step time; the initial state's program is compiled and run
+after it, reported as init_s; on accelerators JAX's persistent compilation
 cache is on (`training.compile_cache`), so a repeated run's compile time is a cache hit: the
 JSON line's "compilation_cache" names the cache directory, and `--no-compilation-cache` gives
 cold compile times); `--warmup` steps run first and are excluded;
@@ -134,6 +139,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--no-compilation-cache", dest="compilation_cache", action="store_false",
                       help="compile from scratch (a cold compile time): no persistent "
                            "compilation cache, not even one set by JAX_COMPILATION_CACHE_DIR")
+  parser.add_argument("--no-threefry-gpu-kernel", dest="threefry_gpu_kernel",
+                      action="store_false",
+                      help="trace with JAX's inlined threefry rounds instead of its GPU kernel "
+                           "(the training config's threefry_gpu_kernel=False)")
+  parser.add_argument("--no-pruned-autotuning", dest="pruned_autotuning", action="store_false",
+                      help="XLA's full GPU autotuning (the training config's "
+                           "gpu_pruned_autotuning=False); the JSON line's xla_flags shows "
+                           "what was in force")
   parser.add_argument("--tag", default="", help="free text stored in the JSON line")
   args = parser.parse_args(argv)
   for name in ("batch", "steps", "image_size", "num_classes", "profile_steps"):
@@ -210,6 +223,7 @@ def build_config(args, model_name: str):
   config.sharding.strategy = args.strategy
   config.sharding.num_devices = args.num_devices
   config.gpu_scheduler_memory_slop = args.gpu_scheduler_memory_slop
+  config.threefry_gpu_kernel = args.threefry_gpu_kernel
   model = config.model.to_dict()
   if args.scan_impl != "auto":
     model["scan_impl"] = args.scan_impl
@@ -329,7 +343,21 @@ def _xla_memory_bytes(compiled) -> dict | None:
 
 
 def benchmark_model(args, model_name: str) -> list[dict]:
-  """Builds, compiles and times one model; appends and returns the result records."""
+  """Builds, compiles and times one model; appends and returns the result records. Traced as
+  train.py traces: with `config.threefry_gpu_kernel` in force (training/gpu_prng.py)."""
+  from localmamba_jax.training.gpu_autotuning import prune_gpu_autotuning
+  from localmamba_jax.training.gpu_prng import threefry_kernels
+
+  # as train.py: before JAX creates its backend (XLA reads XLA_FLAGS then)
+  prune_gpu_autotuning(args.pruned_autotuning, log=print)
+  setup_t0 = time.perf_counter()
+  cache_dir = compilation_cache(args.compilation_cache)
+  config = build_config(args, model_name)
+  with threefry_kernels(config.threefry_gpu_kernel):
+    return _benchmark_model(args, model_name, config, cache_dir, setup_t0)
+
+
+def _benchmark_model(args, model_name, config, cache_dir, setup_t0) -> list[dict]:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -341,9 +369,6 @@ def benchmark_model(args, model_name: str) -> list[dict]:
   from localmamba_jax.training.optim import lr_schedule, make_optimizer
   from localmamba_jax.training.train_step import ModelBridge, jit_eval_step, jit_train_step
 
-  setup_t0 = time.perf_counter()
-  cache_dir = compilation_cache(args.compilation_cache)
-  config = build_config(args, model_name)
   devices = jax.devices()
   if args.num_devices:
     if args.num_devices > len(devices):
@@ -396,6 +421,9 @@ def benchmark_model(args, model_name: str) -> list[dict]:
       "commit": _git_commit(), "source_hash": _source_hash(), "tag": args.tag or None,
       "overrides": parse_overrides(args.override) or None,
       "gpu_scheduler_memory_slop": args.gpu_scheduler_memory_slop or None,
+      # XLA flags change both the compile time and the step (autotuning, fusion)
+      "xla_flags": os.environ.get("XLA_FLAGS") or None,
+      "threefry_gpu_kernel": config.threefry_gpu_kernel,
       # a compile served by the cache is not a cold compile time
       "compilation_cache": cache_dir,
   }
@@ -430,8 +458,17 @@ def benchmark_model(args, model_name: str) -> list[dict]:
           t0 = time.perf_counter()
           compiled = lowered.compile()
           compile_s = time.perf_counter() - t0
+          init_s = None
+          if not args.compile_only:
+            # the initial state (parameters, optimizer state) as train.py makes it: one more
+            # program compiled on a cold start, so under the same lock
+            t0 = time.perf_counter()
+            first_input = jax.block_until_ready(make_input())
+            init_s = time.perf_counter() - t0
       print(f"[{model_name} {mode} {args.dtype}] traced+lowered in {lower_s:.1f} s, compiled in "
-            f"{compile_s:.1f} s (persistent compilation cache: {cache_dir or 'off'})", flush=True)
+            f"{compile_s:.1f} s (persistent compilation cache: {cache_dir or 'off'})"
+            + ("" if init_s is None else f"; initial state compiled and made in {init_s:.1f} s"),
+            flush=True)
       xla_memory = _xla_memory_bytes(compiled)
       if xla_memory:
         print(f"[{model_name} {mode} {args.dtype}] XLA memory plan per device (GiB): "
@@ -445,7 +482,7 @@ def benchmark_model(args, model_name: str) -> list[dict]:
         append_record(args.results, record)
         records.append(record)
         continue
-      holder = {"input": make_input(), "losses": []}
+      holder = {"input": first_input, "losses": []}
 
       def run_step():
         if mode == "train":  # the state is donated: carry the new one forward
@@ -479,7 +516,8 @@ def benchmark_model(args, model_name: str) -> list[dict]:
                     img_per_s=round(batch_size / median, 1),
                     peak_gib=None if peak is None else round(peak / 2**30, 3),
                     setup_s=round(setup_s, 2), lower_s=round(lower_s, 2),
-                    compile_s=round(compile_s, 2), xla_flops_per_step=_xla_flops(compiled),
+                    compile_s=round(compile_s, 2), init_s=round(init_s, 2),
+                    xla_flops_per_step=_xla_flops(compiled),
                     xla_memory_bytes=xla_memory)
       if pipelined:
         pipelined_median = statistics.median(pipelined)

@@ -20,7 +20,11 @@ TINY = ["--override", "dims=[8]", "--override", "depths=[1]",
         "--image-size", "8", "--num-classes", "10", "--batch", "4", "--scan-impl", "associative"]
 
 
-def test_train_run_appends_a_json_line(tmp_path, capsys):
+def test_train_run_appends_a_json_line(tmp_path, capsys, monkeypatch):
+  from localmamba_jax.training import gpu_autotuning
+  # as at the start of a process (XLA_FLAGS restored after the test): the pruning flags added
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  monkeypatch.setattr(gpu_autotuning, "_backend_initialized", lambda: False)
   results = tmp_path / "bench.jsonl"
   results.write_text('{"earlier": "line"}\n')  # appended to, not overwritten
   code = benchmark.main(["--model", "local_vssm_tiny", "--mode", "train", "--dtype", "fp32",
@@ -39,6 +43,12 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   assert record["step_ms_min"] <= record["step_ms"] <= record["step_ms_max"]
   assert record["img_per_s"] == pytest.approx(4 / (record["step_ms"] / 1e3), rel=1e-2)
   assert record["compile_s"] > 0 and record["lower_s"] > 0 and record["setup_s"] > 0
+  # the initial state's program, compiled and run once (a cold start's second compile)
+  assert record["init_s"] > 0
+  # traced and compiled as train.py does; the XLA flags in force recorded, the user's first
+  assert record["threefry_gpu_kernel"] is True
+  assert record["xla_flags"].split() == ["--xla_cpu_enable_fast_math=false",
+                                         *gpu_autotuning.PRUNED_AUTOTUNING_FLAGS]
   # then as many steps timed as train.py's loop runs them (one step in flight)
   assert record["pipelined_steps"] == 2 and record["pipelined_step_ms"] > 0
   assert record["pipelined_img_per_s"] == pytest.approx(4 / (record["pipelined_step_ms"] / 1e3),
@@ -61,6 +71,7 @@ def test_train_run_appends_a_json_line(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "img/s" in out and "XLA memory plan per device" in out
   assert "pipelined as train.py's loop" in out
+  assert "initial state compiled and made in" in out
 
 
 def test_pipelined_timing_keeps_one_step_in_flight():
@@ -280,10 +291,12 @@ def test_compile_lock_serialises_compiles(tmp_path, monkeypatch):
   results = tmp_path / "bench.jsonl"
   code = benchmark.main(["--model", "local_vssm_tiny", "--mode", "infer", "--dtype", "fp32",
                          "--compile-only", "--compile-lock", str(lock), "--results",
-                         str(results), *TINY])
+                         str(results), "--no-threefry-gpu-kernel", *TINY])
   assert code == 0 and seen == [(str(lock), False)]
   (record,) = [json.loads(line) for line in results.read_text().splitlines()]
   assert record["compile_lock_wait_s"] >= 0
+  assert record["threefry_gpu_kernel"] is False and "init_s" not in record  # compile only
+  assert jax.config.jax_threefry_gpu_kernel_lowering is False  # JAX's value back
   with open(lock) as f:  # released: another process can take it at once
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   with pytest.raises(SystemExit):

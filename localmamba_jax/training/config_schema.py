@@ -105,6 +105,13 @@ def base_config() -> ml_collections.ConfigDict:
   # model.recompute_scan, 22 took LocalVMamba-T (bf16, 128 per H100) from 21.1 to 19.1 GiB for
   # -2.8% img/s; 30 changed nothing (BENCHMARKS.md, docs/training.md). Ignored off GPUs.
   c.gpu_scheduler_memory_slop = 0
+  # Compile time of a cold start (BENCHMARKS.md session 21; LocalVMamba-S on an H200: train step
+  # 80.5 -> 62.1 s and initial state 65.5 -> 9.8 s with the first, step 51.3 s with both):
+  # threefry draws as JAX's GPU kernel while tracing, the same random bits (training/gpu_prng.py)
+  c.threefry_gpu_kernel = True
+  # fewer candidates for XLA's GPU autotuner, the step as fast (training/gpu_autotuning.py); set
+  # through XLA_FLAGS by train.py, search.py and eval.py before JAX starts
+  c.gpu_pruned_autotuning = True
   return c
 
 

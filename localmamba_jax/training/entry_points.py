@@ -22,10 +22,13 @@ def default_gpu_memory_fraction() -> str:
 
 def start(config) -> None:
   """Quiet absl logging unless --verbosity was given (Orbax/grain INFO lines would drown the
-  progress lines), JAX's GPU memory share (default_gpu_memory_fraction), then JAX's
+  progress lines), JAX's GPU memory share (default_gpu_memory_fraction), XLA's pruned GPU
+  autotuning per `config.gpu_pruned_autotuning` (training.gpu_autotuning), then JAX's
   persistent compilation cache per `config.compilation_cache` (training.compile_cache),
   before anything compiles."""
   default_gpu_memory_fraction()
+  from localmamba_jax.training.gpu_autotuning import prune_gpu_autotuning
+  prune_gpu_autotuning(config.gpu_pruned_autotuning, log=print)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from localmamba_jax.training.compile_cache import enable_for_config

@@ -26,6 +26,7 @@ from localmamba_jax.training.checkpointing import (Checkpointer, CheckpointError
 from localmamba_jax.training.config_schema import validate_config
 from localmamba_jax.training.data import pipeline
 from localmamba_jax.training.data.prefetch import DevicePrefetcher
+from localmamba_jax.training.gpu_prng import threefry_kernels
 from localmamba_jax.training.metric_writer import MetricWriter, format_duration, parameter_table
 from localmamba_jax.training.model_factory import build_model
 from localmamba_jax.training.optim import lr_schedule, make_optimizer
@@ -198,9 +199,17 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None,
   `stop_at_step`: checkpoint and return None at that step, as a preempted run would (tests of
   exact resume; the schedule still follows the config's total steps).
   `hooks`: optional extension points (see LoopHooks).
+  Everything is traced with `config.threefry_gpu_kernel` in force (training/gpu_prng.py);
+  JAX's setting is restored on return.
   """
-  hooks = hooks or LoopHooks()
   validate_config(config)  # keys and types first: nothing is built for a bad config
+  with threefry_kernels(config.threefry_gpu_kernel):
+    return _train_and_evaluate(config, workdir, stop_at_step=stop_at_step,
+                               hooks=hooks or LoopHooks())
+
+
+def _train_and_evaluate(config, workdir: str, *, stop_at_step: int | None,
+                        hooks: LoopHooks) -> dict | None:
   function_start = time.time()
   if config.sharding.distributed:
     _initialize_distributed(config.sharding)

@@ -37,7 +37,14 @@ def straight_run(tmp_path_factory):
   config = tiny_config()
   config.param_table = True
   config.tensorboard = True
-  results = train_and_evaluate(config, workdir)
+  # what JAX's threefry lowering option is while the initial state is traced (training/gpu_prng)
+  seen = []
+  hooks = LoopHooks(extra_state=lambda params: seen.append(
+      jax.config.jax_threefry_gpu_kernel_lowering) or {})
+  assert jax.config.jax_threefry_gpu_kernel_lowering is False
+  results = train_and_evaluate(config, workdir, hooks=hooks)
+  assert seen and all(seen), seen  # config.threefry_gpu_kernel (default True) in force ...
+  assert jax.config.jax_threefry_gpu_kernel_lowering is False  # ... and the user's value back
   return workdir, results
 
 
