@@ -25,6 +25,7 @@ def test_train_run_appends_a_json_line(tmp_path, capsys, monkeypatch):
   # as at the start of a process (XLA_FLAGS restored after the test): the pruning flags added
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
   monkeypatch.setattr(gpu_autotuning, "_backend_initialized", lambda: False)
+  monkeypatch.setattr(gpu_autotuning, "_cuda_plugin_installed", lambda: True)
   results = tmp_path / "bench.jsonl"
   results.write_text('{"earlier": "line"}\n')  # appended to, not overwritten
   code = benchmark.main(["--model", "local_vssm_tiny", "--mode", "train", "--dtype", "fp32",

@@ -13,8 +13,9 @@ choices measured on S are T's too.
 The options are XLA flags without a per-program form that JAX accepts (the first is a map:
 `compiler_options` rejects it), so they go into XLA_FLAGS, which XLA reads once, when JAX
 creates its first backend. XLA aborts the process on a flag it does not know, so they are only
-added for the jaxlib versions where they were checked to exist (TESTED_JAXLIB); a flag the user
-already put in XLA_FLAGS is left as the user set it.
+added where JAX's CUDA plugin is installed (a TPU runtime's XLA need not know GPU flags; CPU
+runs have nothing to tune) and for the jaxlib versions where they were checked to exist
+(TESTED_JAXLIB); a flag the user already put in XLA_FLAGS is left as the user set it.
 """
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def _jaxlib_version() -> tuple[int, int]:
   return int(major), int(minor)
 
 
+def _cuda_plugin_installed() -> bool:
+  """JAX's CUDA PJRT plugin (jax_plugins.xla_cuda12 / xla_cuda13) is importable; found
+  without importing it, so no backend starts."""
+  import importlib.util
+  import pkgutil
+  spec = importlib.util.find_spec("jax_plugins")
+  if spec is None or not spec.submodule_search_locations:
+    return False
+  return any(module.name.startswith("xla_cuda")
+             for module in pkgutil.iter_modules(list(spec.submodule_search_locations)))
+
+
 def _backend_initialized() -> bool:
   from jax._src import xla_bridge
   return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
@@ -48,10 +61,10 @@ def _flag_name(flag: str) -> str:
 def prune_gpu_autotuning(enabled: bool = True, *,
                          log: Callable[[str], None] = print) -> list[str]:
   """Adds PRUNED_AUTOTUNING_FLAGS to XLA_FLAGS (those the user has not set); returns the flags
-  added. Nothing is added when `enabled` is False (config.gpu_pruned_autotuning), for a jaxlib
-  outside TESTED_JAXLIB, or once JAX has created a backend (XLA has read its flags by then);
-  the last two are logged."""
-  if not enabled:
+  added. Nothing is added when `enabled` is False (config.gpu_pruned_autotuning), without JAX's
+  CUDA plugin, for a jaxlib outside TESTED_JAXLIB, or once JAX has created a backend (XLA has
+  read its flags by then); the last two are logged."""
+  if not enabled or not _cuda_plugin_installed():
     return []
   version = _jaxlib_version()
   if not TESTED_JAXLIB[0] <= version < TESTED_JAXLIB[1]:

@@ -16,9 +16,11 @@ from localmamba_jax.training.gpu_autotuning import PRUNED_AUTOTUNING_FLAGS, prun
 
 @pytest.fixture
 def fresh_process(monkeypatch):
-  """XLA_FLAGS empty (restored afterwards) and no backend created yet, as at an entry point."""
+  """XLA_FLAGS empty (restored afterwards), no backend created yet, as at an entry point, on a
+  machine with JAX's CUDA plugin."""
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.setattr(gpu_autotuning, "_backend_initialized", lambda: False)
+  monkeypatch.setattr(gpu_autotuning, "_cuda_plugin_installed", lambda: True)
 
 
 def test_adds_the_flags(fresh_process):
@@ -41,6 +43,32 @@ def test_off_by_config(fresh_process):
   assert os.environ["XLA_FLAGS"] == ""
 
 
+def test_nothing_without_the_cuda_plugin(fresh_process, monkeypatch):
+  monkeypatch.setattr(gpu_autotuning, "_cuda_plugin_installed", lambda: False)
+  lines = []
+  assert prune_gpu_autotuning(True, log=lines.append) == [] and lines == []  # and no noise
+  assert os.environ["XLA_FLAGS"] == ""
+
+
+def test_cuda_plugin_detection(tmp_path, monkeypatch):
+  import importlib
+
+  def importable(name):
+    try:
+      return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # no jax_plugins at all
+      return False
+  # as the plugin itself says (jax[cuda] installs jax_plugins/xla_cuda12 or 13): none on CPU
+  assert gpu_autotuning._cuda_plugin_installed() is (
+      importable("jax_plugins.xla_cuda12") or importable("jax_plugins.xla_cuda13"))
+  # a namespace package jax_plugins holding xla_cuda13, as the plugin wheel lays it out
+  (tmp_path / "jax_plugins" / "xla_cuda13").mkdir(parents=True)
+  (tmp_path / "jax_plugins" / "xla_cuda13" / "__init__.py").write_text("")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  importlib.invalidate_caches()
+  assert gpu_autotuning._cuda_plugin_installed() is True
+
+
 @pytest.mark.parametrize("version", [(0, 9), (0, 12), (1, 0)])
 def test_untested_jaxlib_gets_nothing_and_is_told(fresh_process, monkeypatch, version):
   monkeypatch.setattr(gpu_autotuning, "_jaxlib_version", lambda: version)
@@ -54,6 +82,7 @@ def test_untested_jaxlib_gets_nothing_and_is_told(fresh_process, monkeypatch, ve
 def test_too_late_once_a_backend_exists(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "")
   monkeypatch.setattr(gpu_autotuning, "_backend_initialized", lambda: True)
+  monkeypatch.setattr(gpu_autotuning, "_cuda_plugin_installed", lambda: True)
   lines = []
   assert prune_gpu_autotuning(True, log=lines.append) == []
   assert os.environ["XLA_FLAGS"] == ""
