@@ -121,3 +121,25 @@ def test_entry_points_start_prunes_per_config(fresh_process, monkeypatch):
   config.gpu_pruned_autotuning = True
   entry_points.start(config)
   assert os.environ["XLA_FLAGS"].split() == list(PRUNED_AUTOTUNING_FLAGS)
+
+
+def test_no_backend_before_the_entry_points_set_the_flags():
+  """train.py and search.py call entry_points.start after importing the loop and loading the
+  config file: none of that may start a JAX backend, or XLA would have read XLA_FLAGS already
+  (the flags would then be skipped with a log line, the autotuning left unpruned)."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  code = """
+import sys
+from absl import flags
+import {m}
+flags.FLAGS(["{m}.py"])
+{m}._CONFIG.value
+from localmamba_jax.training.loop import train_and_evaluate
+from jax._src import xla_bridge
+print("backend started:", xla_bridge.backends_are_initialized())
+"""
+  for module in ("train", "search"):
+    run = subprocess.run([sys.executable, "-c", code.format(m=module)], capture_output=True,
+                         text=True, timeout=300, cwd=root)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "backend started: False" in run.stdout, (module, run.stdout)
