@@ -14,7 +14,9 @@ its train step's compile 80.5 -> 62.1 s, the step as fast, the draws bit-identic
 
 `threefry_kernels` sets it only while the entry point traces and compiles (the setting is part
 of JAX's trace context, so programs traced inside keep it), and restores the user's value
-after: a notebook that calls `train_and_evaluate` keeps its own JAX configuration.
+after: a notebook that calls `train_and_evaluate` keeps its own JAX configuration. While it
+runs the setting is process-wide (jax.config.update), so other threads tracing at the same
+time see it too; their draws are the same bits either way.
 """
 from __future__ import annotations
 
