@@ -106,7 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
   # -2.8% img/s; 30 changed nothing (BENCHMARKS.md, docs/training.md). Ignored off GPUs.
   c.gpu_scheduler_memory_slop = 0
   # Compile time of a cold start (BENCHMARKS.md session 21; LocalVMamba-S on an H200: train step
-  # 80.5 -> 62.1 s and initial state 65.5 -> 9.8 s with the first, step 51.3 s with both):
+  # 80.5 -> 62.1 s and initial state 65.5 -> 9.8 s with the first, step 51.3 s with both and
+  # XLA's autotune level 2, which is not a default):
   # threefry draws as JAX's GPU kernel while tracing, the same random bits (training/gpu_prng.py)
   c.threefry_gpu_kernel = True
   # fewer candidates for XLA's GPU autotuner, the step as fast (training/gpu_autotuning.py); set
