@@ -19,20 +19,19 @@
 # "both": the barrier holds only the first mode, so the second mode's compiles would overlap
 # the others' timed steps.
 # Every run traces and compiles as today's train.py does, earlier code too (whose benchmark may
-# predate these defaults): threefry as JAX's GPU kernel (its env default) and XLA's pruned GPU
-# autotuning (training/gpu_autotuning.py; PRUNED=0 for XLA's full autotuning in every run).
+# predate these defaults): threefry as JAX's GPU kernel (its env default) and XLA's full GPU
+# autotuning; PRUNED=1 adds the pruning flags of training/gpu_autotuning.py to every run.
+# Caveat: the benchmark of session 21's commits (a3f5986..3fed2e0) pruned by default; as a
+# BEFORE it prunes in either case.
 set -u
 : "${OUT:?set OUT to the results directory}"
 : "${BEFORE?set BEFORE to the directories holding the earlier localmamba_jax (\"\" = none)}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export JAX_THREEFRY_GPU_KERNEL_LOWERING=${JAX_THREEFRY_GPU_KERNEL_LOWERING:-true}
-if [ "${PRUNED:-1}" != 0 ]; then
+if [ "${PRUNED:-0}" = 1 ]; then
   pruned=$(python3 -c "from localmamba_jax.training.gpu_autotuning import PRUNED_AUTOTUNING_FLAGS as f; print(' '.join(f))")
   export XLA_FLAGS="${XLA_FLAGS:-} $pruned"
 fi
-# the working tree's benchmark would add the flags itself; earlier ones do not know the option
-tree_args=()
-[ "${PRUNED:-1}" = 0 ] && tree_args=(--no-pruned-autotuning)
 ROOT=$(pwd)
 OPTIONS=${OPTIONS:-}
 read -r -a befores <<< "$BEFORE"
@@ -60,11 +59,11 @@ done
 profile=()
 [ -n "${PROFILE:-}" ] && profile=(--profile "$OUT/profile_after")
 XLA_FLAGS="${XLA_FLAGS:-} $(dump)" timeout "$limit" python3 -m localmamba_jax.benchmark "${common[@]}" \
-  "${profile[@]}" "${tree_args[@]}" --tag "after (working tree)" > "$OUT/after.log" 2>&1 &
+  "${profile[@]}" --tag "after (working tree)" > "$OUT/after.log" 2>&1 &
 if [ -n "$OPTIONS" ]; then
   # shellcheck disable=SC2086  # OPTIONS is a list of NAME=INT words
   PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" timeout "$limit" \
-    python3 benchmarks/with_kernel_options.py $OPTIONS -- "${common[@]}" "${tree_args[@]}" \
+    python3 benchmarks/with_kernel_options.py $OPTIONS -- "${common[@]}" \
     --tag "after + kernel $OPTIONS" > "$OUT/options.log" 2>&1 &
 fi
 wait

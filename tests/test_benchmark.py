@@ -22,7 +22,8 @@ TINY = ["--override", "dims=[8]", "--override", "depths=[1]",
 
 def test_train_run_appends_a_json_line(tmp_path, capsys, monkeypatch):
   from localmamba_jax.training import gpu_autotuning
-  # as at the start of a process (XLA_FLAGS restored after the test): the pruning flags added
+  # as at the start of a process (XLA_FLAGS restored after the test): the pruning flags added,
+  # asked for with --pruned-autotuning (off by default, as in train.py)
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
   monkeypatch.setattr(gpu_autotuning, "_backend_initialized", lambda: False)
   monkeypatch.setattr(gpu_autotuning, "_cuda_plugin_installed", lambda: True)
@@ -30,7 +31,7 @@ def test_train_run_appends_a_json_line(tmp_path, capsys, monkeypatch):
   results.write_text('{"earlier": "line"}\n')  # appended to, not overwritten
   code = benchmark.main(["--model", "local_vssm_tiny", "--mode", "train", "--dtype", "fp32",
                          "--steps", "2", "--warmup", "1", "--results", str(results),
-                         "--gpu-scheduler-memory-slop", "22", *TINY])
+                         "--gpu-scheduler-memory-slop", "22", "--pruned-autotuning", *TINY])
   assert code == 0
   lines = results.read_text().splitlines()
   assert len(lines) == 2 and json.loads(lines[0]) == {"earlier": "line"}
@@ -46,7 +47,7 @@ def test_train_run_appends_a_json_line(tmp_path, capsys, monkeypatch):
   assert record["compile_s"] > 0 and record["lower_s"] > 0 and record["setup_s"] > 0
   # the initial state's program, compiled and run once (a cold start's second compile)
   assert record["init_s"] > 0
-  # traced and compiled as train.py does; the XLA flags in force recorded, the user's first
+  # traced as train.py does; the XLA flags in force recorded, the user's first
   assert record["threefry_gpu_kernel"] is True
   assert record["xla_flags"].split() == ["--xla_cpu_enable_fast_math=false",
                                          *gpu_autotuning.PRUNED_AUTOTUNING_FLAGS]
@@ -302,3 +303,12 @@ def test_compile_lock_serialises_compiles(tmp_path, monkeypatch):
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   with pytest.raises(SystemExit):
     benchmark.parse_args(["--compile-lock", "/tmp/l", "--device-lock", "/tmp/l"])
+
+
+def test_autotuning_is_full_unless_pruning_is_asked_for():
+  """As train.py (config.gpu_pruned_autotuning=False): the pruning costs ~1.2% per step."""
+  from localmamba_jax.training.config_schema import base_config
+  assert benchmark.parse_args([]).pruned_autotuning is False
+  assert base_config().gpu_pruned_autotuning is False
+  assert benchmark.parse_args(["--pruned-autotuning"]).pruned_autotuning is True
+  assert benchmark.parse_args(["--no-pruned-autotuning"]).pruned_autotuning is False

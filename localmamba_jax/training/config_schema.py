@@ -105,14 +105,16 @@ def base_config() -> ml_collections.ConfigDict:
   # model.recompute_scan, 22 took LocalVMamba-T (bf16, 128 per H100) from 21.1 to 19.1 GiB for
   # -2.8% img/s; 30 changed nothing (BENCHMARKS.md, docs/training.md). Ignored off GPUs.
   c.gpu_scheduler_memory_slop = 0
-  # Compile time of a cold start (BENCHMARKS.md session 21; LocalVMamba-S on an H200: train step
-  # 80.5 -> 62.1 s and initial state 65.5 -> 9.8 s with the first, step 51.3 s with both and
-  # XLA's autotune level 2, which is not a default):
+  # Compile time of a cold start (BENCHMARKS.md sessions 21-22; LocalVMamba-S on an H200: train
+  # step 80.5 -> 62.1 s and initial state 65.5 -> 9.8 s):
   # threefry draws as JAX's GPU kernel while tracing, the same random bits (training/gpu_prng.py)
   c.threefry_gpu_kernel = True
-  # fewer candidates for XLA's GPU autotuner, the step as fast (training/gpu_autotuning.py); set
-  # through XLA_FLAGS by train.py, search.py and eval.py before JAX starts
-  c.gpu_pruned_autotuning = True
+  # fewer candidates for XLA's GPU autotuner (training/gpu_autotuning.py), set through XLA_FLAGS
+  # by the entry points before JAX starts: 8-16 s off a cold compile, but each step ~1.2%
+  # slower (LocalVMamba-T, 30 steps, session 22), which costs more than it saves after some
+  # 5,000-9,000 steps; and the persistent compilation cache pays the compile once. So off for
+  # training and search; eval.py (one pass over a split) turns it on.
+  c.gpu_pruned_autotuning = False
   return c
 
 

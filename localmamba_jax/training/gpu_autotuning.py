@@ -1,14 +1,19 @@
-"""Fewer candidates for XLA's GPU autotuner, set through XLA_FLAGS by the entry points.
+"""Fewer candidates for XLA's GPU autotuner, set through XLA_FLAGS by the entry points (opt-in
+for training: `config.gpu_pruned_autotuning`, default False; eval.py turns it on).
 
 Cold, XLA spends about a third of the LocalVMamba-S train step's compile autotuning: it compiles
 and times every candidate kernel of each of ~200 distinct fusions (session 20's trace: 34.8 of
 96.0 s; 905 Triton GEMM configurations, 264 from its fusion autotuner). Two of XLA's options
-cut that without changing the step's speed measured on an H200 (BENCHMARKS.md, session 21):
+cut that (BENCHMARKS.md, sessions 21-22, H200s):
 - its cost model keeps the one Triton GEMM tiling it ranks first among XLA's default set
   (cuBLAS and cuDNN candidates are still timed against it);
 - its fusion autotuner (Triton against XLA's own emitter for non-GEMM fusions) is off.
-LocalVMamba-T and -S have the same stage widths, so their GEMMs are the same shapes: the
-choices measured on S are T's too.
+They take 8-16 s off a cold compile of the train step (S 90.7 -> 74.5 s; with the threefry
+kernel of training/gpu_prng.py, S ~8 s and T 59.0 -> 48.9 s), and the step they pick runs ~1.2%
+slower (LocalVMamba-T, 30 steps each: 110.80 -> 112.09 ms pipelined; six-step comparisons of S
+and LocalVim: -0.9 to -1.4%, one +0.1%). Over a training run that costs more than it saves
+after some 5,000-9,000 steps, and JAX's persistent compilation cache pays the compile only once:
+hence off by default for train.py and search.py, on for eval.py and for quick experiments.
 
 The options are XLA flags without a per-program form that JAX accepts (the first is a map:
 `compiler_options` rejects it), so they go into XLA_FLAGS, which XLA reads once, when JAX
