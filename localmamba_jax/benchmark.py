@@ -135,7 +135,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="after compiling, append a line to FILE and wait until it has N lines "
                       "before timing: several processes compiling at once on one host (with "
                       "--device-lock) then start timing only once all have compiled, so no "
-                      "timing overlaps another process's compile-time autotuning on the GPUs")
+                      "timing overlaps another process's compile-time autotuning on the GPUs; "
+                      "a process that registered in FILE.started at its start and has exited "
+                      "is not waited for")
   parser.add_argument("--barrier-timeout", type=float, default=600.0,
                       help="seconds to wait at --barrier before timing anyway (with a warning)")
   parser.add_argument("--no-compilation-cache", dest="compilation_cache", action="store_false",
@@ -352,6 +354,8 @@ def benchmark_model(args, model_name: str) -> list[dict]:
   from localmamba_jax.training.gpu_autotuning import prune_gpu_autotuning
   from localmamba_jax.training.gpu_prng import threefry_kernels
 
+  if args.barrier:  # first: an abort on a bad XLA flag must not keep the others waiting
+    register_at_barrier(args.barrier)
   # as train.py: before JAX creates its backend (XLA reads XLA_FLAGS then)
   prune_gpu_autotuning(args.pruned_autotuning, log=print)
   setup_t0 = time.perf_counter()
@@ -557,27 +561,74 @@ def compilation_cache(enabled: bool) -> str | None:
   return enable_compilation_cache()
 
 
-def wait_at_barrier(spec: str, timeout_s: float = 600.0, poll_s: float = 1.0) -> float:
-  """`spec` = 'FILE:N': appends this process's id to FILE, then waits until FILE holds N
-  lines; returns the seconds waited. Raises a ValueError for a malformed spec. After
-  `timeout_s` (a process that died before arriving) it warns and goes on, since losing this
-  process's measurement as well would help no one; the record's barrier_wait_s shows it."""
+def _barrier_spec(spec: str) -> tuple[str, int]:
   path, sep, count = spec.rpartition(":")
   if not sep or not path or not count.isdigit() or int(count) < 1:
     raise ValueError(f"--barrier {spec!r}: expected FILE:N with N a positive integer, "
                      "e.g. /tmp/compiled:4 for four benchmark processes")
-  needed = int(count)
+  return path, int(count)
+
+
+def register_at_barrier(spec: str) -> None:
+  """Appends this process's id to FILE.started (spec 'FILE:N'), at its start: the processes
+  waiting at the barrier can then tell one that exited before arriving (XLA aborts the
+  process at start on an XLA flag it does not know) from one still compiling, and stop
+  waiting for it (session 22 lost a call's time to such a wait). A separate file, so that
+  earlier benchmarks sharing the barrier (benchmarks/before_after_step.sh) count as before."""
+  path, _ = _barrier_spec(spec)
+  with open(path + ".started", "a") as f:
+    f.write(f"{os.getpid()}\n")
+
+
+def _process_alive(pid: int) -> bool:
+  """Whether process `pid` exists and has not exited (a zombie, not yet reaped, has)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except (OSError, IndexError):
+    return True
+
+
+def _pids(path: str) -> list[int]:
+  try:
+    with open(path) as f:
+      return [int(line) for line in f if line.strip().isdigit()]
+  except FileNotFoundError:
+    return []
+
+
+def wait_at_barrier(spec: str, timeout_s: float = 600.0, poll_s: float = 1.0) -> float:
+  """`spec` = 'FILE:N': appends this process's id to FILE, then waits until FILE holds N
+  lines, or until the ones missing are processes that registered (register_at_barrier) and
+  have exited since (with a warning naming them); returns the seconds waited. Raises a
+  ValueError for a malformed spec. After `timeout_s` (a process that died before it
+  registered, or one still compiling) it warns and goes on, since losing this process's
+  measurement as well would help no one; the record's barrier_wait_s shows it."""
+  path, needed = _barrier_spec(spec)
   with open(path, "a") as f:
     f.write(f"{os.getpid()}\n")
   t0 = time.perf_counter()
   while True:
     with open(path) as f:
-      arrived = sum(1 for line in f if line.strip())
-    if arrived >= needed:
+      arrived = [line.strip() for line in f if line.strip()]
+    if len(arrived) >= needed:
+      return time.perf_counter() - t0
+    gone = [pid for pid in _pids(path + ".started")
+            if str(pid) not in arrived and not _process_alive(pid)]
+    if gone and len(arrived) + len(gone) >= needed:
+      print(f"warning: --barrier {spec!r}: process(es) {', '.join(map(str, gone))} exited "
+            f"before arriving; timing with the {len(arrived)} that arrived",
+            file=sys.stderr, flush=True)
       return time.perf_counter() - t0
     if time.perf_counter() - t0 > timeout_s:
-      print(f"warning: --barrier {spec!r}: only {arrived} of {needed} processes arrived within "
-            f"{timeout_s:.0f} s; timing anyway (another process may still be compiling)",
+      print(f"warning: --barrier {spec!r}: only {len(arrived)} of {needed} processes arrived "
+            f"within {timeout_s:.0f} s; timing anyway (another process may still be compiling)",
             file=sys.stderr, flush=True)
       return time.perf_counter() - t0
     time.sleep(poll_s)

@@ -102,6 +102,48 @@ def test_barrier_waits_for_every_process(tmp_path, capsys):
   assert waited >= 0.3 and "only 4 of 5" in capsys.readouterr().err
 
 
+def test_barrier_stops_waiting_for_a_process_that_exited(tmp_path, capsys):
+  """A process that registered and then exited before arriving (XLA aborts at start on an
+  unknown flag) is not waited for; one that is alive is, up to the timeout."""
+  import subprocess
+  import sys
+  path = tmp_path / "compiled"
+  exited = subprocess.Popen([sys.executable, "-c", "pass"])
+  exited.wait()
+  (tmp_path / "compiled.started").write_text(f"{exited.pid}\n")
+  waited = benchmark.wait_at_barrier(f"{path}:2", timeout_s=30, poll_s=0.05)
+  assert waited < 5 and f"process(es) {exited.pid} exited before arriving" in (
+      capsys.readouterr().err)
+  # alive and not arrived: waited for until the timeout
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    path.write_text("")
+    (tmp_path / "compiled.started").write_text(f"{sleeper.pid}\n")
+    waited = benchmark.wait_at_barrier(f"{path}:2", timeout_s=0.5, poll_s=0.05)
+    assert waited >= 0.5 and "only 1 of 2" in capsys.readouterr().err
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_a_benchmark_aborted_by_xla_registers_at_the_barrier_first(tmp_path, capsys):
+  """Session 22: XLA aborted two of three processes at start on a flag it no longer knew, and
+  the third waited at the barrier until the call's time ran out."""
+  import os
+  import subprocess
+  import sys
+  path = tmp_path / "compiled"
+  run = subprocess.run(
+      [sys.executable, "-m", "localmamba_jax.benchmark", "--model", "local_vssm_tiny",
+       "--barrier", f"{path}:2", *TINY],
+      capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, XLA_FLAGS="--xla_no_such_flag_localmamba=1"))
+  assert run.returncode != 0 and "Unknown flag" in run.stderr
+  assert len((tmp_path / "compiled.started").read_text().split()) == 1  # registered, then died
+  waited = benchmark.wait_at_barrier(f"{path}:2", timeout_s=60, poll_s=0.05)
+  assert waited < 5 and "exited before arriving" in capsys.readouterr().err
+
+
 def _try_lock(path):
   """Whether another process can take the flock on `path` right now."""
   import subprocess
