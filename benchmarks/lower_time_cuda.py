@@ -5,15 +5,19 @@
 Runs `python -m localmamba_jax.benchmark --mode train --scan-impl pallas_gpu` up to the step's
 lowering, with the Pallas kernels lowered for CUDA (not interpret mode) and the lowering asked
 for the "cuda" platform, then stops before compiling. Prints the seconds spent tracing and
-lowering, the size of the StableHLO module and the number of Triton kernel definitions in it.
+lowering, the size of the StableHLO module, the number of Triton kernel definitions in it and
+a hash of its text.
 On a GPU host `benchmark.py` reports the same two phases together as "traced+lowered"; this
 script measures them where no GPU is lent (BENCHMARKS.md, session 16: LocalVMamba-S went from
 88.5 + 35.3 s to 12.6 + 9.9 s on a 2-core CPU when the kernel calls were jitted).
-Extra arguments go to `localmamba_jax.benchmark` (e.g. --batch 16, --override ...).
+Extra arguments go to `localmamba_jax.benchmark` (e.g. --batch 16, --override ...);
+LOWER_TIME_DUMP=FILE writes the module's text there.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 import time
 
@@ -41,9 +45,15 @@ def main(argv=None) -> dict:
         t1 = time.perf_counter()
         text = traced.lower(lowering_platforms=("cuda",)).as_text()
         t2 = time.perf_counter()
+        if os.environ.get("LOWER_TIME_DUMP"):  # the module's text, e.g. to diff two versions
+          with open(os.environ["LOWER_TIME_DUMP"], "w") as f:
+            f.write(text)
         result.update(trace_s=round(t1 - t0, 2), lower_s=round(t2 - t1, 2),
                       module_mb=round(len(text) / 1e6, 2),
-                      triton_kernels=text.count("__gpu$xla.gpu.triton"))
+                      triton_kernels=text.count("__gpu$xla.gpu.triton"),
+                      # equal hashes: the same program (a trace-time change that should not
+                      # change what XLA compiles)
+                      module_sha256=hashlib.sha256(text.encode()).hexdigest()[:16])
         raise _Lowered
     return LowerForCuda()
 

@@ -576,6 +576,27 @@ def test_lanes_refusals_and_cuda_lowering():
     assert "selective_scan_bwd" in text and "__gpu$xla.gpu.triton" in text
 
 
+def test_tracing_the_kernels_builds_no_tracer_error_messages(monkeypatch):
+  """The inline-asm results are declared by shape and dtype, not jax.ShapeDtypeStruct.like:
+  that reads `tracer.sharding`, and the AttributeError's message walks every equation traced
+  so far in the kernel, once per shuffle, exp2, rcp (quadratic in the unrolled kernel: 7.7 of
+  64 s of LocalVMamba-S's profiled trace and lowering for CUDA, session 22)."""
+  from jax._src.interpreters import partial_eval as pe
+  calls = []
+  original = pe.DynamicJaxprTracer._origin_msg
+  monkeypatch.setattr(pe.DynamicJaxprTracer, "_origin_msg",
+                      lambda self: calls.append(1) or original(self))
+  x = jnp.zeros((1, 4, 64), jnp.float32)
+  a16 = -jnp.ones((64, 16), jnp.float32)
+  bc16 = jnp.ones((1, 4, 2, 16), jnp.float32)
+  fn = jax.jit(jax.grad(lambda u: jnp.sum(selective_scan_gpu.selective_scan_pallas(
+      u, u, a16, bc16, bc16, lanes=True, interpret=False))))
+  text = fn.trace(jax.ShapeDtypeStruct(x.shape, x.dtype)).lower(
+      lowering_platforms=("cuda",)).as_text()
+  assert "selective_scan_bwd" in text
+  assert calls == []
+
+
 def test_blocks_of_one_shape_share_one_lowered_kernel_per_direction_set():
   """Two scans with the same shapes and options but different scan-order tables (two blocks
   of a stage) lower each kernel to Triton IR once (forward, backward), a third with other

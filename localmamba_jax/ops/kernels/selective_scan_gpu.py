@@ -368,7 +368,7 @@ def _exp2(x, cfg):
   if cfg.interpret:
     return jnp.exp2(x)
   [y] = plt.elementwise_inline_asm("ex2.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f",
-                                   pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct.like(x)])
+                                   pack=1, result_shape_dtypes=[_like(x)])
   return y
 
 
@@ -403,7 +403,7 @@ def _reciprocal(x, cfg):
   if cfg.interpret or not cfg.sfu:
     return 1.0 / x
   [y] = plt.elementwise_inline_asm("rcp.approx.ftz.f32 $0, $1;", args=[x], constraints="=f,f",
-                                   pack=1, result_shape_dtypes=[jax.ShapeDtypeStruct.like(x)])
+                                   pack=1, result_shape_dtypes=[_like(x)])
   return y
 
 
@@ -739,7 +739,7 @@ def _shfl_xor(v, mask, cfg):
     return v[jax.lax.broadcasted_iota(jnp.int32, v.shape, 0) ^ mask]
   [y] = plt.elementwise_inline_asm(f"shfl.sync.bfly.b32 $0, $1, {mask}, 0x1f, 0xffffffff;",
                                    args=[v], constraints="=f,f", pack=1,
-                                   result_shape_dtypes=[jax.ShapeDtypeStruct.like(v)])
+                                   result_shape_dtypes=[_like(v)])
   return y
 
 
@@ -750,7 +750,7 @@ def _shfl_idx(v, source_lane, cfg):
     return v[source_lane]
   [y] = plt.elementwise_inline_asm("shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;",
                                    args=[v, source_lane], constraints="=f,f,r", pack=1,
-                                   result_shape_dtypes=[jax.ShapeDtypeStruct.like(v)])
+                                   result_shape_dtypes=[_like(v)])
   return y
 
 
@@ -1319,3 +1319,11 @@ def multi_direction_scan_pallas(u, delta, A, B, C, D, delta_bias, z, *, gather, 
   return fused_multi_direction_scan(
       selective_scan_pallas, u, delta, A, B, C, D, delta_bias, z, gather=gather, merge=merge,
       delta_softplus=delta_softplus, **kernel_options)
+
+
+def _like(x) -> jax.ShapeDtypeStruct:
+  """x's shape and dtype, for an inline-asm result. Not jax.ShapeDtypeStruct.like: on a
+  tracer it reads `x.sharding`, whose AttributeError message walks every equation traced so
+  far in the kernel (JAX's _origin_msg), so tracing the unrolled kernels grew quadratically:
+  1,310 such reads took 7.7 of 64 s of LocalVMamba-S's profiled trace and lowering."""
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
