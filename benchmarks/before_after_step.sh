@@ -37,7 +37,7 @@ OPTIONS=${OPTIONS:-}
 read -r -a befores <<< "$BEFORE"
 runs=$(( ${#befores[@]} + 1 ))
 [ -n "$OPTIONS" ] && runs=$(( runs + 1 ))
-B=/tmp/ba_barrier.$$; L=/tmp/ba_lock.$$; CL=/tmp/ba_compile_lock.$$; : > "$B"
+B=/tmp/ba_barrier.$$; L=/tmp/ba_lock.$$; CL=/tmp/ba_compile_lock.$$; : > "$B"; : > "$B.started"
 common=(--model "${MODEL:-local_vssm_tiny}" --mode "${MODE:-train}" --dtype bf16 --batch 128
         --steps 10 --warmup 2 --time-budget 10 --no-compilation-cache --barrier "$B:$runs"
         --barrier-timeout "${BARRIER_TIMEOUT:-330}" --device-lock "$L"

@@ -7,7 +7,7 @@
 set -u
 : "${OUT:?set OUT to the results directory}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-B=/tmp/kopt_barrier.$$; L=/tmp/kopt_lock.$$; : > "$B"
+B=/tmp/kopt_barrier.$$; L=/tmp/kopt_lock.$$; : > "$B"; : > "$B.started"
 common=(--model local_vssm_tiny --mode train --dtype bf16 --batch 128 --steps 10 --warmup 2
         --time-budget 10 --no-compilation-cache --barrier "$B:2" --barrier-timeout 280
         --device-lock "$L" --results "$OUT/kernel_options.jsonl")

@@ -137,7 +137,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       "--device-lock) then start timing only once all have compiled, so no "
                       "timing overlaps another process's compile-time autotuning on the GPUs; "
                       "a process that registered in FILE.started at its start and has exited "
-                      "is not waited for")
+                      "is not waited for (use new, empty FILE and FILE.started for each set of "
+                      "processes)")
   parser.add_argument("--barrier-timeout", type=float, default=600.0,
                       help="seconds to wait at --barrier before timing anyway (with a warning)")
   parser.add_argument("--no-compilation-cache", dest="compilation_cache", action="store_false",
