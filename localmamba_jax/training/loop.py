@@ -45,6 +45,31 @@ class DeviceMemoryError(RuntimeError):
   """A step ran out of accelerator memory; the message says what to change."""
 
 
+class _BackgroundCall:
+  """`fn()` on a second thread, started at once; `result()` waits for it and returns its value
+  or raises its error. Not a daemon: a run that fails meanwhile waits for it before exiting
+  (an XLA compile cannot be interrupted; a daemon thread inside one at interpreter exit is
+  not safe)."""
+
+  def __init__(self, fn):
+    self._value = self._error = None
+    self._thread = threading.Thread(target=self._run, args=(fn,),
+                                    name="compile-initial-state")
+    self._thread.start()
+
+  def _run(self, fn):
+    try:
+      self._value = fn()
+    except BaseException as e:  # handed to the caller of result()
+      self._error = e
+
+  def result(self):
+    self._thread.join()
+    if self._error is not None:
+      raise self._error
+    return self._value
+
+
 def _below(text, value):
   """Whether an environment value (None, or text that may not be a number) is below `value`."""
   try:
@@ -295,15 +320,24 @@ def _train_and_evaluate(config, workdir: str, *, stop_at_step: int | None,
         "image": jax.ShapeDtypeStruct((config.input.batch_size, size, size, 3), jnp.uint8),
         "label": jax.ShapeDtypeStruct((config.input.batch_size,), jnp.int32),
         "valid": jax.ShapeDtypeStruct((config.input.batch_size,), jnp.bool_)}
+    # Resume order: a checkpoint in workdir > config.init (pretrained weights) > scratch.
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                keep=config.keep_checkpoints,
+                                async_save=config.async_checkpointing)
+    # A fresh run also compiles the initial state's program (parameters, optimizer state): a
+    # second cold compile, 7.5-17 s for LocalVMamba-S on an H200 with the threefry kernel and
+    # 23 s for T on a 2-core CPU (BENCHMARKS.md, session 22). XLA compiles it on a second
+    # thread while the step compiles (it has no GEMMs or convolutions to autotune on the
+    # device); it runs only once the step's compile, and its autotuning, is done.
+    init_compile = None
+    if checkpointer.latest_step() is None:
+      lowered_init = jax.jit(init, out_shardings=state_sharding).lower()
+      init_compile = _BackgroundCall(lowered_init.compile)
     t0 = time.time()
     train_step = train_step.lower(abstract_state, abstract_batch).compile()
     writer.info(f"compiled the train step in {time.time() - t0:.1f} s")
 
     # ---- load checkpoint ------------------------------------------------------------------
-    # Resume order: a checkpoint in workdir > config.init (pretrained weights) > scratch.
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                                keep=config.keep_checkpoints,
-                                async_save=config.async_checkpointing)
     # placed on the devices by a background thread, overlapping the running step; the
     # prefetcher's state is that of the last batch handed out (exact resume)
     data_iter = DevicePrefetcher(iter(train_input.dataset),
@@ -315,7 +349,12 @@ def _train_and_evaluate(config, workdir: str, *, stop_at_step: int | None,
       writer.info(f"resumed from {checkpointer.directory}/{latest} (written at step "
                   f"{meta.get('step')})")
     else:
-      state = jax.jit(init, out_shardings=state_sharding)()
+      t0 = time.time()
+      make_state = (init_compile.result() if init_compile is not None
+                    else jax.jit(init, out_shardings=state_sharding))
+      state = make_state()
+      writer.info(f"made the initial state in {time.time() - t0:.1f} s after the step's "
+                  "compile" + (" (compiled beside it)" if init_compile is not None else ""))
       if config.init:
         state = _init_from_pretrained(state, config.init, state_sharding, writer)
     start_step = int(jax.device_get(state["step"]))
