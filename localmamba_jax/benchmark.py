@@ -22,7 +22,8 @@ train.py's `--config.gpu_pruned_autotuning=True`) to XLA_FLAGS, which each JSON 
 
 Method: the step is lowered and compiled ahead of time (trace+lower and compile times are
 reported apart, not counted in the step time; the initial state's program is compiled and run
-after it, reported as init_s; on accelerators JAX's persistent compilation
+after it, reported as init_s (train.py's loop compiles it beside the step since session 22, so
+its wall time to the first step is less than the sum); on accelerators JAX's persistent compilation
 cache is on (`training.compile_cache`), so a repeated run's compile time is a cache hit: the
 JSON line's "compilation_cache" names the cache directory, and `--no-compilation-cache` gives
 cold compile times); `--warmup` steps run first and are excluded;
