@@ -63,7 +63,7 @@ def _flag_name(flag: str) -> str:
   return flag.split("=", 1)[0]
 
 
-def prune_gpu_autotuning(enabled: bool = True, *,
+def prune_gpu_autotuning(enabled: bool, *,
                          log: Callable[[str], None] = print) -> list[str]:
   """Adds PRUNED_AUTOTUNING_FLAGS to XLA_FLAGS (those the user has not set); returns the flags
   added. Nothing is added when `enabled` is False (config.gpu_pruned_autotuning), without JAX's

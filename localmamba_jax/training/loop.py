@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import jax
@@ -43,31 +44,6 @@ class WorkdirError(OSError):
 
 class DeviceMemoryError(RuntimeError):
   """A step ran out of accelerator memory; the message says what to change."""
-
-
-class _BackgroundCall:
-  """`fn()` on a second thread, started at once; `result()` waits for it and returns its value
-  or raises its error. Not a daemon: a run that fails meanwhile waits for it before exiting
-  (an XLA compile cannot be interrupted; a daemon thread inside one at interpreter exit is
-  not safe)."""
-
-  def __init__(self, fn):
-    self._value = self._error = None
-    self._thread = threading.Thread(target=self._run, args=(fn,),
-                                    name="compile-initial-state")
-    self._thread.start()
-
-  def _run(self, fn):
-    try:
-      self._value = fn()
-    except BaseException as e:  # handed to the caller of result()
-      self._error = e
-
-  def result(self):
-    self._thread.join()
-    if self._error is not None:
-      raise self._error
-    return self._value
 
 
 def _below(text, value):
@@ -329,10 +305,12 @@ def _train_and_evaluate(config, workdir: str, *, stop_at_step: int | None,
     # 23 s for T on a 2-core CPU (BENCHMARKS.md, session 22). XLA compiles it on a second
     # thread while the step compiles (it has no GEMMs or convolutions to autotune on the
     # device); it runs only once the step's compile, and its autotuning, is done.
-    init_compile = None
+    init_compile = None  # a Future of the compiled initial state's program
     if checkpointer.latest_step() is None:
       lowered_init = jax.jit(init, out_shardings=state_sharding).lower()
-      init_compile = _BackgroundCall(lowered_init.compile)
+      pool = ThreadPoolExecutor(1, thread_name_prefix="compile-initial-state")
+      init_compile = pool.submit(lowered_init.compile)
+      pool.shutdown(wait=False)  # its one thread ends with that compile
     t0 = time.time()
     train_step = train_step.lower(abstract_state, abstract_batch).compile()
     writer.info(f"compiled the train step in {time.time() - t0:.1f} s")

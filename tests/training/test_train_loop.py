@@ -71,24 +71,21 @@ def test_resume_is_bitwise_exact(straight_run, tmp_path, monkeypatch):
   # a fresh run compiles its initial state on a second thread while the step compiles (and
   # uses it); a resumed run has no initial state to make and compiles none
   from localmamba_jax.training import loop
-  calls = []
+  pools = []
 
-  class Recorded(loop._BackgroundCall):
-    def __init__(self, fn):
-      calls.append(self)
-      super().__init__(fn)
+  class Recorded(loop.ThreadPoolExecutor):
+    def submit(self, fn, *args, **kwargs):
+      self.future = super().submit(fn, *args, **kwargs)
+      pools.append(self)
+      return self.future
 
-    def result(self):
-      self.used = True
-      return super().result()
-
-  monkeypatch.setattr(loop, "_BackgroundCall", Recorded)
+  monkeypatch.setattr(loop, "ThreadPoolExecutor", Recorded)
   assert train_and_evaluate(tiny_config(), resumed_dir, stop_at_step=2) is None
-  assert len(calls) == 1 and calls[0].used
-  assert calls[0]._thread.name == "compile-initial-state" and not calls[0]._thread.is_alive()
+  assert len(pools) == 1 and pools[0].future.done() and pools[0].future.exception() is None
+  assert pools[0]._thread_name_prefix == "compile-initial-state"
   assert sorted(os.listdir(os.path.join(resumed_dir, "checkpoints"))) == ["2"]
   train_and_evaluate(tiny_config(), resumed_dir)  # resumes from step 2, trains steps 3-4
-  assert len(calls) == 1
+  assert len(pools) == 1
   want, got = restored_state(straight_dir, 4), restored_state(resumed_dir, 4)
   leaves = jax.tree_util.tree_leaves_with_path(want)
   assert len(leaves) == len(jax.tree.leaves(got)) > 10
@@ -102,17 +99,6 @@ def test_resume_is_bitwise_exact(straight_run, tmp_path, monkeypatch):
   steps = [json.loads(l)["step"] for l in open(os.path.join(resumed_dir, "metrics.jsonl"))
            if "train/loss" in l]
   assert steps == [1, 2, 3, 4]
-
-
-def test_background_call_returns_the_value_or_raises_the_error():
-  from localmamba_jax.training.loop import _BackgroundCall
-  assert _BackgroundCall(lambda: 42).result() == 42
-
-  def fails():
-    raise MemoryError("RESOURCE_EXHAUSTED: while compiling the initial state")
-
-  with pytest.raises(MemoryError, match="initial state"):
-    _BackgroundCall(fails).result()
 
 
 def test_device_out_of_memory_is_explained_and_checkpoints_kept(tmp_path):
