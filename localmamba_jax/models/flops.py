@@ -16,9 +16,10 @@ the official code, and the two families count differently:
   handle passes with_Z=False). L is the scanned length, window pads included.
   `traced_flops` reproduces this from the JAX program: it walks the jaxpr of the forward
   pass (abstract inputs, no allocation) and counts dot_general and conv_general_dilated
-  multiply-adds, 5 FLOPs per element for every normalisation (recognised as an `rsqrt` of
-  a reduced statistic; this also catches RMSNorm and the search merge's non-affine LN, which
-  fvcore would count as 0 and 4), and each `selective_scan_core` call (ops/selective_scan.py
+  multiply-adds (the shifted depthwise conv of ops/depthwise_conv.py as the conv it is), 5
+  FLOPs per element for every normalisation (recognised as an `rsqrt` of a reduced statistic;
+  this also catches RMSNorm and the search merge's non-affine LN, which fvcore would count as
+  0 and 4), and each `selective_scan_core` call (ops/selective_scan.py
   jits the scan under that name) with the formula above; nothing inside the scan call is
   counted again. Average pooling (< 0.001 % of any model here) is not counted.
 
@@ -44,6 +45,7 @@ from flax import nnx
 
 from localmamba_jax.models import registry
 from localmamba_jax.models.local_vim import LocalVimConfig
+from localmamba_jax.ops.depthwise_conv import CALL_NAME as DEPTHWISE_CONV_CALL_NAME
 
 SCAN_CALL_NAME = "selective_scan_core"    # the jitted scan in ops/selective_scan.py
 NORM_FLOPS_PER_ELEMENT = 5               # fvcore's LayerNorm rule (affine)
@@ -153,6 +155,12 @@ def count_jaxpr_flops(jaxpr) -> FlopCount:
       total += FlopCount(matmul=_dot_general_macs(eqn))
     elif name == "conv_general_dilated":
       total += FlopCount(conv=_conv_macs(eqn))
+    elif name in _CALL_PRIMITIVES and eqn.params.get("name") == DEPTHWISE_CONV_CALL_NAME:
+      # the shifted depthwise conv: fvcore counts the conv it replaces, k_h * k_w multiply-adds
+      # per output element (kernel [k_h, k_w, 1, E]); its inside (elementwise) is not counted
+      k_h, k_w = eqn.invars[1].aval.shape[:2]
+      total += FlopCount(conv=_numel(eqn.outvars[0]) * k_h * k_w)
+      continue
     elif name == "rsqrt":
       total += FlopCount(norm=NORM_FLOPS_PER_ELEMENT * _normalized_elements(eqn, producers))
     for sub, times in _sub_jaxprs(eqn):

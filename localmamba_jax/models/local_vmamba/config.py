@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from localmamba_jax.ops.depthwise_conv import IMPLEMENTATIONS as DEPTHWISE_CONV_IMPLEMENTATIONS
 from localmamba_jax.ops.scan_orders import ALL_CHOICES, parse_direction
 from localmamba_jax.ops.selective_scan import IMPLEMENTATIONS
 
@@ -96,6 +97,15 @@ class LocalVMambaConfig:
                     (layers.norms.KernelGradLayerNorm) instead of XLA's fusions; same
                     parameters and forward, gradients equal within float32 rounding. False =
                     XLA only.
+  depthwise_conv_impl: how the mixer's depthwise d_conv x d_conv conv is computed (same
+                    parameters either way; ops/depthwise_conv.py): "shifted" = d_conv^2 shifted
+                    multiply-adds summed in float32, fused by XLA; "lax" =
+                    lax.conv_general_dilated, cuDNN on a GPU (what flax's nnx.Conv runs);
+                    "auto" (default) = "shifted" on the CPU (30-70x faster there), "lax"
+                    elsewhere. On an H200 "shifted" compiles LocalVMamba-T/S's train step 14 s
+                    faster (no cuDNN algorithms to autotune) and trains 5.7% slower (BENCHMARKS.md
+                    session 23). Values and gradients agree within float32 rounding (bf16: one
+                    rounding of the float32 sum either way).
   scan_blocks:      True = run each stage's consecutive blocks of equal scan-table layout as
                     one jax.lax.scan (one block program traced and compiled, the directions,
                     drop-path rates and parameters passed as data), to cut compile time;
@@ -127,6 +137,7 @@ class LocalVMambaConfig:
   scan_output_dtype: str = "float32"
   scattn_kernels: bool = True
   norm_kernels: bool = True
+  depthwise_conv_impl: str = "auto"
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -188,6 +199,11 @@ class LocalVMambaConfig:
       raise ValueError(f"LocalVMambaConfig.scan_output_dtype must be one of "
                        f"{SCAN_OUTPUT_DTYPES} ('float32' as the official code, 'compute' for "
                        f"the compute dtype), got {self.scan_output_dtype!r}.")
+    if self.depthwise_conv_impl not in DEPTHWISE_CONV_IMPLEMENTATIONS:
+      raise ValueError(f"LocalVMambaConfig.depthwise_conv_impl must be one of "
+                       f"{DEPTHWISE_CONV_IMPLEMENTATIONS} ('auto', 'shifted' = fused "
+                       f"multiply-adds, 'lax' = lax.conv_general_dilated / cuDNN), got "
+                       f"{self.depthwise_conv_impl!r}.")
     if self.scan_impl not in IMPLEMENTATIONS:
       raise ValueError(f"LocalVMambaConfig.scan_impl must be one of {IMPLEMENTATIONS}, got "
                        f"{self.scan_impl!r}.")

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from localmamba_jax.layers.branch_merge import BranchMerge
+from localmamba_jax.layers.depthwise_conv import DepthwiseConv2d
 from localmamba_jax.layers.drop_path import drop_path
 from localmamba_jax.layers.init_keys import init_keys
 from localmamba_jax.layers.norms import kernel_grad_layer_norm, layer_norm, one_pass_layer_norm
@@ -108,7 +109,8 @@ class SS2D(nnx.Module):
                dt_rank: int, d_conv: int, scattn_spatial: bool, exact_inverse: bool,
                scan_impl: str, scan_chunk_size: int, dtype=None, one_pass_out_norm: bool = True,
                recompute_scan: bool = False, scan_output_dtype: str = "float32",
-               scattn_kernels: bool = True, rngs: nnx.Rngs):
+               scattn_kernels: bool = True, depthwise_conv_impl: str = "auto",
+               rngs: nnx.Rngs):
     inner = int(ssm_ratio * dim)
     num_dirs = len(directions)
     self.directions = tuple(directions)
@@ -124,10 +126,9 @@ class SS2D(nnx.Module):
                               kernel_init=linear_init, rngs=rngs)
     if d_conv > 1:
       fan_in = d_conv * d_conv                                       # depthwise: 1 channel in
-      self.conv2d = nnx.Conv(inner, inner, (d_conv, d_conv), padding=(d_conv - 1) // 2,
-                             feature_group_count=inner, dtype=dtype,
-                             kernel_init=torch_default_uniform(fan_in),
-                             bias_init=torch_default_uniform(fan_in), rngs=rngs)
+      self.conv2d = DepthwiseConv2d(inner, d_conv, impl=depthwise_conv_impl, dtype=dtype,
+                                    kernel_init=torch_default_uniform(fan_in),
+                                    bias_init=torch_default_uniform(fan_in), rngs=rngs)
     else:
       self.conv2d = None
     # x_proj_weight: the K stacked nn.Linear(E -> R+2N, bias=False) weights, torch layout.
@@ -364,7 +365,8 @@ class LocalVMamba(nnx.Module):
             scan_chunk_size=config.scan_chunk_size, dtype=dtype,
             one_pass_out_norm=not config.remat, recompute_scan=config.recompute_scan,
             scan_output_dtype=config.scan_output_dtype,
-            scattn_kernels=config.scattn_kernels))
+            scattn_kernels=config.scattn_kernels,
+            depthwise_conv_impl=config.depthwise_conv_impl))
         block_index += 1
       last = s == len(config.dims) - 1
       downsample = None if last else PatchMerging2D(dim, config.dims[s + 1], dtype=dtype,

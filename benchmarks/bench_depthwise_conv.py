@@ -1,0 +1,92 @@
+"""The mixer's depthwise 3x3 conv alone, fwd + bwd: shifted multiply-adds against
+lax.conv_general_dilated (cuDNN on a GPU), at LocalVMamba-T/S's four stage shapes.
+
+    PYTHONPATH=. python benchmarks/bench_depthwise_conv.py [--batch 128] [--iters 50]
+
+For each shape and implementation: the compile time of the jitted value-and-grad (on a GPU it
+includes XLA's autotuning of the cuDNN algorithms, cold when no compilation cache is set), the
+median time of one fwd + bwd (bf16 in, float32 accumulation, bf16 out), the floor of reading
+and writing its tensors once at the given bandwidth, and the largest differences between the
+two implementations' outputs and gradients (bf16 and float32). One JSON line per row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from localmamba_jax.ops.depthwise_conv import depthwise_conv2d
+
+STAGES = ((56, 192), (28, 384), (14, 768), (7, 1536))   # (grid, inner) of T and S at 224^2
+
+
+def _step(impl, dtype):
+  def loss(x, kernel, bias, cotangent):
+    out = depthwise_conv2d(x, kernel, bias, dtype=dtype, impl=impl)
+    return jnp.sum(out.astype(jnp.float32) * cotangent), out
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+
+def _timed(fn, args, iters):
+  out = fn(*args)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times)), out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--iters", type=int, default=50)
+  parser.add_argument("--bandwidth-tbs", type=float, default=4.8, help="for the floor (H200)")
+  parser.add_argument("--results", default="")
+  args = parser.parse_args()
+  device = jax.devices()[0]
+  rows = []
+  for grid, channels in STAGES:
+    keys = jax.random.split(jax.random.key(grid), 4)
+    shape = (args.batch, grid, grid, channels)
+    x = jax.random.normal(keys[0], shape, jnp.float32)
+    kernel = jax.random.uniform(keys[1], (3, 3, 1, channels), jnp.float32, -1 / 3, 1 / 3)
+    bias = jax.random.uniform(keys[2], (channels,), jnp.float32, -1 / 3, 1 / 3)
+    cotangent = jax.random.normal(keys[3], shape, jnp.float32)
+    results = {}
+    for dtype in (jnp.bfloat16, jnp.float32):
+      xd = x.astype(dtype)
+      for impl in ("shifted", "lax"):
+        start = time.perf_counter()
+        compiled = _step(impl, dtype).lower(xd, kernel, bias, cotangent).compile()
+        compile_s = time.perf_counter() - start
+        seconds, ((_, out), grads) = _timed(compiled, (xd, kernel, bias, cotangent), args.iters)
+        results[(impl, jnp.dtype(dtype).name)] = [np.asarray(a, np.float32)
+                                                  for a in (out, *grads)]
+        # x and the output gradient's cotangent read, out written (fwd); x, the f32 cotangent
+        # read and dx written (bwd): the tensors' bytes once each
+        item = jnp.dtype(dtype).itemsize
+        floor_bytes = x.size * (item + item + item + item + 4)
+        rows.append(dict(shape=list(shape), dtype=jnp.dtype(dtype).name, impl=impl,
+                         compile_s=round(compile_s, 2), fwd_bwd_ms=round(seconds * 1e3, 4),
+                         floor_ms=round(floor_bytes / (args.bandwidth_tbs * 1e12) * 1e3, 4),
+                         device=device.device_kind, jax=jax.__version__))
+    for dtype in ("bfloat16", "float32"):
+      shifted, lax = results[("shifted", dtype)], results[("lax", dtype)]
+      diffs = {name: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
+               for name, a, b in zip(("out", "dx", "dkernel", "dbias"), shifted, lax)}
+      rows.append(dict(shape=list(shape), dtype=dtype, max_rel_diff_shifted_vs_lax=diffs))
+  for row in rows:
+    print(json.dumps(row))
+  if args.results:
+    with open(args.results, "a") as f:
+      f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+if __name__ == "__main__":
+  main()
