@@ -354,3 +354,32 @@ def test_autotuning_is_full_unless_pruning_is_asked_for():
   assert base_config().gpu_pruned_autotuning is False
   assert benchmark.parse_args(["--pruned-autotuning"]).pruned_autotuning is True
   assert benchmark.parse_args(["--no-pruned-autotuning"]).pruned_autotuning is False
+
+
+def test_init_beside_step_compiles_the_initial_state_on_a_second_thread(tmp_path, capsys,
+                                                                         monkeypatch):
+  """--init-beside-step: as train.py's loop on a fresh run, the initial state's program is
+  compiled by one background thread while the step compiles (submitted before the step's
+  compile starts), and the record says so; the state it makes trains as without the flag."""
+  from concurrent.futures import ThreadPoolExecutor
+  events = []
+  original_submit = ThreadPoolExecutor.submit
+
+  def submit(self, fn, *args, **kwargs):
+    events.append(("submitted", self._thread_name_prefix))
+    return original_submit(self, fn, *args, **kwargs)
+
+  monkeypatch.setattr(ThreadPoolExecutor, "submit", submit)
+  losses = {}
+  for beside in (False, True):
+    results = tmp_path / f"bench_{beside}.jsonl"
+    argv = ["--model", "local_vssm_tiny", "--mode", "train", "--dtype", "fp32", "--steps", "1",
+            "--warmup", "1", "--pipelined-steps", "0", "--results", str(results), *TINY]
+    assert benchmark.main(argv + (["--init-beside-step"] if beside else [])) == 0
+    record = json.loads(results.read_text())
+    assert record["init_beside_step"] is (True if beside else None)
+    losses[beside] = record["losses"]
+  assert events == [("submitted", "compile-initial-state")]   # only with the flag, once
+  assert losses[True] == losses[False]
+  out = capsys.readouterr().out
+  assert "initial state made" in out and "(compiled beside it)" in out
