@@ -27,7 +27,9 @@ version) for the consumer.
 
 The selective scan is exported on its XLA path ("reference" or "associative"), which lowers
 for every platform; the Pallas kernels are chosen per backend at trace time, so they are not
-what a multi-platform file should carry.
+what a multi-platform file should carry. LocalVMamba's depthwise conv ("auto" in its config)
+is fixed for the file's platforms: fused multiply-adds in a CPU-only file, XLA's conv (cuDNN
+on a GPU) otherwise (FILE.json's "depthwise_conv_impl").
 """
 from __future__ import annotations
 
@@ -150,8 +152,16 @@ def export_checkpoint(checkpoint, output, *, model_name: str | None = None,
   std = _check_stats("std", default_std if std is None else std)
   platforms = _check_platforms(platforms)
 
+  overrides = {}
+  conv_impl = getattr(config, "depthwise_conv_impl", None)   # LocalVMamba's mixer conv
+  if conv_impl == "auto":
+    # "auto" resolves on the machine that traces, but the file runs where it is loaded: the
+    # shifted form (faster on CPUs) only in a CPU-only file, cuDNN's conv wherever a GPU may
+    # run it (ops/depthwise_conv.resolved_impl); an explicit choice in the config is kept
+    conv_impl = overrides["depthwise_conv_impl"] = ("shifted" if platforms == ("cpu",)
+                                                    else "lax")
   model = pretrained.load_pretrained(checkpoint, ema=ema, scan_impl=scan_impl,
-                                     dtype=DTYPES[dtype])
+                                     dtype=DTYPES[dtype], **overrides)
   exported = export_model(model, resolution=resolution, platforms=platforms,
                           uint8_input=uint8_input, mean=mean, std=std)
   data = exported.serialize()
@@ -174,6 +184,7 @@ def export_checkpoint(checkpoint, output, *, model_name: str | None = None,
       "output": {"shape": ["batch", int(model.config.num_classes)], "dtype": "float32",
                  "meaning": "logits (apply softmax for probabilities)"},
       "platforms": list(exported.platforms), "scan_impl": scan_impl, "compute_dtype": dtype,
+      "depthwise_conv_impl": conv_impl,
       "jax_version": jax.__version__,
       "calling_convention_version": int(exported.calling_convention_version),
       "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),

@@ -67,6 +67,7 @@ def test_converted_checkpoint_runs_without_the_model_code(converted, tmp_path, c
   assert description["input"]["normalization"]["mean"] == list(export.IMAGENET_MEAN)
   assert description["output"]["shape"] == ["batch", 10]
   assert description["platforms"] == ["cpu"] and description["scan_impl"] == "reference"
+  assert description["depthwise_conv_impl"] == "shifted"    # "auto" in a CPU-only file
   assert description["checkpoint_kind"] == "converted"
   assert export.eval_preprocessing(converted) == {      # ImageNet's, as the official eval
       "image_size": 224, "crop_pct": 0.875, "mean": export.IMAGENET_MEAN,
@@ -139,3 +140,18 @@ def test_bad_arguments_are_reported(converted, tmp_path, capsys, args, message):
 def test_pallas_scan_is_refused(converted, tmp_path):
   with pytest.raises(ValueError, match="an exported file runs the XLA path"):
     export.export_checkpoint(converted, tmp_path / "x.jaxexport", scan_impl="pallas_gpu")
+
+
+def test_a_file_for_gpus_runs_the_conv_through_xla_conv(converted, tmp_path):
+  """LocalVMamba's depthwise conv ("auto") is resolved for where the file will run, not for the
+  exporting machine: XLA's conv (cuDNN) in a file that lists a GPU, and the same logits."""
+  output = tmp_path / "tiny_multi.jaxexport"
+  description = export.export_checkpoint(converted, output, resolution=16,
+                                         platforms=("cpu", "cuda"))
+  assert description["depthwise_conv_impl"] == "lax"
+  exported = export.load_exported(output)
+  assert "convolution" in exported.mlir_module()
+  images = np.random.default_rng(3).standard_normal((2, 16, 16, 3)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(exported.call(images)),
+                             np.asarray(convert.load_pretrained(converted)(images)),
+                             rtol=0, atol=ATOL)
