@@ -7,9 +7,11 @@ and the weight gradient of each distinct shape before it can pick one: for Local
 train step that was 7.6 s of GPU time per cold compile, 6.1 s of it two weight-gradient
 algorithms at 384 channels that take 2.5-2.7 s per run, against 0.53 ms for the best
 (BENCHMARKS.md, session 21). Written as k*k shifted multiply-adds, the conv is elementwise
-work that XLA fuses like the rest of the block (no library call, nothing to autotune), and
-each pass is memory-bound either way: the input and output of a tap-sum are read and written
-once, the k*k taps come from cache.
+work that XLA fuses like the rest of the block (no library call, nothing to autotune).
+Measured (BENCHMARKS.md, session 23): on a CPU it runs 30-70x faster than XLA's conv; on an
+H200 XLA's fusions of it read each input element once per tap through the caches and run
+1.9-2.3x slower than cuDNN (a train step 5.7% slower, its cold compile 14 s shorter), so
+`resolved_impl("auto")` takes it on the CPU only.
 
 Numerics: the products are summed in float32 whatever the input dtype (cuDNN also accumulates
 a bf16 conv in float32), and the result is rounded once to `out_dtype`. The sum runs tap by tap
@@ -43,7 +45,7 @@ def on_cpu() -> bool:
 def resolved_impl(impl: str) -> str:
   """"auto" -> "shifted" on the CPU, "lax" elsewhere. Measured (BENCHMARKS.md, session 23): on
   a 2-core CPU XLA's depthwise conv with its gradients ran 30-70x slower than the shifted sum;
-  on an H200 cuDNN ran the conv's forward and backward 2.3-2.6x faster than XLA's fusions of
+  on an H200 cuDNN ran the conv's forward and backward 1.9-2.3x faster than XLA's fusions of
   the shifted form (each of those reads every input element once per tap through the caches),
   and LocalVMamba-T/S trained 5.7% slower with the shifted form, which compiled their train
   steps 14 s faster (no cuDNN algorithms to autotune). TPUs: not measured; "lax" there."""
