@@ -24,5 +24,6 @@ for name, fn in cases.items():
   with jax.profiler.trace(d, create_perfetto_trace=True):
     for _ in range(5): jax.block_until_ready(comp(x, k, b, c))
   f = glob.glob(f"{d}/**/perfetto_trace.json.gz", recursive=True)[0]
-  r = subprocess.run([sys.executable, "benchmarks/profile_summary.py", f, "--steps", "5", "--top", "12"], capture_output=True, text=True)
+  r = subprocess.run([sys.executable, "benchmarks/profile_summary.py", f, "--steps", "5",
+                      "--top", "12"], capture_output=True, text=True)
   print("=====", name); print(r.stdout[-3500:]); print(r.stderr[-500:])
