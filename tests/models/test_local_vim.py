@@ -271,3 +271,25 @@ def test_a_log_branches_load_independently():
   load_torch_state_dict(model, state_dict)
   a_log = np.asarray(model.layers[0].mixer.A_log[...])
   np.testing.assert_array_equal(a_log[:, 0, 0], [0.0, 1.0, 2.0, 3.0])
+
+
+def test_bf16_causal_conv_rounds_once_as_the_official_kernel():
+  """Under bf16 the official causal_conv1d_fwd(silu=True) reads bf16 x with the float32 weight and
+  bias, sums and applies SiLU in float32 and rounds once: every output is within half a bf16 ulp
+  of that computed in float64 (a bf16 sum, bf16 weights or a SiLU after the rounding are not)."""
+  from localmamba_jax.models.local_vim.model import PerDirectionCausalConv1d
+  conv = PerDirectionCausalConv1d(3, 16, 4, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 50, 3, 16), jnp.float32).astype(jnp.bfloat16)
+  got = conv(x, silu=True)
+  assert got.dtype == jnp.bfloat16
+  x64 = np.asarray(x, np.float64)
+  w64, b64 = np.asarray(conv.weight[...], np.float64), np.asarray(conv.bias[...], np.float64)
+  padded = np.pad(x64, ((0, 0), (3, 0), (0, 0), (0, 0)))
+  want = b64 + sum(padded[:, j:j + 50] * w64[:, j] for j in range(4))
+  want = want / (1 + np.exp(-want))
+  error = np.abs(np.asarray(got, np.float64) - want)
+  assert np.all(error <= 2.0 ** -8 * np.abs(want) * 1.0001 + 1e-30)   # unit roundoff of bf16
+  # float32 compute: the same expression, no rounding beyond float32's
+  conv32 = PerDirectionCausalConv1d(3, 16, 4, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(conv32(x.astype(jnp.float32), silu=True), want, rtol=1e-5,
+                             atol=1e-6)

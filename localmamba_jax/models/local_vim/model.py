@@ -281,7 +281,13 @@ class PerDirectionCausalConv1d(nnx.Module):
   """K depthwise causal Conv1d (the official `conv1d_k`: kernel d_conv, left pad d_conv - 1).
 
   weight [K, d_conv, E], bias [K, E]; x [batch, L, K, E] -> [batch, L, K, E]:
-  out[t] = sum_j weight[j] * x[t - d_conv + 1 + j] + bias.
+  out[t] = sum_j weight[j] * x[t - d_conv + 1 + j] + bias, optionally followed by SiLU.
+
+  Numerics as the official `causal_conv1d_fwd(x, weight, bias, ..., silu=True)` kernel (called by
+  mamba_inner_fn_no_out_proj, reference doc Sec. 10): under bf16 autocast it reads bf16 x with
+  the float32 weight and bias (autocast casts x_proj, dt_proj and out_proj weights, not the
+  conv's), sums and applies the SiLU in float32, and rounds once to bf16. So here: x in the
+  compute dtype, weight and bias in float32, the sum and SiLU in float32, one rounding at the end.
   """
 
   def __init__(self, num_dirs: int, channels: int, kernel_size: int, *, rngs: nnx.Rngs,
@@ -295,16 +301,19 @@ class PerDirectionCausalConv1d(nnx.Module):
     self.bias = nnx.Param(jax.random.uniform(rngs.params(), (num_dirs, channels), jnp.float32,
                                              -bound, bound))
 
-  def __call__(self, x):
+  def __call__(self, x, *, silu: bool = False):
     dtype = x.dtype if self.dtype is None else self.dtype
-    x = x.astype(dtype)
-    weight, bias = self.weight[...].astype(dtype), self.bias[...].astype(dtype)
+    accumulate = jnp.promote_types(dtype, jnp.float32)   # float64 stays float64 (tests)
+    x = x.astype(dtype).astype(accumulate)
+    weight = self.weight[...].astype(accumulate)
     length = x.shape[1]
     padded = jnp.pad(x, ((0, 0), (self.kernel_size - 1, 0), (0, 0), (0, 0)))
-    out = bias
+    out = self.bias[...].astype(accumulate)
     for j in range(self.kernel_size):
       out = out + padded[:, j:j + length] * weight[:, j]
-    return out
+    if silu:
+      out = jax.nn.silu(out)
+    return out.astype(dtype)
 
 
 class MultiMamba(nnx.Module):
@@ -361,7 +370,7 @@ class MultiMamba(nnx.Module):
                                       self.middle_cls)
     xz = gather_tokens(self.in_proj(x), gather)                 # [b, Lmax, K, 2E]
     x_seq, z_seq = xz[..., :inner], xz[..., inner:]
-    u = jax.nn.silu(self.conv1d(x_seq))                         # [b, Lmax, K, E]
+    u = self.conv1d(x_seq, silu=True)                           # [b, Lmax, K, E]
     x_dbl = self.x_proj(u)                                      # [b, Lmax, K, R + 2N]
     dt, B, C = x_dbl[..., :rank], x_dbl[..., rank:rank + state], x_dbl[..., rank + state:]
     # delta = dt_proj.weight @ dt without the bias: the bias enters the scan as delta_bias
