@@ -58,7 +58,6 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 # The headline models of the paper (and of issue 9); `--model all` runs these.
@@ -380,6 +379,7 @@ def _benchmark_model(args, model_name, config, cache_dir, setup_t0) -> list[dict
   from flax import nnx
 
   from localmamba_jax.training import sharding as shd
+  from localmamba_jax.training.compile_cache import compile_in_background
   from localmamba_jax.training.config_schema import validate_config
   from localmamba_jax.training.model_factory import build_model
   from localmamba_jax.training.optim import lr_schedule, make_optimizer
@@ -474,10 +474,7 @@ def _benchmark_model(args, model_name, config, cache_dir, setup_t0) -> list[dict
         with device_lock(args.compile_lock) as compile_lock_wait_s:
           init_compile = None  # train.py's loop on a fresh run (training/loop.py)
           if args.init_beside_step and not args.compile_only:
-            lowered_input = make_input.lower()
-            pool = ThreadPoolExecutor(1, thread_name_prefix="compile-initial-state")
-            init_compile = pool.submit(lowered_input.compile)
-            pool.shutdown(wait=False)
+            init_compile = compile_in_background(make_input.lower())
           t0 = time.perf_counter()
           compiled = lowered.compile()
           compile_s = time.perf_counter() - t0

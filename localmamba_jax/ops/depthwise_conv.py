@@ -87,7 +87,8 @@ def _accumulation_dtype(dtype):
 
 
 def _tap_sum(a, kernel, flip: bool):
-  """sum over taps (i, j) of a_pad[:, i:i+H, j:j+W] * kernel[i', j'] in float32, where
+  """sum over taps (i, j) of a_pad[:, i:i+H, j:j+W] * kernel[i', j'] in float32 (float64 for
+  float64 inputs), where
   (i', j') = (i, j), or the flipped tap for the transposed conv (the input gradient)."""
   height, width = a.shape[1:3]
   k_h, k_w = kernel.shape[:2]

@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import jax
@@ -24,6 +23,7 @@ from flax import nnx
 from localmamba_jax.training import sharding as shd
 from localmamba_jax.training.checkpointing import (Checkpointer, CheckpointError,
                                                    abstract_with_shardings)
+from localmamba_jax.training.compile_cache import compile_in_background
 from localmamba_jax.training.config_schema import validate_config
 from localmamba_jax.training.data import pipeline
 from localmamba_jax.training.data.prefetch import DevicePrefetcher
@@ -307,10 +307,7 @@ def _train_and_evaluate(config, workdir: str, *, stop_at_step: int | None,
     # device); it runs only once the step's compile, and its autotuning, is done.
     init_compile = None  # a Future of the compiled initial state's program
     if checkpointer.latest_step() is None:
-      lowered_init = jax.jit(init, out_shardings=state_sharding).lower()
-      pool = ThreadPoolExecutor(1, thread_name_prefix="compile-initial-state")
-      init_compile = pool.submit(lowered_init.compile)
-      pool.shutdown(wait=False)  # its one thread ends with that compile
+      init_compile = compile_in_background(jax.jit(init, out_shardings=state_sharding).lower())
     t0 = time.time()
     train_step = train_step.lower(abstract_state, abstract_batch).compile()
     writer.info(f"compiled the train step in {time.time() - t0:.1f} s")

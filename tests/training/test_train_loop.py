@@ -70,16 +70,16 @@ def test_resume_is_bitwise_exact(straight_run, tmp_path, monkeypatch):
   resumed_dir = str(tmp_path / "resumed")
   # a fresh run compiles its initial state on a second thread while the step compiles (and
   # uses it); a resumed run has no initial state to make and compiles none
-  from localmamba_jax.training import loop
+  from localmamba_jax.training import compile_cache
   pools = []
 
-  class Recorded(loop.ThreadPoolExecutor):
+  class Recorded(compile_cache.ThreadPoolExecutor):
     def submit(self, fn, *args, **kwargs):
       self.future = super().submit(fn, *args, **kwargs)
       pools.append(self)
       return self.future
 
-  monkeypatch.setattr(loop, "ThreadPoolExecutor", Recorded)
+  monkeypatch.setattr(compile_cache, "ThreadPoolExecutor", Recorded)
   assert train_and_evaluate(tiny_config(), resumed_dir, stop_at_step=2) is None
   assert len(pools) == 1 and pools[0].future.done() and pools[0].future.exception() is None
   assert pools[0]._thread_name_prefix == "compile-initial-state"
