@@ -3,8 +3,9 @@
 Same parameters, names and shapes as flax's `nnx.Conv(E, E, (k, k), feature_group_count=E)`
 (kernel [k, k, 1, E], bias [E]), drawn from the same keys in the same order, so checkpoints and
 converted official weights are unchanged; only the computation is chosen by `impl`
-(ops.depthwise_conv: "shifted" multiply-adds fused by XLA, "lax" = cuDNN on a GPU, or "auto" =
-"shifted" on the CPU and "lax" elsewhere, the faster of the two where measured).
+(ops.depthwise_conv: "shifted" multiply-adds fused by XLA, "pallas_gpu" = the shifted forward
+with a Pallas backward kernel, "lax" = cuDNN on a GPU, or "auto" = "shifted" on the CPU,
+"pallas_gpu" on a GPU and "lax" elsewhere, the fastest where measured).
 """
 from __future__ import annotations
 

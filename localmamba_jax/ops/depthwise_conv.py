@@ -8,10 +8,19 @@ train step that was 7.6 s of GPU time per cold compile, 6.1 s of it two weight-g
 algorithms at 384 channels that take 2.5-2.7 s per run, against 0.53 ms for the best
 (BENCHMARKS.md, session 21). Written as k*k shifted multiply-adds, the conv is elementwise
 work that XLA fuses like the rest of the block (no library call, nothing to autotune).
-Measured (BENCHMARKS.md, session 23): on a CPU it runs 30-70x faster than XLA's conv; on an
-H200 XLA's fusions of it read each input element once per tap through the caches and run
-1.9-2.3x slower than cuDNN (a train step 5.7% slower, its cold compile 14 s shorter), so
-`resolved_impl("auto")` takes it on the CPU only.
+
+Implementations (`impl`), with what was measured (BENCHMARKS.md, sessions 23-24):
+  * "shifted": the shifted sum, and a written-out backward that XLA fuses. On a CPU 30-70x
+    faster than XLA's conv. On an H200 XLA's fusion of the weight gradient reads each input
+    element once per tap through the caches: 1.9-2.3x slower than cuDNN, a train step 5.7%
+    slower (its cold compile 14 s shorter).
+  * "pallas_gpu": the shifted forward, and the backward as one Pallas GPU kernel
+    (ops/kernels/depthwise_conv_gpu.py, interpret mode off a GPU) that runs in 0.58-0.85x
+    cuDNN's time: LocalVMamba-T's train step 1.0% faster and its cold compile 9 s shorter
+    than with cuDNN. Without a derivative (inference, the eval step) it runs XLA's conv
+    (cuDNN), which was 0.6-2.3% faster there than the shifted forward.
+  * "lax": `lax.conv_general_dilated`, as flax's nnx.Conv (cuDNN on a GPU).
+  * "auto" (default): shifted on a CPU, pallas_gpu on a GPU, lax elsewhere (TPU: not measured).
 
 Numerics: the products are summed in float32 whatever the input dtype (cuDNN also accumulates
 a bf16 conv in float32), and the result is rounded once to `out_dtype`. The sum runs tap by tap
@@ -29,30 +38,26 @@ import functools
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "shifted", "lax")
+IMPLEMENTATIONS = ("auto", "shifted", "lax", "pallas_gpu")
 # The shifted conv runs as a jitted call of this name, so that a FLOP counter walking the jaxpr
 # can count it as the conv it is (models/flops.py, fvcore's rule: k*k multiply-adds per output
 # element) instead of seeing elementwise ops; XLA inlines the call.
 CALL_NAME = "depthwise_conv2d_shifted"
 
 
-def on_cpu() -> bool:
-  """Whether JAX's default backend is the CPU (benchmarks/lower_time_cuda.py patches this to
-  lower for CUDA from a CPU machine)."""
-  return jax.default_backend() == "cpu"
+def default_platform() -> str:
+  """JAX's default backend: "cpu", "gpu" or "tpu" (benchmarks/lower_time_cuda.py patches this
+  to lower for CUDA from a CPU machine)."""
+  return jax.default_backend()
 
 
 def resolved_impl(impl: str) -> str:
-  """"auto" -> "shifted" on the CPU, "lax" elsewhere. Measured (BENCHMARKS.md, session 23): on
-  a 2-core CPU XLA's depthwise conv with its gradients ran 30-70x slower than the shifted sum;
-  on an H200 cuDNN ran the conv's forward and backward 1.9-2.3x faster than XLA's fusions of
-  the shifted form (each of those reads every input element once per tap through the caches),
-  and LocalVMamba-T/S trained 5.7% slower with the shifted form, which compiled their train
-  steps 14 s faster (no cuDNN algorithms to autotune). TPUs: not measured; "lax" there."""
+  """"auto" -> "shifted" on the CPU, "pallas_gpu" on a GPU, "lax" elsewhere (module docstring:
+  the fastest measured on each; TPUs not measured)."""
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"depthwise_conv2d: impl must be one of {IMPLEMENTATIONS}, got {impl!r}.")
   if impl == "auto":
-    return "shifted" if on_cpu() else "lax"
+    return {"cpu": "shifted", "gpu": "pallas_gpu"}.get(default_platform(), "lax")
   return impl
 
 
@@ -103,21 +108,36 @@ def _tap_sum(a, kernel, flip: bool):
   return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _shifted_conv(x, kernel, bias, out_dtype):
+def _shifted_forward(x, kernel, bias, out_dtype):
   out = _tap_sum(x, kernel, flip=False)
   if bias is not None:
     out = out + bias.astype(out.dtype)
   return out.astype(out_dtype)
 
 
-def _shifted_conv_fwd(x, kernel, bias, out_dtype):
-  return _shifted_conv(x, kernel, bias, out_dtype), (x, kernel, bias)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _shifted_conv(x, kernel, bias, out_dtype, backward):
+  # Traced only where no derivative is taken (a custom_vjp's fwd rule replaces it under grad).
+  # "pallas_gpu" then runs XLA's conv: cuDNN's forward was faster than XLA's fusion of the
+  # shifted sum in the eval step (BENCHMARKS.md, session 23: 0.6-2.3%).
+  if backward == "pallas_gpu":
+    return _lax_conv(x, kernel, bias, out_dtype)
+  return _shifted_forward(x, kernel, bias, out_dtype)
 
 
-def _shifted_conv_bwd(out_dtype, residuals, grad):
+def _shifted_conv_fwd(x, kernel, bias, out_dtype, backward):
+  return _shifted_forward(x, kernel, bias, out_dtype), (x, kernel, bias)
+
+
+def _shifted_conv_bwd(out_dtype, backward, residuals, grad):
   x, kernel, bias = residuals
   del out_dtype
+  if backward == "pallas_gpu":
+    # one pass over x and grad, the taps' sums in registers (ops/kernels/depthwise_conv_gpu)
+    from localmamba_jax.ops.kernels.depthwise_conv_gpu import depthwise_conv2d_grad
+    grad_x, grad_kernel, grad_bias = depthwise_conv2d_grad(x, grad, kernel)
+    return (grad_x, grad_kernel.astype(kernel.dtype),
+            None if bias is None else grad_bias.astype(bias.dtype))
   height, width = x.shape[1:3]
   acc = _accumulation_dtype(x.dtype)
   grad32 = grad.astype(acc)
@@ -134,9 +154,10 @@ def _shifted_conv_bwd(out_dtype, residuals, grad):
 _shifted_conv.defvjp(_shifted_conv_fwd, _shifted_conv_bwd)
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
-def depthwise_conv2d_shifted(x, kernel, bias, out_dtype):
-  return _shifted_conv(x, kernel, bias, out_dtype)
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def depthwise_conv2d_shifted(x, kernel, bias, out_dtype, backward="xla"):
+  """The shifted conv; its backward by XLA ("xla") or by the GPU kernel ("pallas_gpu")."""
+  return _shifted_conv(x, kernel, bias, out_dtype, backward)
 
 
 assert depthwise_conv2d_shifted.__name__ == CALL_NAME
@@ -161,18 +182,28 @@ def depthwise_conv2d(x, kernel, bias=None, *, dtype=None, impl: str = "auto"):
   x [b, H, W, E]; kernel [k_h, k_w, 1, E] (odd k_h, k_w; flax's depthwise HWIO layout, the
   official OIHW [E, 1, k_h, k_w] transposed); bias [E] or None. dtype: the compute dtype
   (None = x's dtype after promotion with the parameters, as flax's Conv); the result has it.
-  impl: "shifted" (k*k shifted multiply-adds summed in float32, this module's docstring),
-  "lax" (lax.conv_general_dilated, cuDNN on a GPU: what nnx.Conv runs) or "auto" (the faster
-  of the two on the default backend, `resolved_impl`).
+  impl: "shifted", "lax", "pallas_gpu" or "auto" (the module docstring; "auto" picks the
+  fastest measured on the default backend, `resolved_impl`).
   """
   _check(x, kernel, bias)
-  impl = resolved_impl(impl)
+  requested, impl = impl, resolved_impl(impl)
   if dtype is None:
     dtype = jnp.result_type(x, kernel, *(() if bias is None else (bias,)))
   dtype = jnp.dtype(dtype)
   if impl == "lax":
     return _lax_conv(x, kernel, bias, dtype)
+  backward = "xla"
+  if impl == "pallas_gpu":
+    from localmamba_jax.ops.kernels import depthwise_conv_gpu
+    if not depthwise_conv_gpu.is_supported(x.shape, kernel.shape, dtype):
+      if requested == "auto":        # e.g. float64 on a GPU: XLA's conv, as nnx.Conv
+        return _lax_conv(x, kernel, bias, dtype)
+      raise ValueError(
+          f"depthwise_conv2d: impl='pallas_gpu' does not cover x {tuple(x.shape)} in {dtype} "
+          f"(its backward kernel takes float32, bfloat16 or float16); use impl='shifted' or "
+          f"'lax'.")
+    backward = "pallas_gpu"
   # Rounded to the compute dtype first, as nnx.Conv and the official autocast do (a bf16 conv
   # sees bf16 weights), then widened to float32 inside the fusion as they are read.
   bias = None if bias is None else bias.astype(dtype)
-  return depthwise_conv2d_shifted(x.astype(dtype), kernel.astype(dtype), bias, dtype)
+  return depthwise_conv2d_shifted(x.astype(dtype), kernel.astype(dtype), bias, dtype, backward)

@@ -131,11 +131,12 @@ def test_local_vmamba_counts_match_the_closed_form(name, overrides, size):
 
 def test_local_vmamba_counts_its_depthwise_conv_whichever_form_runs():
   """The shifted depthwise conv (ops/depthwise_conv.py) counts as the conv it replaces:
-  the same traced FLOPs as with lax.conv_general_dilated, conv column included."""
+  the same traced FLOPs as with lax.conv_general_dilated, conv column included; "pallas_gpu"
+  (XLA's conv inside the named call when no derivative is taken) counts it once too."""
   counts = {impl: flops.traced_flops(flops.abstract_model(
       "local_vssm_tiny_search", dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_classes=7,
-      depthwise_conv_impl=impl), 64) for impl in ("shifted", "lax")}
-  assert counts["shifted"] == counts["lax"]
+      depthwise_conv_impl=impl), 64) for impl in ("shifted", "lax", "pallas_gpu")}
+  assert counts["shifted"] == counts["lax"] == counts["pallas_gpu"]
   patch_embedding = 16 * 16 * 8 * 3 * 4 * 4                     # 64 / 4 = 16, dims[0] = 8
   depthwise = sum(side * side * 2 * dim * 9 for side, dim in zip((16, 8, 4, 2), (8, 16, 32, 64)))
   assert counts["shifted"].conv == patch_embedding + depthwise

@@ -189,6 +189,32 @@ def test_golden_with_scanned_blocks(suffix, golden_json, golden_npz):
       assert abs(np.sum(g * g) - ref_sq) <= 2 * GRAD_REL * ref_sq + GRAD_ABS ** 2, key
 
 
+def test_golden_with_the_depthwise_conv_backward_kernel(golden_json, golden_npz):
+  """depthwise_conv_impl="pallas_gpu" (what "auto" runs on a GPU: the shifted forward, the
+  backward as one Pallas kernel, here in interpret mode) against the official logits, input
+  gradient and parameter gradients, the mixer's conv weights and biases included."""
+  meta, io = golden_json("vssm_mini/meta.json"), golden_npz("vssm_mini/io.npz")
+  model = build_from_golden(meta, golden_npz("vssm_mini/state_dict.npz"),
+                            scan_impl="reference", depthwise_conv_impl="pallas_gpu")
+  x = io["input"].transpose(0, 2, 3, 1)
+  run = compile_loss_and_grads(model, x, io["cotangent"])
+  (param_grads, input_grad), (logits, _) = run(x, io["cotangent"])
+  assert_close("logits", logits, io["logits"], FWD_REL, FWD_ABS)
+  assert_close("grad_input", np.asarray(input_grad).transpose(0, 3, 1, 2), io["grad_input"],
+               GRAD_REL, GRAD_ABS)
+  ours, stored = to_torch_state_dict(param_grads), golden_npz("vssm_mini/grads.npz")
+  checksums = golden_npz("vssm_mini/grads_checksums.npz")
+  conv_keys = [key for key in checksums if ".conv2d." in key]
+  assert conv_keys
+  for key in stored:
+    assert_close(key, ours[key], stored[key], GRAD_REL, GRAD_ABS)
+  for key in conv_keys:
+    ref_sum, ref_sq, _ = checksums[key]
+    g = np.asarray(ours[key], np.float64).ravel()
+    assert abs(g.sum() - ref_sum) <= GRAD_REL * (np.sqrt(g.size * ref_sq) + GRAD_ABS), key
+    assert abs(np.sum(g * g) - ref_sq) <= 2 * GRAD_REL * ref_sq + GRAD_ABS ** 2, key
+
+
 def test_random_input_is_finite_and_deterministic(golden_json, golden_npz):
   result = golden_run("vssm_mini", "", golden_json, golden_npz)
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3), jnp.float32)

@@ -104,19 +104,34 @@ def test_the_weight_gradient_is_one_reduction():
   assert "conv_general_dilated" not in text
 
 
-def test_auto_is_shifted_on_the_cpu_and_lax_elsewhere(monkeypatch):
-  """"auto" picks the form measured faster on the backend (ops/depthwise_conv.resolved_impl):
-  the shifted sum on the CPU, XLA's conv (cuDNN) on a GPU; the program shows which ran."""
+def test_auto_picks_per_platform(monkeypatch):
+  """"auto" picks the form measured fastest on the backend (ops/depthwise_conv.resolved_impl):
+  the shifted sum on the CPU; on a GPU the shifted forward with the backward kernel under a
+  derivative and XLA's conv (cuDNN) without one; XLA's conv elsewhere (TPU) and for a dtype
+  the kernel does not take (float64). The program shows which ran."""
   x, kernel, bias, _ = _inputs(4, (1, 5, 5, 3), 3, 3)
-  program = lambda: str(jax.make_jaxpr(lambda x: depthwise_conv2d(x, kernel, bias))(x))
-  monkeypatch.setattr(depthwise_conv, "on_cpu", lambda: True)
-  assert "depthwise_conv2d_shifted" in program() and "conv_general_dilated" not in program()
-  monkeypatch.setattr(depthwise_conv, "on_cpu", lambda: False)
-  assert "conv_general_dilated" in program() and "depthwise_conv2d_shifted" not in program()
+  program = lambda x: str(jax.make_jaxpr(lambda x: depthwise_conv2d(x, kernel, bias))(x))
+  grad_program = lambda x: str(jax.make_jaxpr(jax.grad(
+      lambda x: jnp.sum(depthwise_conv2d(x, kernel, bias))))(x))
+  monkeypatch.setattr(depthwise_conv, "default_platform", lambda: "cpu")
+  assert depthwise_conv.resolved_impl("auto") == "shifted"
+  assert "depthwise_conv2d_shifted" in program(x) and "conv_general_dilated" not in program(x)
+  assert "depthwise_conv2d_grad" not in grad_program(x)
+  monkeypatch.setattr(depthwise_conv, "default_platform", lambda: "gpu")
+  assert depthwise_conv.resolved_impl("auto") == "pallas_gpu"
+  assert "depthwise_conv2d_shifted" in program(x) and "conv_general_dilated" in program(x)
+  assert "depthwise_conv2d_grad" in grad_program(x)          # the kernel's pallas_call
+  assert "conv_general_dilated" not in grad_program(x)
+  with jax.enable_x64(True):
+    x64 = x.astype(jnp.float64)
+    assert "depthwise_conv2d_shifted" not in program(x64) and "conv_general_dilated" in program(x64)
+  monkeypatch.setattr(depthwise_conv, "default_platform", lambda: "tpu")
+  assert depthwise_conv.resolved_impl("auto") == "lax"
+  assert "conv_general_dilated" in program(x) and "depthwise_conv2d_shifted" not in program(x)
   assert depthwise_conv.resolved_impl("shifted") == "shifted"
 
 
-@pytest.mark.parametrize("impl", ["shifted", "lax"])
+@pytest.mark.parametrize("impl", ["shifted", "lax", "pallas_gpu"])
 def test_layer_has_nnx_conv_parameters_drawn_from_the_same_keys(impl):
   """DepthwiseConv2d holds kernel [k, k, 1, E] and bias [E] with exactly the values nnx.Conv
   draws from the same Rngs (checkpoints and converted weights are unchanged), and leaves the
@@ -148,8 +163,14 @@ def test_bad_inputs_name_the_value_and_the_fix():
   with pytest.raises(ValueError, match=r"bias must be \[channels\] = \[4\].*\(3,\)"):
     depthwise_conv2d(x, jnp.zeros((3, 3, 1, 4)), jnp.zeros((3,)))
   with pytest.raises(ValueError,
-                     match=r"impl must be one of \('auto', 'shifted', 'lax'\), got 'cudnn'"):
+                     match=r"impl must be one of \('auto', 'shifted', 'lax', 'pallas_gpu'\), "
+                           r"got 'cudnn'"):
     depthwise_conv2d(x, jnp.zeros((3, 3, 1, 4)), impl="cudnn")
+  with jax.enable_x64(True), pytest.raises(
+      ValueError, match=r"impl='pallas_gpu' does not cover x \(2, 5, 5, 4\) in float64.*"
+                        r"use impl='shifted' or 'lax'"):
+    depthwise_conv2d(x.astype(jnp.float64), jnp.zeros((3, 3, 1, 4), jnp.float64),
+                     impl="pallas_gpu")
   with pytest.raises(ValueError, match="impl must be one of"):
     DepthwiseConv2d(4, 3, kernel_init=torch_default_uniform(9), bias_init=torch_default_uniform(9),
                     impl="cudnn", rngs=nnx.Rngs(0))

@@ -6,10 +6,11 @@ step then asked for one 56 GiB allocation (BENCHMARKS.md). Runs in a subprocess 
 simulated CPU devices (the device count must be set before jax starts); the GPU kernel runs
 in interpret mode (and the TPU kernel's fused op in TPU interpret mode). Checks, for the
 plain and the fused multi-direction op, for SCAttn's row kernels
-(layers.scattn.gated_branch_sum) and the residual stream's LayerNorm backward
-(layers.norms.KernelGradLayerNorm), under `jax.set_mesh`: the lowered program contains a
-shard_map (manual computation) around the kernel, and values and gradients (incl. the
-replicated parameters, whose gradients shard_map sums over the shards) equal the unsharded reference within float32 tolerance; also with the
+(layers.scattn.gated_branch_sum), the residual stream's LayerNorm backward
+(layers.norms.KernelGradLayerNorm) and the depthwise conv's backward (impl="pallas_gpu"),
+under `jax.set_mesh`: the lowered program contains a shard_map (manual computation) around the
+kernel, and values and gradients (incl. the replicated parameters, whose gradients shard_map
+sums over the shards) equal the unsharded reference within float32 tolerance; also with the
 scan-order tables passed as data (`tables=`, LocalVMamba's scan_blocks), replicated.
 """
 import json
@@ -102,8 +103,23 @@ SCRIPT = textwrap.dedent(r"""
       return jnp.sum(y * w_norm), y
     return loss
 
+  from localmamba_jax.ops.depthwise_conv import depthwise_conv2d
+  w_conv = f(b, 5, 6, 8)
+
+  def conv(impl):
+    # the mixer's depthwise conv with its backward kernel (depthwise_conv_gpu): d kernel and
+    # d bias partial sums come back per shard
+    def loss(a):
+      y = depthwise_conv2d(a["x"], a["kernel"], a["bias"],
+                           impl="lax" if impl == "reference" else "pallas_gpu")
+      return jnp.sum(y * w_conv), y
+    return loss
+
   out = {}
-  for name, make, inputs, kernel in (("layer_norm_rows", norm,
+  for name, make, inputs, kernel in (("depthwise_conv", conv,
+                                      {"x": f(b, 5, 6, 8), "kernel": f(3, 3, 1, 8),
+                                       "bias": f(8)}, "kernel"),
+                                     ("layer_norm_rows", norm,
                                       {"x": f(b, 6, 8), "scale": f(8), "bias": f(8)}, "rows"),
                                      ("scattn_rows", gate_sum, {"y": f(b, 6, 2, 8)}, "rows"),
                                      ("fused", fused, args, "pallas_gpu"),

@@ -99,13 +99,16 @@ class LocalVMambaConfig:
                     XLA only.
   depthwise_conv_impl: how the mixer's depthwise d_conv x d_conv conv is computed (same
                     parameters either way; ops/depthwise_conv.py): "shifted" = d_conv^2 shifted
-                    multiply-adds summed in float32, fused by XLA; "lax" =
-                    lax.conv_general_dilated, cuDNN on a GPU (what flax's nnx.Conv runs);
-                    "auto" (default) = "shifted" on the CPU (30-70x faster there), "lax"
-                    elsewhere. On an H200 "shifted" compiles LocalVMamba-T/S's train step 14 s
-                    faster (no cuDNN algorithms to autotune) and trains 5.7% slower (BENCHMARKS.md
-                    session 23). Values and gradients agree within float32 rounding (bf16: one
-                    rounding of the float32 sum either way).
+                    multiply-adds summed in float32, fused by XLA; "pallas_gpu" = the shifted
+                    forward with the backward as one Pallas GPU kernel (XLA's conv where no
+                    derivative is taken); "lax" = lax.conv_general_dilated, cuDNN on a GPU
+                    (what flax's nnx.Conv runs); "auto" (default) = "shifted" on the CPU (30-70x
+                    faster there), "pallas_gpu" on a GPU, "lax" elsewhere. On an H200
+                    "pallas_gpu" trained LocalVMamba-T 1.0% faster than "lax" and compiled its
+                    train step 9 s faster (no cuDNN algorithms to autotune; BENCHMARKS.md session
+                    24); "shifted" compiled 14 s faster but trained 5.7% slower (session 23).
+                    Values and gradients agree within float32 rounding (bf16: one rounding of
+                    the float32 sum either way).
   scan_blocks:      True = run each stage's consecutive blocks of equal scan-table layout as
                     one jax.lax.scan (one block program traced and compiled, the directions,
                     drop-path rates and parameters passed as data), to cut compile time;
