@@ -29,9 +29,10 @@ session 20, against 624.4 img/s and 57.3 GiB by default on another H200; 436.4 i
 (trace, lower and compile) for 357.0 img/s at 10.6 GiB (one H100, 2026-11-28, session 13).
 Keep scan_blocks off without remat (22-24% slower, 51.7 GiB with recompute_scan; XLA planned
 120 GiB without). A run that runs out of memory says what to change.
-Cold start: the train step compiled in 59.9-72.3 s on H200s (session 23; the initial state
-compiles beside it); for a short experiment add --config.gpu_pruned_autotuning=True
---config.model.depthwise_conv_impl=shifted: 44.4 s, for a 6% slower step.
+Cold start: the train step compiled in 60.8-80.1 s on H200s (session 24, the conv's backward
+kernel; cuDNN's conv took 13-19 s more on the same machine; the initial state compiles beside
+the step); for a short experiment add --config.gpu_pruned_autotuning=True (~10 s less, a ~1%
+slower step; session 22, measured with the conv through cuDNN).
 Options: --config.optim.ema_decay=0.9999  --config.optim.clip_grad_norm=1.0
          --config.sharding.strategy=fsdp  --config.sharding.distributed=True (multi-host)
 """
