@@ -3,7 +3,8 @@ jax.lax.scan, their directions, drop-path rates and parameters passed as data.
 
 Checks: the same parameter tree; training-mode (drop path on) and eval-mode values, every
 block's output and the gradients match the unrolled model, with remat off and on, for the
-plain-JAX scan (the GPU kernel with tables as data: at op level, in interpret mode); the
+plain-JAX scan (the GPU kernel with tables as data: at op level, in interpret mode), the
+scanned model with the depthwise conv's GPU backward kernel (interpret mode); the
 traced program holds one block body instead of one per block; the runs split where scan-table
 layouts differ; the scan-order tables as data give the op's own result; bad uses are refused
 with a clear error. Golden parity with scanned blocks: test_local_vmamba.py.
@@ -74,7 +75,10 @@ def assert_close(name, got, want, rel):
 @pytest.mark.parametrize("impl,remat", [("associative", True)])
 def test_scanned_blocks_match_unrolled_blocks(impl, remat):
   unrolled = LocalVMamba(config(False, scan_impl=impl, remat=remat), rngs=nnx.Rngs(0))
-  scanned = LocalVMamba(config(True, scan_impl=impl, remat=remat), rngs=nnx.Rngs(0))
+  # the scanned twin runs the mixer's conv as a GPU does ("pallas_gpu": the backward kernel,
+  # interpret mode here) inside the scanned, rematerialised body; the unrolled one the CPU's
+  scanned = LocalVMamba(config(True, scan_impl=impl, remat=remat,
+                               depthwise_conv_impl="pallas_gpu"), rngs=nnx.Rngs(0))
   # one parameter tree: checkpoints and converted weights load either way
   assert jax.tree.structure(nnx.state(scanned, nnx.Param)) == \
       jax.tree.structure(nnx.state(unrolled, nnx.Param))
