@@ -9,7 +9,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "benchmarks"))
 import lower_time_cuda  # noqa: E402
 
-from localmamba_jax.ops.kernels import row_norm_gpu, selective_scan_gpu  # noqa: E402
+from localmamba_jax.ops import depthwise_conv  # noqa: E402
+from localmamba_jax.ops.kernels import (depthwise_conv_gpu, row_norm_gpu,  # noqa: E402
+                                        selective_scan_gpu)
 
 TINY = ["--model", "local_vssm_tiny", "--override", "dims=[32]", "--override", "depths=[2]",
         "--override", 'directions=[["h","v_flip","w2","w2_flip"],["v","h_flip","w2_flip","w2"]]',
@@ -21,10 +23,12 @@ def test_lowers_the_train_step_for_cuda_and_restores_the_module(capsys):
   result = lower_time_cuda.main(TINY)
   assert result["trace_s"] > 0 and result["lower_s"] > 0 and result["module_mb"] > 0
   # two blocks of one shape (their scan-order tables have one length): the scan's forward and
-  # backward, SCAttn's two row kernels and the LayerNorm backward (patch embedding, both
-  # blocks and the final norm: rows of one shape), each lowered once, not once per call
-  assert result["triton_kernels"] == 5
+  # backward, SCAttn's two row kernels, the LayerNorm backward (patch embedding, both blocks
+  # and the final norm: rows of one shape) and the depthwise conv's backward ("auto" as on a
+  # GPU), each lowered once, not once per call
+  assert result["triton_kernels"] == 6
   assert '"triton_kernels"' in capsys.readouterr().out
   # the patched functions are put back
-  assert selective_scan_gpu.on_gpu is row_norm_gpu.on_gpu
+  assert selective_scan_gpu.on_gpu is row_norm_gpu.on_gpu is depthwise_conv_gpu.on_gpu
   assert selective_scan_gpu.on_gpu() is False
+  assert depthwise_conv.default_platform() == "cpu"
