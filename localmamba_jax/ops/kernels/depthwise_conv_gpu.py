@@ -23,7 +23,9 @@ columns the chunk needs (each once) and x at the chunk's positions, then forms e
 every position from registers: dx is written, and the k*k + 1 sums over positions stay in each
 thread's registers for the whole program, so no sum is ever reduced across threads. Each g
 element is read k_h (+ a chunk's k_w - 1 halo) times through the caches and once from memory;
-x once. Each program writes its partial d kernel and d bias; XLA adds them.
+x once. Each program writes its partial d kernel and d bias; XLA adds them. Where the rows or
+the chunk do not divide H or W (e.g. a 13 x 13 grid, from a 416^2 input), the last part runs
+past the grid and is masked, so a prime grid side does not force parts of one row or position.
 
 Why this form (BENCHMARKS.md, session 24, H200): a first version held a [W rounded up to 2^n,
 c_block] tile per row and reduced the nine products across threads every row: up to 2x
@@ -56,29 +58,37 @@ NUM_WARPS = None         # None: c_block / 64, two channels per thread (fastest 
 _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
-def _largest_divisor(n: int, cap: int) -> int:
-  return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+def _default_extent(n: int, cap: int) -> int:
+  """The largest divisor of n up to cap when it is at least cap / 2 (or n itself), else cap: a
+  part that does not divide n leaves a last part that is partly off the grid, masked."""
+  divisor = max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+  return divisor if divisor == n or 2 * divisor >= cap else cap
 
 
 def tiling(batch: int, height: int, width: int, channels: int, *,
            rows_per_program: int | None = None, c_block: int | None = None,
            w_chunk: int | None = None, num_warps: int | None = None) -> dict:
-  """c_block (channels per program), rows_per_program (a divisor of H), w_chunk (a divisor of
-  W) and num_warps for an x of [b, H, W, C]; None = the default choice, the fastest of those
-  timed on an H200 (BENCHMARKS.md, session 24; benchmarks/bench_depthwise_conv_grad.py)."""
+  """c_block (channels per program), rows_per_program, w_chunk and num_warps for an x of
+  [b, H, W, C]; None = the default choice, the fastest of those timed on an H200 (BENCHMARKS.md,
+  session 24; benchmarks/bench_depthwise_conv_grad.py). Rows and chunks need not divide H and
+  W: the last ones are masked (a prime width would otherwise force chunks of one position)."""
   del batch
   if c_block is None:
     c_block = largest_pow2_divisor(channels, 128)
   elif c_block < 1 or c_block & (c_block - 1) or channels % c_block:
     raise ValueError(f"depthwise_conv2d_grad: c_block must be a power of two that divides the "
                      f"{channels} channels, got {c_block}.")
-  rows_per_program = rows_per_program or _largest_divisor(height, MAX_ROWS)
-  w_chunk = w_chunk or _largest_divisor(width, MAX_W_CHUNK)
+  if rows_per_program is None:
+    rows_per_program = _default_extent(height, MAX_ROWS)
+  if w_chunk is None:
+    w_chunk = _default_extent(width, MAX_W_CHUNK)
   for name, value, extent in (("rows_per_program", rows_per_program, height),
                               ("w_chunk", w_chunk, width)):
-    if value < 1 or extent % value:
-      raise ValueError(f"depthwise_conv2d_grad: {name} must divide {extent}, got {value}.")
-  num_warps = num_warps or max(1, min(8, c_block // 64))
+    if not 1 <= value <= extent:
+      raise ValueError(f"depthwise_conv2d_grad: {name} must be between 1 and {extent}, got "
+                       f"{value}.")
+  if num_warps is None:
+    num_warps = max(1, min(8, c_block // 64))
   return dict(c_block=c_block, rows_per_program=rows_per_program, w_chunk=w_chunk,
               num_warps=num_warps)
 
@@ -99,10 +109,17 @@ def _grad_kernel(x_ref, g_ref, k_ref, dx_ref, dk_ref, db_ref, *, height, width, 
   channels = pl.ds(cb * c_block, c_block)
   weights = [k_ref[i, j, channels].astype(jnp.float32) for i, j in taps]
 
-  def chunk(h, q, sums):
+  # A last row part or chunk that runs past the grid (H or W not a multiple) is masked: its
+  # positions read x as zero (no weight-gradient term) and write no dx. Static: where the
+  # parts divide the grid (LocalVMamba's shapes) the kernel has no masks at all.
+  rows_tail, chunk_tail = height % rows_per_program != 0, width % w_chunk != 0
+
+  def chunk(h, h_ok, q, sums):
     """Positions w0 .. w0 + w_chunk - 1 of row h: g's k_h rows at the w_chunk + k_w - 1
     columns they need, each loaded once, then every tap of every position from registers."""
     w0 = q * w_chunk
+    if chunk_tail:                # the masked store's indices: int32 under jax_enable_x64 too
+      w0 = w0.astype(jnp.int32)
     g = []                        # g[i][m] = g[h - (i - p_h), w0 - p_w + m], zero off the grid
     for i in range(k_h):
       row = h - (i - p_h)
@@ -116,19 +133,35 @@ def _grad_kernel(x_ref, g_ref, k_ref, dx_ref, dk_ref, db_ref, *, height, width, 
         g[i].append(jnp.where(ok, value.astype(jnp.float32), 0.0))
     sums = list(sums)
     for m in range(w_chunk):
-      x = x_ref[b, h, w0 + m, channels].astype(jnp.float32)
+      w, position_ok = w0 + m, h_ok
+      if chunk_tail:
+        position_ok = w < width if h_ok is None else h_ok & (w < width)
+        w = jnp.minimum(w, width - 1)
+      x = x_ref[b, h, w, channels].astype(jnp.float32)
+      if position_ok is not None:
+        x = jnp.where(position_ok, x, 0.0)
       dx = jnp.zeros((c_block,), jnp.float32)
       for t, (i, j) in enumerate(taps):
         tile = g[i][m + 2 * p_w - j]            # G_ij[h, w0 + m] = g[h - i + p_h, w0 + m - j + p_w]
         dx = dx + tile * weights[t]
         sums[t] = sums[t] + x * tile
-      sums[-1] = sums[-1] + g[p_h][m + p_w]
-      dx_ref[b, h, w0 + m, channels] = dx.astype(dx_ref.dtype)
+      bias_term = g[p_h][m + p_w]               # g[h, w0 + m]: zero past W, masked past H
+      sums[-1] = sums[-1] + (bias_term if h_ok is None else jnp.where(h_ok, bias_term, 0.0))
+      if position_ok is None:
+        dx_ref[b, h, w, channels] = dx.astype(dx_ref.dtype)
+      else:
+        plt.store(dx_ref.at[b, h, w, channels], dx.astype(dx_ref.dtype),
+                  mask=jnp.broadcast_to(position_ok, (c_block,)))
     return tuple(sums)
 
   def row(r, sums):
     h = part * rows_per_program + r
-    return jax.lax.fori_loop(0, width // w_chunk, lambda q, s: chunk(h, q, s), sums)
+    h_ok = None
+    if rows_tail:
+      h_ok = h < height
+      h = jnp.minimum(h, height - 1).astype(jnp.int32)
+    return jax.lax.fori_loop(0, pl.cdiv(width, w_chunk),
+                             lambda q, s: chunk(h, h_ok, q, s), sums)
 
   zeros = tuple(jnp.zeros((c_block,), jnp.float32) for _ in range(len(taps) + 1))
   sums = jax.lax.fori_loop(0, rows_per_program, row, zeros)
@@ -142,7 +175,7 @@ def _grad_kernel(x_ref, g_ref, k_ref, dx_ref, dk_ref, db_ref, *, height, width, 
 def _grad_call(x, g, kernel, *, c_block, rows_per_program, w_chunk, num_warps, interpret):
   batch, height, width, channels = x.shape
   k_h, k_w = kernel.shape[:2]
-  parts = height // rows_per_program
+  parts = pl.cdiv(height, rows_per_program)
   body = functools.partial(_grad_kernel, height=height, width=width, k_h=k_h, k_w=k_w,
                            c_block=c_block, rows_per_program=rows_per_program, w_chunk=w_chunk)
   return pl.pallas_call(
