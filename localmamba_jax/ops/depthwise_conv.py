@@ -38,6 +38,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from localmamba_jax.ops.kernels import depthwise_conv_gpu
+
 IMPLEMENTATIONS = ("auto", "shifted", "lax", "pallas_gpu")
 # The shifted conv runs as a jitted call of this name, so that a FLOP counter walking the jaxpr
 # can count it as the conv it is (models/flops.py, fvcore's rule: k*k multiply-adds per output
@@ -134,8 +136,7 @@ def _shifted_conv_bwd(out_dtype, backward, residuals, grad):
   del out_dtype
   if backward == "pallas_gpu":
     # one pass over x and grad, the taps' sums in registers (ops/kernels/depthwise_conv_gpu)
-    from localmamba_jax.ops.kernels.depthwise_conv_gpu import depthwise_conv2d_grad
-    grad_x, grad_kernel, grad_bias = depthwise_conv2d_grad(x, grad, kernel)
+    grad_x, grad_kernel, grad_bias = depthwise_conv_gpu.depthwise_conv2d_grad(x, grad, kernel)
     return (grad_x, grad_kernel.astype(kernel.dtype),
             None if bias is None else grad_bias.astype(bias.dtype))
   height, width = x.shape[1:3]
@@ -194,7 +195,6 @@ def depthwise_conv2d(x, kernel, bias=None, *, dtype=None, impl: str = "auto"):
     return _lax_conv(x, kernel, bias, dtype)
   backward = "xla"
   if impl == "pallas_gpu":
-    from localmamba_jax.ops.kernels import depthwise_conv_gpu
     if not depthwise_conv_gpu.is_supported(x.shape, kernel.shape, dtype):
       if requested == "auto":        # e.g. float64 on a GPU: XLA's conv, as nnx.Conv
         return _lax_conv(x, kernel, bias, dtype)
