@@ -157,7 +157,8 @@ def export_checkpoint(checkpoint, output, *, model_name: str | None = None,
   if conv_impl == "auto":
     # "auto" resolves on the machine that traces, but the file runs where it is loaded: the
     # shifted form (faster on CPUs) only in a CPU-only file, cuDNN's conv wherever a GPU may
-    # run it (ops/depthwise_conv.resolved_impl); an explicit choice in the config is kept
+    # run it (what "auto" runs on a GPU without a derivative: ops/depthwise_conv.py); an
+    # explicit choice in the config is kept
     conv_impl = overrides["depthwise_conv_impl"] = ("shifted" if platforms == ("cpu",)
                                                     else "lax")
   model = pretrained.load_pretrained(checkpoint, ema=ema, scan_impl=scan_impl,
