@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from depthwise_conv_stages import STAGES, add_arguments, append_rows, stage_inputs
 from localmamba_jax.ops.depthwise_conv import depthwise_conv2d
 
-STAGES = ((56, 192), (28, 384), (14, 768), (7, 1536))   # (grid, inner) of T and S at 224^2
 IMPLS = ("shifted", "lax", "pallas_gpu")
 
 
@@ -46,20 +46,12 @@ def _timed(fn, args, iters):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--iters", type=int, default=50)
-  parser.add_argument("--bandwidth-tbs", type=float, default=4.8, help="for the floor (H200)")
-  parser.add_argument("--results", default="")
+  add_arguments(parser)
   args = parser.parse_args()
   device = jax.devices()[0]
   rows = []
   for grid, channels in STAGES:
-    keys = jax.random.split(jax.random.key(grid), 4)
-    shape = (args.batch, grid, grid, channels)
-    x = jax.random.normal(keys[0], shape, jnp.float32)
-    kernel = jax.random.uniform(keys[1], (3, 3, 1, channels), jnp.float32, -1 / 3, 1 / 3)
-    bias = jax.random.uniform(keys[2], (channels,), jnp.float32, -1 / 3, 1 / 3)
-    cotangent = jax.random.normal(keys[3], shape, jnp.float32)
+    shape, x, kernel, bias, cotangent = stage_inputs(args.batch, grid, channels)
     results = {}
     for dtype in (jnp.bfloat16, jnp.float32):
       xd = x.astype(dtype)
@@ -89,9 +81,7 @@ def main():
         rows.append(dict(shape=list(shape), dtype=dtype, **{f"max_rel_diff_{impl}_vs_lax": diffs}))
   for row in rows:
     print(json.dumps(row))
-  if args.results:
-    with open(args.results, "a") as f:
-      f.writelines(json.dumps(row) + "\n" for row in rows)
+  append_rows(args.results, rows)
 
 
 if __name__ == "__main__":

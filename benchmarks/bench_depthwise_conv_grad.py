@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from depthwise_conv_stages import STAGES, add_arguments, append_rows, stage_inputs
 from localmamba_jax.ops import depthwise_conv
 from localmamba_jax.ops.kernels import depthwise_conv_gpu
-
-STAGES = ((56, 192), (28, 384), (14, 768), (7, 1536))   # (grid, inner) of T and S at 224^2
 
 
 def _lax_backward(dtype):
@@ -81,23 +80,14 @@ def _timed(fn, args, iters):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--iters", type=int, default=50)
-  parser.add_argument("--bandwidth-tbs", type=float, default=4.8, help="for the floor (H200)")
-  parser.add_argument("--results", default="")
+  add_arguments(parser)
   parser.add_argument("--xla", action="store_true", help="also time XLA's shifted backward")
   args = parser.parse_args()
   device = jax.devices()[0]
   rows = []
   for grid, channels in STAGES:
-    keys = jax.random.split(jax.random.key(grid), 4)
-    shape = (args.batch, grid, grid, channels)
-    x = jax.random.normal(keys[0], shape, jnp.float32).astype(jnp.bfloat16)
-    kernel = jax.random.uniform(keys[1], (3, 3, 1, channels), jnp.float32, -1 / 3, 1 / 3
-                                ).astype(jnp.bfloat16)
-    bias = jax.random.uniform(keys[2], (channels,), jnp.float32, -1 / 3, 1 / 3
-                              ).astype(jnp.bfloat16)
-    grad = jax.random.normal(keys[3], shape, jnp.float32).astype(jnp.bfloat16)
+    shape, *inputs = stage_inputs(args.batch, grid, channels)
+    x, kernel, bias, grad = (a.astype(jnp.bfloat16) for a in inputs)
     reference = [np.asarray(a, np.float32)
                  for a in _lax_backward(jnp.float32)(x, kernel, bias, grad)]
     default = depthwise_conv_gpu.tiling(*shape)
@@ -128,9 +118,7 @@ def main():
                                       for a, r in zip(out, reference)])
       rows.append(row)
       print(json.dumps(row), flush=True)
-  if args.results:
-    with open(args.results, "a") as f:
-      f.writelines(json.dumps(row) + "\n" for row in rows)
+  append_rows(args.results, rows)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from depthwise_conv_stages import STAGES, add_arguments, append_rows, stage_inputs
 from localmamba_jax.ops import depthwise_conv as dc
-
-STAGES = ((56, 192), (28, 384), (14, 768), (7, 1536))
 
 
 def _plain_forward(x, kernel, bias, out_dtype):
@@ -75,9 +74,7 @@ def _timed(fn, args, iters):
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--iters", type=int, default=30)
-  parser.add_argument("--results", default="")
+  add_arguments(parser, iters=30)
   args = parser.parse_args()
   bf16 = jnp.bfloat16
   shifted = lambda x, k, b: dc.depthwise_conv2d(x, k, b, dtype=bf16, impl="shifted")
@@ -88,12 +85,8 @@ def main():
                                                               bf16)
   rows = []
   for grid, channels in STAGES:
-    keys = jax.random.split(jax.random.key(grid), 4)
-    shape = (args.batch, grid, grid, channels)
-    x = jax.random.normal(keys[0], shape, bf16)
-    kernel = jax.random.uniform(keys[1], (3, 3, 1, channels), jnp.float32, -1 / 3, 1 / 3)
-    bias = jax.random.uniform(keys[2], (channels,), jnp.float32, -1 / 3, 1 / 3)
-    cot = jax.random.normal(keys[3], shape, jnp.float32)
+    shape, x, kernel, bias, cot = stage_inputs(args.batch, grid, channels)
+    x = x.astype(bf16)
     cases = {}
     for name, conv in (("shifted", shifted), ("lax", lax)):
       cases[f"fwd {name}"] = jax.jit(conv)
@@ -118,9 +111,7 @@ def main():
                                         for a, b in zip(grads, reference)]
       rows.append(row)
       print(json.dumps(row), flush=True)
-  if args.results:
-    with open(args.results, "a") as f:
-      f.writelines(json.dumps(row) + "\n" for row in rows)
+  append_rows(args.results, rows)
 
 
 if __name__ == "__main__":
