@@ -47,6 +47,18 @@ def assert_close(name, ours, golden, rel, abs_):
   return err
 
 
+def assert_checksums(ours, checksums, keys):
+  """Gradients without stored values, through their stored checksums [sum g, sum g^2,
+  sum g*cos(i)] (float64, torch C order): each within GRAD_REL of its natural scale."""
+  for key in keys:
+    ref_sum, ref_sq, ref_cos = checksums[key]
+    g = np.asarray(ours[key], np.float64).ravel()
+    scale = np.sqrt(g.size * ref_sq) + GRAD_ABS
+    assert abs(g.sum() - ref_sum) <= GRAD_REL * scale, key
+    assert abs(np.sum(g * np.cos(np.arange(g.size))) - ref_cos) <= GRAD_REL * scale, key
+    assert abs(np.sum(g * g) - ref_sq) <= 2 * GRAD_REL * ref_sq + GRAD_ABS ** 2, key
+
+
 def build_from_golden(meta, state_dict, **overrides):
   config = LocalVMambaConfig(**meta["constructor_kwargs"], **overrides)
   model = nnx.eval_shape(lambda: LocalVMamba(config, rngs=nnx.Rngs(0)))
@@ -143,16 +155,10 @@ def test_golden_parameter_gradients(case, golden_json, golden_npz):
   assert set(grads) == set(meta["grads_keys"])
   for key in grads:
     assert_close(key, ours[key], grads[key], GRAD_REL, GRAD_ABS)
-  # Every other gradient through its stored checksums [sum g, sum g^2, sum g*cos(i)]
-  # (float64, torch C order): each within 1e-4 of its natural scale.
+  # every gradient through its stored checksums (assert_checksums)
   checksums = golden_npz(f"{case}/grads_checksums.npz")
   assert set(checksums) == set(meta["param_keys"])
-  for key, (ref_sum, ref_sq, ref_cos) in checksums.items():
-    g = np.asarray(ours[key], np.float64).ravel()
-    scale = np.sqrt(g.size * ref_sq) + GRAD_ABS
-    assert abs(g.sum() - ref_sum) <= GRAD_REL * scale, key
-    assert abs(np.sum(g * np.cos(np.arange(g.size))) - ref_cos) <= GRAD_REL * scale, key
-    assert abs(np.sum(g * g) - ref_sq) <= 2 * GRAD_REL * ref_sq + GRAD_ABS ** 2, key
+  assert_checksums(ours, checksums, checksums)
 
 
 @pytest.mark.parametrize("suffix", ["", "@64x96"])
@@ -182,11 +188,7 @@ def test_golden_with_scanned_blocks(suffix, golden_json, golden_npz):
     checksums = golden_npz("vssm_mini/grads_checksums.npz")
     second = [key for key in checksums if key.startswith("layers.2.blocks.1.")]
     assert second
-    for key in second:
-      ref_sum, ref_sq, _ = checksums[key]
-      g = np.asarray(ours[key], np.float64).ravel()
-      assert abs(g.sum() - ref_sum) <= GRAD_REL * (np.sqrt(g.size * ref_sq) + GRAD_ABS), key
-      assert abs(np.sum(g * g) - ref_sq) <= 2 * GRAD_REL * ref_sq + GRAD_ABS ** 2, key
+    assert_checksums(ours, checksums, second)
 
 
 def test_golden_with_the_depthwise_conv_backward_kernel(golden_json, golden_npz):
@@ -208,11 +210,7 @@ def test_golden_with_the_depthwise_conv_backward_kernel(golden_json, golden_npz)
   assert conv_keys
   for key in stored:
     assert_close(key, ours[key], stored[key], GRAD_REL, GRAD_ABS)
-  for key in conv_keys:
-    ref_sum, ref_sq, _ = checksums[key]
-    g = np.asarray(ours[key], np.float64).ravel()
-    assert abs(g.sum() - ref_sum) <= GRAD_REL * (np.sqrt(g.size * ref_sq) + GRAD_ABS), key
-    assert abs(np.sum(g * g) - ref_sq) <= 2 * GRAD_REL * ref_sq + GRAD_ABS ** 2, key
+  assert_checksums(ours, checksums, conv_keys)
 
 
 def test_random_input_is_finite_and_deterministic(golden_json, golden_npz):
