@@ -54,7 +54,6 @@ except ImportError:  # pragma: no cover
 
 MAX_W_CHUNK = 8          # positions of a row unrolled per loop step (Triton compile time)
 MAX_ROWS = 8             # rows per program (more programs; partial sums stay small)
-NUM_WARPS = None         # None: c_block / 64, two channels per thread (fastest measured)
 _DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -87,7 +86,7 @@ def tiling(batch: int, height: int, width: int, channels: int, *,
     if not 1 <= value <= extent:
       raise ValueError(f"depthwise_conv2d_grad: {name} must be between 1 and {extent}, got "
                        f"{value}.")
-  if num_warps is None:
+  if num_warps is None:         # c_block / 64: two channels per thread (the fastest measured)
     num_warps = max(1, min(8, c_block // 64))
   return dict(c_block=c_block, rows_per_program=rows_per_program, w_chunk=w_chunk,
               num_warps=num_warps)
@@ -190,7 +189,7 @@ def _grad_call(x, g, kernel, *, c_block, rows_per_program, w_chunk, num_warps, i
 
 def depthwise_conv2d_grad(x, grad, kernel, *, rows_per_program: int | None = None,
                           c_block: int | None = None, w_chunk: int | None = None,
-                          num_warps: int | None = NUM_WARPS, interpret: bool | None = None):
+                          num_warps: int | None = None, interpret: bool | None = None):
   """The gradients of out = depthwise_conv2d(x, kernel) + bias ('same', stride 1).
 
   x: [b, H, W, C]; grad (d out): [b, H, W, C]; kernel: [k_h, k_w, 1, C] (odd k_h, k_w).
