@@ -28,8 +28,7 @@ class _Lowered(Exception):
 
 def main(argv=None) -> dict:
   from localmamba_jax import benchmark
-  from localmamba_jax.ops import depthwise_conv
-  from localmamba_jax.ops.kernels import depthwise_conv_gpu, row_norm_gpu, selective_scan_gpu
+  from localmamba_jax.ops.kernels.common import traced_for
   from localmamba_jax.training import train_step
 
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -58,21 +57,17 @@ def main(argv=None) -> dict:
         raise _Lowered
     return LowerForCuda()
 
-  saved = (train_step.jit_train_step, selective_scan_gpu.on_gpu, row_norm_gpu.on_gpu,
-           depthwise_conv_gpu.on_gpu, depthwise_conv.default_platform)
   train_step.jit_train_step = jit_train_step
-  # the kernels' interpret=None means "interpret unless on a GPU": lower them for CUDA instead;
-  # and the depthwise conv's "auto" picks what it picks on a GPU
-  selective_scan_gpu.on_gpu = row_norm_gpu.on_gpu = depthwise_conv_gpu.on_gpu = lambda: True
-  depthwise_conv.default_platform = lambda: "gpu"
+  # traced as for a GPU: the kernels' interpret=None ("interpret unless on a GPU") lowers them
+  # for CUDA instead, and the depthwise conv's "auto" picks what it picks on a GPU
   try:
-    benchmark.main(["--mode", "train", "--scan-impl", "pallas_gpu", "--no-compilation-cache",
-                    "--results", "", *argv])
+    with traced_for("gpu"):
+      benchmark.main(["--mode", "train", "--scan-impl", "pallas_gpu", "--no-compilation-cache",
+                      "--results", "", *argv])
   except _Lowered:
     pass
   finally:
-    (train_step.jit_train_step, selective_scan_gpu.on_gpu, row_norm_gpu.on_gpu,
-     depthwise_conv_gpu.on_gpu, depthwise_conv.default_platform) = saved
+    train_step.jit_train_step = original
   if not result:
     raise SystemExit("lower_time_cuda: the train step was not lowered (see the output above)")
   print(json.dumps(result), flush=True)

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from localmamba_jax.ops.kernels import depthwise_conv_gpu
+from localmamba_jax.ops.kernels.common import target_platform
 
 IMPLEMENTATIONS = ("auto", "shifted", "lax", "pallas_gpu")
 # The shifted conv runs as a jitted call of this name, so that a FLOP counter walking the jaxpr
@@ -48,9 +49,10 @@ CALL_NAME = "depthwise_conv2d_shifted"
 
 
 def default_platform() -> str:
-  """JAX's default backend: "cpu", "gpu" or "tpu" (benchmarks/lower_time_cuda.py patches this
-  to lower for CUDA from a CPU machine)."""
-  return jax.default_backend()
+  """The platform the conv is traced for: "cpu", "gpu" or "tpu" (JAX's default backend, or the
+  one named by ops.kernels.common.traced_for; benchmarks/lower_time_cuda.py patches this to
+  lower for CUDA from a CPU machine)."""
+  return target_platform()
 
 
 def resolved_impl(impl: str) -> str:

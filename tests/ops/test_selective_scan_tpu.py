@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from localmamba_jax.ops.kernels import selective_scan_tpu
+from localmamba_jax.ops import depthwise_conv
+from localmamba_jax.ops.kernels import row_norm_gpu, selective_scan_tpu
+from localmamba_jax.ops.kernels.common import target_platform, traced_for
 from localmamba_jax.ops.multi_direction import multi_direction_selective_scan
 from localmamba_jax.ops.scan_orders import stacked_scan_orders
 from localmamba_jax.ops.selective_scan import resolve_impl, selective_scan
@@ -181,6 +183,35 @@ def test_small_local_vmamba_train_step_lowers_for_tpu():
   text = _small_local_vmamba_train_step_for_tpu(stages=4, image_size=64)
   # 4 stages x 1 block, each a forward and a backward kernel.
   assert text.count("tpu_custom_call") == 8
+
+
+def test_lowering_for_tpu_on_a_gpu_host_traces_no_gpu_kernel():
+  """On a GPU host (traced_for("gpu") stands in for one on this CPU) lowering_for_tpu traces
+  every op as for a TPU: "auto" picks the TPU scan and XLA's conv and LayerNorm, and no Triton
+  kernel is traced. The suite's first run on a GPU (an H200, session 25) found the depthwise
+  conv's "auto" picking its GPU kernel inside lowering_for_tpu, which then failed to lower."""
+  with traced_for("gpu"):
+    assert target_platform() == "gpu" and depthwise_conv.resolved_impl("auto") == "pallas_gpu"
+    assert row_norm_gpu.on_kernel_path("auto")
+    with selective_scan_tpu.lowering_for_tpu():
+      assert target_platform() == "tpu" and selective_scan_tpu.on_tpu()
+      assert depthwise_conv.resolved_impl("auto") == "lax"
+      assert not row_norm_gpu.on_kernel_path("auto")
+      assert resolve_impl("auto", True, True) == "pallas_tpu"
+    assert target_platform() == "gpu"
+    text = _small_local_vmamba_train_step_for_tpu(stages=1, image_size=32)
+  assert text.count("tpu_custom_call") == 2 and "triton" not in text
+  assert target_platform() == jax.default_backend()
+
+
+def test_traced_for_names_a_bad_platform_and_restores_after_an_error():
+  with pytest.raises(ValueError, match=r"platform must be 'cpu', 'gpu' or 'tpu', got 'cuda'"):
+    with traced_for("cuda"):
+      pass
+  with pytest.raises(RuntimeError, match="inside"):
+    with traced_for("tpu"):
+      raise RuntimeError("inside")
+  assert target_platform() == jax.default_backend()
 
 
 # ----------------------------------------------------------------------------- dispatch, errors

@@ -1,6 +1,9 @@
 """Pieces the Pallas kernels (the GPU and TPU selective scans, the GPU row kernels) share."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,13 +12,43 @@ from jax.sharding import PartitionSpec as P
 from localmamba_jax.ops.scan_orders import merge_is_inverse  # noqa: F401 (kernels' entry point)
 
 
-def on_gpu() -> bool:
-  """Whether JAX's default backend is a GPU (the GPU kernels then run compiled, not
-  interpreted)."""
+# The platform named by `traced_for`, if any (None: JAX's default backend).
+_TRACED_FOR = contextvars.ContextVar("localmamba_traced_for", default=None)
+
+
+def target_platform() -> str:
+  """The platform the ops are traced for: "cpu", "gpu" or "tpu". JAX's default backend, unless
+  `traced_for` names another. The ops choose their implementations ("auto") and whether a
+  Pallas kernel runs interpreted at trace time, before JAX knows where the program will be
+  lowered, so a program exported for another platform must say so while it is traced."""
+  named = _TRACED_FOR.get()
+  if named is not None:
+    return named
   try:
-    return jax.default_backend() == "gpu"
+    return jax.default_backend()
   except RuntimeError:  # pragma: no cover
-    return False
+    return "cpu"
+
+
+@contextlib.contextmanager
+def traced_for(platform: str):
+  """Traces the ops as for `platform` ("cpu", "gpu" or "tpu") whatever this host's default
+  backend, e.g. around `jax.export(..., platforms=["tpu"])` on a GPU host: "auto" then picks
+  that platform's implementations, and its kernels are traced compiled (not interpreted)."""
+  if platform not in ("cpu", "gpu", "tpu"):
+    raise ValueError(f"traced_for: platform must be 'cpu', 'gpu' or 'tpu', got {platform!r} "
+                     "(JAX's 'cuda' and 'rocm' are 'gpu' here).")
+  token = _TRACED_FOR.set(platform)
+  try:
+    yield
+  finally:
+    _TRACED_FOR.reset(token)
+
+
+def on_gpu() -> bool:
+  """Whether the ops are traced for a GPU (the GPU kernels then run compiled, not
+  interpreted, and "auto" picks them)."""
+  return target_platform() == "gpu"
 
 
 def largest_pow2_divisor(n: int, cap: int) -> int:

@@ -40,8 +40,6 @@ interpret mode on CPU against the float64 reference and the golden cases, and lo
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import functools
 from typing import Optional
@@ -51,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from localmamba_jax.ops.kernels.common import (StaticIndex, check_read_index, fold_to,
-                                               fused_multi_direction_scan)
+                                               fused_multi_direction_scan, target_platform,
+                                               traced_for)
 
 try:  # pragma: no cover - availability depends on the installed jax
   from jax.experimental import pallas as pl
@@ -70,32 +69,22 @@ _VMEM_BUDGET = 24 * 2**20
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
-_LOWERING_FOR_TPU = contextvars.ContextVar("selective_scan_tpu_lowering", default=False)
-
-
-@contextlib.contextmanager
 def lowering_for_tpu():
   """Traces the kernels as Mosaic calls (not interpret mode) on a host without a TPU, e.g.
-  around `jax.export(..., platforms=["tpu"])`. pallas_call picks interpret mode at trace
-  time, before the lowering platform is known, hence this explicit switch."""
-  token = _LOWERING_FOR_TPU.set(True)
-  try:
-    yield
-  finally:
-    _LOWERING_FOR_TPU.reset(token)
+  around `jax.export(..., platforms=["tpu"])`, and every op as for a TPU ("auto" picks the
+  TPU kernels and no GPU kernel, also on a GPU host). pallas_call picks interpret mode at
+  trace time, before the lowering platform is known, hence this explicit switch."""
+  return traced_for("tpu")
 
 
 def on_tpu() -> bool:
-  try:
-    return jax.default_backend() == "tpu"
-  except RuntimeError:  # pragma: no cover
-    return False
+  """Whether the ops are traced for a TPU (a TPU host, or inside `lowering_for_tpu`)."""
+  return target_platform() == "tpu"
 
 
 def interprets_by_default() -> bool:
-  """Whether a call with interpret=None runs in interpret mode (no TPU and not lowering
-  for one)."""
-  return not (on_tpu() or _LOWERING_FOR_TPU.get())
+  """Whether a call with interpret=None runs in interpret mode (not traced for a TPU)."""
+  return not on_tpu()
 
 
 def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
