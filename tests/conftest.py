@@ -58,6 +58,39 @@ if _EMITTER_CHECKED not in os.environ and _EMITTER_FLAG not in os.environ.get("X
   os.environ[_EMITTER_CHECKED] = ("0" if _add_xla_flag_if_known(f"{_EMITTER_FLAG}=false")
                                   else "unknown flag")
 
+# On a GPU each process JAX starts takes 75% of the memory at its first array unless told not
+# to: `pytest -n auto` workers (and the subprocesses tests start) would then run out of it.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+# On a GPU, XLA may sum with atomics, so two runs of one program can differ in their last bits.
+# The resume tests compare an interrupted and resumed run with an uninterrupted one bit for
+# bit, which the CPU gives and a GPU gives with deterministic ops: on an H200 (session 25)
+# seven of them differed by 1-2 ulp in the optimizer state without this flag. Added only where
+# JAX's CUDA plugin is installed (found without starting a backend), after the same probe.
+_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
+_DETERMINISTIC_CHECKED = "LOCALMAMBA_TEST_GPU_DETERMINISTIC"
+from localmamba_jax.training.gpu_autotuning import _cuda_plugin_installed  # noqa: E402
+
+if (_DETERMINISTIC_CHECKED not in os.environ
+    and _DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", "")):
+  os.environ[_DETERMINISTIC_CHECKED] = (
+      "no CUDA plugin" if not _cuda_plugin_installed()
+      else "1" if _add_xla_flag_if_known(f"{_DETERMINISTIC_FLAG}=true") else "unknown flag")
+
+# On a GPU, JAX computes float32 dots and convs in TF32 by default. The tests compare float32
+# results with float64 and the official code's outputs at float32 tolerances, which TF32
+# misses: on an H200 (session 25) the golden logits differed by ~1e-4 relative and 14 golden
+# and remat tests failed; all passed in full precision. So where JAX's CUDA plugin is
+# installed the suite runs with float32 in full (unless JAX_DEFAULT_MATMUL_PRECISION says
+# otherwise), users get it the same way (README: "Float32 on a GPU"), and the
+# environment variable carries it to the subprocesses tests start (a killed training run there
+# in TF32 did not resume to the bits of a run here). The CPU computes float32 in full anyway.
+if "JAX_DEFAULT_MATMUL_PRECISION" not in os.environ:
+  if _cuda_plugin_installed():
+    import jax
+    os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+    jax.config.update("jax_default_matmul_precision", "highest")  # read at import: set here too
+
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN_DIR = pathlib.Path(os.environ.get("LOCALMAMBA_GOLDEN",
                                          PROJECT_ROOT.parent / "shared" / "golden"))

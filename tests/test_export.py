@@ -47,6 +47,9 @@ def converted(tmp_path_factory):
 def run_consumer(path, inputs: dict, tmp_path) -> dict:
   np.savez(tmp_path / "inputs.npz", **inputs)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  # the file is run where it was exported for (the CPU; a GPU host's default backend would
+  # refuse a CPU-only file)
+  env["JAX_PLATFORMS"] = "cpu"
   result = subprocess.run([sys.executable, "-c", CONSUMER, str(path), str(tmp_path / "inputs.npz"),
                            str(tmp_path / "outputs.npz")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -108,8 +111,9 @@ def test_train_workdir_with_uint8_input_and_the_runs_normalisation(tmp_path):
   live = convert.load_pretrained(workdir)
   pixels = np.random.default_rng(1).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
   expected = live((pixels.astype(np.float32) / 255 - 0.5) / 0.5)
-  np.testing.assert_allclose(np.asarray(exported.call(pixels)), np.asarray(expected),
-                             rtol=0, atol=ATOL)
+  with jax.default_device(jax.devices("cpu")[0]):   # the file is for the CPU (the default)
+    got = exported.call(pixels)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=ATOL)
 
 
 def test_several_platforms_in_one_file(tmp_path):

@@ -146,8 +146,11 @@ def test_one_pass_layer_norm_is_a_drop_in_for_layer_norm():
     ((5, 12), jnp.float32, 0.0)])           # rank 2: one row per batch element
 def test_kernel_grad_layer_norm_matches_the_formula_in_float64(shape, dtype, offset):
   """Same forward as nnx.LayerNorm (the same expression; equal within 1 ulp), and gradients of
-  x, scale and bias within twice the float32 error of nnx.LayerNorm differentiated by JAX (or
-  1e-6 relative), against the float64 formula on fresh random inputs."""
+  x, scale and bias within three times the float32 error of nnx.LayerNorm differentiated by JAX
+  (or 1e-6 relative), against the float64 formula on fresh random inputs. Compiled for a GPU
+  (an H200, session 25) the kernel's x gradient of rows with a large mean came within 2.01
+  times: Triton contracts multiply-adds and takes the hardware's approximate rsqrt, so the
+  bound that interpret mode met at twice had no margin there."""
   rng = np.random.default_rng(len(shape) * 31 + shape[-1])
   features = shape[-1]
   x = rng.standard_normal(shape) * rng.uniform(0.2, 3.0, shape[:-1] + (1,))
@@ -181,15 +184,15 @@ def test_kernel_grad_layer_norm_matches_the_formula_in_float64(shape, dtype, off
   assert got[0].dtype == x.dtype
   for name, grad, plain_grad, want in zip(("x", "scale", "bias"), got, autodiff, ref_grads):
     assert rel_err(grad.astype(jnp.float32), want) <= max(
-        2 * rel_err(plain_grad.astype(jnp.float32), want), 1e-6), (
+        3 * rel_err(plain_grad.astype(jnp.float32), want), 1e-6), (
         f"gradient of {name}: {rel_err(grad.astype(jnp.float32), want):.2e} (autodiff: "
         f"{rel_err(plain_grad.astype(jnp.float32), want):.2e})")
 
 
 def test_kernel_grad_layer_norm_is_a_drop_in_and_falls_back_where_the_kernel_does_not_apply():
   """Same parameters as layer_norm (checkpoints and the converter see no difference); XLA's
-  LayerNorm where the scans do not run the GPU kernel (the associative scan, or 'auto' on
-  this CPU), for masks, and for widths the row kernels do not split (9 = 9 blocks of 1)."""
+  LayerNorm where the scans do not run the GPU kernel (the associative scan, or 'auto' off a
+  GPU), for masks, and for widths the row kernels do not split (9 = 9 blocks of 1)."""
   kernel = kernel_grad_layer_norm(8, rngs=nnx.Rngs(0), scan_impl="pallas_gpu")
   assert isinstance(kernel, KernelGradLayerNorm) and isinstance(kernel, nnx.LayerNorm)
   describe = lambda m: jax.tree.map(lambda v: (v.shape, v.dtype), nnx.state(m))
@@ -197,7 +200,9 @@ def test_kernel_grad_layer_norm_is_a_drop_in_and_falls_back_where_the_kernel_doe
   x = jnp.ones((2, 3, 8))
   assert kernel.use_kernel(x)
   assert not kernel_grad_layer_norm(8, rngs=nnx.Rngs(0), scan_impl="associative").use_kernel(x)
-  assert not kernel_grad_layer_norm(8, rngs=nnx.Rngs(0), scan_impl="auto").use_kernel(x)
+  # "auto" follows the scan: the kernel on a GPU only
+  assert kernel_grad_layer_norm(8, rngs=nnx.Rngs(0), scan_impl="auto").use_kernel(x) is (
+      jax.default_backend() == "gpu")
   assert not kernel_grad_layer_norm(9, rngs=nnx.Rngs(0), scan_impl="pallas_gpu").use_kernel(
       jnp.ones((2, 3, 9)))
   mask = jnp.ones((2, 3, 8), bool)

@@ -37,7 +37,10 @@ from localmamba_jax.models.local_vmamba import LocalVMamba, LocalVMambaConfig
 from localmamba_jax.training.model_factory import build_model, model_kwargs
 from localmamba_jax.training.recipes import imagenet_config
 
-REL = 1e-6
+# Two programs compiled apart (with and without remat) sum in different orders. 1e-6 held on
+# this CPU; on an H200 (session 25, float32 matmuls in full precision, as tests/conftest.py
+# sets on a GPU) one weight gradient came to 1.08e-6 of its largest entry.
+REL = 2e-6
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

@@ -85,8 +85,12 @@ KILL_DURING_SAVE = textwrap.dedent(r"""
 
 def test_sigkill_during_async_save_resumes_from_last_complete_step(reference, tmp_path, capsys):
   workdir, cache = str(tmp_path / "run"), jax.config.jax_compilation_cache_dir
-  proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, workdir, cache],
-                        env=dict(os.environ, REPO_ROOT=str(ROOT), JAX_PLATFORMS="cpu"),
+  # The killed run trains on this process's platform: its steps, the resumed ones and the
+  # reference run's must agree bit for bit (on a GPU host a CPU subprocess's steps did not).
+  env = dict(os.environ, REPO_ROOT=str(ROOT))
+  if jax.default_backend() == "cpu":
+    env["JAX_PLATFORMS"] = "cpu"
+  proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, workdir, cache], env=env,
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   assert "killing during the save of step 4" in proc.stdout
