@@ -24,7 +24,7 @@ def eval_config():
   c = base_config()
   c.input.batch_size = 256
   # one pass over a split (hundreds of steps): a ~1% slower step costs less than the autotuning
-  # the pruning saves on a cold compile (training/gpu_autotuning.py; reasoned from the train
+  # the pruning saves on a cold compile (training/gpu_xla_flags.py; reasoned from the train
   # step's figures, the eval step's are not measured)
   c.gpu_pruned_autotuning = True
   return c

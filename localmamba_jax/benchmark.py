@@ -16,9 +16,10 @@ mode times the loop's `make_eval_step` (forward + loss + top-5) on parameters al
 
 Compiled as train.py compiles (since session 21): threefry draws as JAX's GPU kernel
 (`training.gpu_prng`; `--no-threefry-gpu-kernel` turns it off) and XLA's full GPU autotuning;
-`--pruned-autotuning` adds the pruning flags of `training.gpu_autotuning` (eval.py's default,
-train.py's `--config.gpu_pruned_autotuning=True`) to XLA_FLAGS, which each JSON line records as
-`xla_flags`.
+`--pruned-autotuning` adds the pruning flags of `training.gpu_xla_flags` (eval.py's default,
+train.py's `--config.gpu_pruned_autotuning=True`) to XLA_FLAGS, and `--deterministic-ops` its
+deterministic-ops flag (train.py's `--config.gpu_deterministic_ops=True`); each JSON line
+records XLA_FLAGS as `xla_flags`.
 
 Method: the step is lowered and compiled ahead of time (trace+lower and compile times are
 reported apart, not counted in the step time; the initial state's program is compiled and run
@@ -156,6 +157,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            "gpu_pruned_autotuning=True; a shorter cold compile, a ~1%% slower "
                            "step); the default is XLA's full autotuning, as train.py; the JSON "
                            "line's xla_flags shows what was in force")
+  parser.add_argument("--deterministic-ops", action=argparse.BooleanOptionalAction,
+                      default=False,
+                      help="XLA's GPU ops without atomics (the training config's "
+                           "gpu_deterministic_ops=True; bitwise-reproducible steps, LocalVMamba-T's "
+                           "5.3%% slower on an H200)")
   parser.add_argument("--init-beside-step", action="store_true",
                       help="compile the initial state's program on a second thread while the "
                            "step compiles, as train.py's loop does on a fresh run; init_s is "
@@ -358,13 +364,14 @@ def _xla_memory_bytes(compiled) -> dict | None:
 def benchmark_model(args, model_name: str) -> list[dict]:
   """Builds, compiles and times one model; appends and returns the result records. Traced as
   train.py traces: with `config.threefry_gpu_kernel` in force (training/gpu_prng.py)."""
-  from localmamba_jax.training.gpu_autotuning import prune_gpu_autotuning
+  from localmamba_jax.training.gpu_xla_flags import deterministic_gpu_ops, prune_gpu_autotuning
   from localmamba_jax.training.gpu_prng import threefry_kernels
 
   if args.barrier:  # first: an abort on a bad XLA flag must not keep the others waiting
     register_at_barrier(args.barrier)
   # as train.py: before JAX creates its backend (XLA reads XLA_FLAGS then)
   prune_gpu_autotuning(args.pruned_autotuning, log=print)
+  deterministic_gpu_ops(args.deterministic_ops, log=print)
   setup_t0 = time.perf_counter()
   cache_dir = compilation_cache(args.compilation_cache)
   config = build_config(args, model_name)

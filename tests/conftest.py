@@ -69,7 +69,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # JAX's CUDA plugin is installed (found without starting a backend), after the same probe.
 _DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
 _DETERMINISTIC_CHECKED = "LOCALMAMBA_TEST_GPU_DETERMINISTIC"
-from localmamba_jax.training.gpu_autotuning import _cuda_plugin_installed  # noqa: E402
+from localmamba_jax.training.gpu_xla_flags import _cuda_plugin_installed  # noqa: E402
 
 if (_DETERMINISTIC_CHECKED not in os.environ
     and _DETERMINISTIC_FLAG not in os.environ.get("XLA_FLAGS", "")):

@@ -21,17 +21,19 @@ TINY = ["--override", "dims=[8]", "--override", "depths=[1]",
 
 
 def test_train_run_appends_a_json_line(tmp_path, capsys, monkeypatch):
-  from localmamba_jax.training import gpu_autotuning
-  # as at the start of a process (XLA_FLAGS restored after the test): the pruning flags added,
-  # asked for with --pruned-autotuning (off by default, as in train.py)
+  from localmamba_jax.training import gpu_xla_flags
+  # as at the start of a process (XLA_FLAGS restored after the test): the pruning and
+  # deterministic-ops flags added, asked for with --pruned-autotuning and --deterministic-ops
+  # (off by default, as in train.py)
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
-  monkeypatch.setattr(gpu_autotuning, "_backend_initialized", lambda: False)
-  monkeypatch.setattr(gpu_autotuning, "_cuda_plugin_installed", lambda: True)
+  monkeypatch.setattr(gpu_xla_flags, "_backend_initialized", lambda: False)
+  monkeypatch.setattr(gpu_xla_flags, "_cuda_plugin_installed", lambda: True)
   results = tmp_path / "bench.jsonl"
   results.write_text('{"earlier": "line"}\n')  # appended to, not overwritten
   code = benchmark.main(["--model", "local_vssm_tiny", "--mode", "train", "--dtype", "fp32",
                          "--steps", "2", "--warmup", "1", "--results", str(results),
-                         "--gpu-scheduler-memory-slop", "22", "--pruned-autotuning", *TINY])
+                         "--gpu-scheduler-memory-slop", "22", "--pruned-autotuning",
+                         "--deterministic-ops", *TINY])
   assert code == 0
   lines = results.read_text().splitlines()
   assert len(lines) == 2 and json.loads(lines[0]) == {"earlier": "line"}
@@ -50,7 +52,8 @@ def test_train_run_appends_a_json_line(tmp_path, capsys, monkeypatch):
   # traced as train.py does; the XLA flags in force recorded, the user's first
   assert record["threefry_gpu_kernel"] is True
   assert record["xla_flags"].split() == ["--xla_cpu_enable_fast_math=false",
-                                         *gpu_autotuning.PRUNED_AUTOTUNING_FLAGS]
+                                         *gpu_xla_flags.PRUNED_AUTOTUNING_FLAGS,
+                                         *gpu_xla_flags.DETERMINISTIC_OPS_FLAGS]
   # then as many steps timed as train.py's loop runs them (one step in flight)
   assert record["pipelined_steps"] == 2 and record["pipelined_step_ms"] > 0
   assert record["pipelined_img_per_s"] == pytest.approx(4 / (record["pipelined_step_ms"] / 1e3),

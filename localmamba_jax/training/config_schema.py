@@ -109,12 +109,21 @@ def base_config() -> ml_collections.ConfigDict:
   # step 80.5 -> 62.1 s and initial state 65.5 -> 9.8 s):
   # threefry draws as JAX's GPU kernel while tracing, the same random bits (training/gpu_prng.py)
   c.threefry_gpu_kernel = True
-  # fewer candidates for XLA's GPU autotuner (training/gpu_autotuning.py), set through XLA_FLAGS
+  # fewer candidates for XLA's GPU autotuner (training/gpu_xla_flags.py), set through XLA_FLAGS
   # by the entry points before JAX starts: 8-16 s off a cold compile, but each step ~1.2%
   # slower (LocalVMamba-T, 30 steps, session 22), which costs more than it saves after some
   # 5,000-9,000 steps; and the persistent compilation cache pays the compile once. So off for
   # training and search; eval.py (one pass over a split) turns it on.
   c.gpu_pruned_autotuning = False
+  # XLA's GPU ops without atomics (training/gpu_xla_flags.py, set through XLA_FLAGS like the
+  # pruning): every run of a step gives the same bits, so a resumed run ends bitwise equal to
+  # an uninterrupted one on a GPU as on a CPU. LocalVMamba-T's bf16 step 5.3% slower on an H200
+  # (session 25), hence off.
+  c.gpu_deterministic_ops = False
+  # JAX's precision for float32 matmuls and convs ("highest": in full; "default": JAX's choice,
+  # TF32 on NVIDIA GPUs, which puts float32 logits ~1e-4 relative away from the official code's;
+  # README "Float32 on a GPU"). "default" leaves JAX_DEFAULT_MATMUL_PRECISION in force.
+  c.matmul_precision = "default"
   return c
 
 
@@ -124,7 +133,9 @@ _TUPLES = {"input.rrc_scale": (2, _NUM), "input.rrc_ratio": (2, _NUM), "input.me
 _CHOICES = {"input.source": ("tfds", "image_folder", "digits"),
             "model_dtype": ("float32", "bfloat16"),
             "sharding.strategy": ("data", "fsdp"),
-            "on_nonfinite": ("stop", "skip")}
+            "on_nonfinite": ("stop", "skip"),
+            "matmul_precision": ("default", "high", "highest", "bfloat16", "tensorfloat32",
+                                 "float32")}
 _FREE_FORM = ("model",)  # model overrides are checked by the model's own config class
 
 

@@ -23,12 +23,17 @@ def default_gpu_memory_fraction() -> str:
 def start(config) -> None:
   """Quiet absl logging unless --verbosity was given (Orbax/grain INFO lines would drown the
   progress lines), JAX's GPU memory share (default_gpu_memory_fraction), XLA's pruned GPU
-  autotuning per `config.gpu_pruned_autotuning` (training.gpu_autotuning), then JAX's
-  persistent compilation cache per `config.compilation_cache` (training.compile_cache),
-  before anything compiles."""
+  autotuning and deterministic ops per `config.gpu_pruned_autotuning` and
+  `config.gpu_deterministic_ops` (training.gpu_xla_flags), JAX's float32 matmul precision per
+  `config.matmul_precision`, then JAX's persistent compilation cache per
+  `config.compilation_cache` (training.compile_cache), before anything compiles."""
   default_gpu_memory_fraction()
-  from localmamba_jax.training.gpu_autotuning import prune_gpu_autotuning
+  from localmamba_jax.training.gpu_xla_flags import deterministic_gpu_ops, prune_gpu_autotuning
   prune_gpu_autotuning(config.gpu_pruned_autotuning, log=print)
+  deterministic_gpu_ops(config.gpu_deterministic_ops, log=print)
+  if config.matmul_precision != "default":
+    import jax
+    jax.config.update("jax_default_matmul_precision", config.matmul_precision)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from localmamba_jax.training.compile_cache import enable_for_config
