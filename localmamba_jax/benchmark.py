@@ -19,7 +19,8 @@ Compiled as train.py compiles (since session 21): threefry draws as JAX's GPU ke
 `--pruned-autotuning` adds the pruning flags of `training.gpu_xla_flags` (eval.py's default,
 train.py's `--config.gpu_pruned_autotuning=True`) to XLA_FLAGS, and `--deterministic-ops` its
 deterministic-ops flag (train.py's `--config.gpu_deterministic_ops=True`); each JSON line
-records XLA_FLAGS as `xla_flags`.
+records XLA_FLAGS as `xla_flags`. `--optimizer sgd` swaps AdamW for plain SGD, an experiment
+that measures AdamW's share of the step's compile and time.
 
 Method: the step is lowered and compiled ahead of time (trace+lower and compile times are
 reported apart, not counted in the step time; the initial state's program is compiled and run
@@ -157,6 +158,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            "gpu_pruned_autotuning=True; a shorter cold compile, a ~1%% slower "
                            "step); the default is XLA's full autotuning, as train.py; the JSON "
                            "line's xla_flags shows what was in force")
+  parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw",
+                      help="adamw: train.py's optimizer (the default). sgd: plain SGD with the "
+                           "same schedule, an experiment that measures AdamW's share of the "
+                           "step's compile and time; AdamW and the logged norms make ~60%% of "
+                           "LocalVMamba-S's step program's StableHLO ops (session 25)")
   parser.add_argument("--deterministic-ops", action=argparse.BooleanOptionalAction,
                       default=False,
                       help="XLA's GPU ops without atomics (the training config's "
@@ -361,6 +367,21 @@ def _xla_memory_bytes(compiled) -> dict | None:
   return {k: int(v) for k, v in sizes.items()}
 
 
+def benchmark_optimizer(name: str, optim_config, schedule):
+  """`--optimizer`: "adamw" is train.py's optimizer (training.optim.make_optimizer); "sgd" is
+  plain SGD on the same schedule, with no state per parameter: an experiment that measures
+  AdamW's share of the step's compile and time. AdamW and the three logged norms make ~60% of
+  the StableHLO ops of LocalVMamba-S's train step (session 25, lowered for CUDA on a CPU)."""
+  import optax
+
+  from localmamba_jax.training.optim import make_optimizer
+  if name == "adamw":
+    return make_optimizer(optim_config, schedule)
+  if name == "sgd":
+    return optax.sgd(schedule)
+  raise ValueError(f"--optimizer {name!r}: expected 'adamw' or 'sgd'.")
+
+
 def benchmark_model(args, model_name: str) -> list[dict]:
   """Builds, compiles and times one model; appends and returns the result records. Traced as
   train.py traces: with `config.threefry_gpu_kernel` in force (training/gpu_prng.py)."""
@@ -389,7 +410,7 @@ def _benchmark_model(args, model_name, config, cache_dir, setup_t0) -> list[dict
   from localmamba_jax.training.compile_cache import compile_in_background
   from localmamba_jax.training.config_schema import validate_config
   from localmamba_jax.training.model_factory import build_model
-  from localmamba_jax.training.optim import lr_schedule, make_optimizer
+  from localmamba_jax.training.optim import lr_schedule
   from localmamba_jax.training.train_step import ModelBridge, jit_eval_step, jit_train_step
 
   devices = jax.devices()
@@ -405,7 +426,7 @@ def _benchmark_model(args, model_name, config, cache_dir, setup_t0) -> list[dict
   schedule = lr_schedule(lr=config.optim.lr, warmup_lr=config.optim.warmup_lr,
                          min_lr=config.optim.min_lr, warmup_epochs=config.optim.warmup_epochs,
                          steps_per_epoch=1000, total_steps=config.total_steps)
-  tx = make_optimizer(config.optim, schedule)
+  tx = benchmark_optimizer(args.optimizer, config.optim, schedule)
   make_model = lambda: build_model(config, num_classes, nnx.Rngs(config.seed))
   abstract_model = nnx.eval_shape(make_model)
 
@@ -446,6 +467,7 @@ def _benchmark_model(args, model_name, config, cache_dir, setup_t0) -> list[dict
       "gpu_scheduler_memory_slop": args.gpu_scheduler_memory_slop or None,
       # XLA flags change both the compile time and the step (autotuning, fusion)
       "xla_flags": os.environ.get("XLA_FLAGS") or None,
+      "optimizer": args.optimizer,
       "threefry_gpu_kernel": config.threefry_gpu_kernel,
       "init_beside_step": bool(args.init_beside_step) or None,
       # a compile served by the cache is not a cold compile time

@@ -8,6 +8,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from localmamba_jax import benchmark
@@ -51,6 +52,7 @@ def test_train_run_appends_a_json_line(tmp_path, capsys, monkeypatch):
   assert record["init_s"] > 0
   # traced as train.py does; the XLA flags in force recorded, the user's first
   assert record["threefry_gpu_kernel"] is True
+  assert record["optimizer"] == "adamw"   # train.py's, unless --optimizer sgd (below)
   assert record["xla_flags"].split() == ["--xla_cpu_enable_fast_math=false",
                                          *gpu_xla_flags.PRUNED_AUTOTUNING_FLAGS,
                                          *gpu_xla_flags.DETERMINISTIC_OPS_FLAGS]
@@ -386,3 +388,26 @@ def test_init_beside_step_compiles_the_initial_state_on_a_second_thread(tmp_path
   assert losses[True] == losses[False]
   out = capsys.readouterr().out
   assert "initial state made" in out and "(compiled beside it)" in out
+
+
+def test_sgd_measures_the_optimizers_share(tmp_path):
+  """--optimizer sgd: the same step with plain SGD, which keeps no state per parameter (an
+  experiment on AdamW's share of the compile and the step); recorded in the JSON line."""
+  from localmamba_jax.training.config_schema import base_config
+  from localmamba_jax.training.optim import make_optimizer
+  params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}
+  schedule = lambda step: 0.1
+  optim = base_config().optim
+  adamw = benchmark.benchmark_optimizer("adamw", optim, schedule)
+  assert (jax.tree.structure(adamw.init(params))
+          == jax.tree.structure(make_optimizer(optim, schedule).init(params)))
+  sgd_state = benchmark.benchmark_optimizer("sgd", optim, schedule).init(params)
+  assert not [x for x in jax.tree.leaves(sgd_state) if jnp.ndim(x) > 0]   # no mu, no nu
+  with pytest.raises(ValueError, match="expected 'adamw' or 'sgd'"):
+    benchmark.benchmark_optimizer("lion", optim, schedule)
+  results = tmp_path / "sgd.jsonl"
+  assert benchmark.main(["--model", "local_vssm_tiny", "--mode", "train", "--dtype", "fp32",
+                         "--steps", "2", "--warmup", "1", "--results", str(results),
+                         "--optimizer", "sgd", *TINY]) == 0
+  record = json.loads(results.read_text())
+  assert record["optimizer"] == "sgd" and record["compile_s"] > 0
