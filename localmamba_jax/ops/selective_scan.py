@@ -196,6 +196,27 @@ def kernel_recompute(impl: str, recompute: bool):
   return {}, keep if selective_scan_tpu.interprets_by_default() else jax.checkpoint
 
 
+_WARNED_NO_GPU_KERNELS = False
+
+
+def _warn_no_gpu_kernels() -> None:
+  """Once per process: on a GPU, "auto" would run the Pallas GPU kernels, but this jax has no
+  Pallas Triton backend (deprecated in jax 0.11 for Mosaic GPU, to be removed later), so
+  every op falls back to XLA. Silent, that would be a training run several times slower."""
+  global _WARNED_NO_GPU_KERNELS
+  if _WARNED_NO_GPU_KERNELS:
+    return
+  _WARNED_NO_GPU_KERNELS = True
+  import warnings
+  warnings.warn(
+      f"jax {jax.__version__} has no Pallas Triton backend (jax.experimental.pallas.triton, "
+      "deprecated since jax 0.11), so localmamba_jax's GPU kernels are off: the selective "
+      "scan, the LayerNorm backward and the depthwise conv's backward run on XLA's paths. The "
+      "results agree to float32 rounding, but the scans are about 10x slower (BENCHMARKS.md). "
+      "Install a jax that still has it (0.10 and 0.11 are tested), e.g. "
+      "pip install 'jax[cuda13]<0.12'.", RuntimeWarning, stacklevel=3)
+
+
 def resolve_impl(impl: str, kernel_supported: bool = False, tpu_supported: bool = False) -> str:
   """`kernel_supported`: the Pallas GPU kernel covers the problem (see kernels.is_supported);
   `tpu_supported`: the Pallas TPU kernel does (selective_scan_tpu.is_supported)."""
@@ -205,6 +226,8 @@ def resolve_impl(impl: str, kernel_supported: bool = False, tpu_supported: bool 
     from localmamba_jax.ops.kernels import selective_scan_gpu, selective_scan_tpu
     if tpu_supported and selective_scan_tpu.on_tpu():
       return "pallas_tpu"
+    if selective_scan_gpu.on_gpu() and not selective_scan_gpu._HAVE_PALLAS_TRITON:
+      _warn_no_gpu_kernels()
     return "pallas_gpu" if kernel_supported and selective_scan_gpu.on_gpu() else "associative"
   return impl
 
