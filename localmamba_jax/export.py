@@ -80,14 +80,26 @@ def export_model(model, *, resolution: int, platforms: Sequence[str] = ("cpu",),
   The parameters become constants of the module. With `uint8_input` the function takes uint8
   pixels and applies (x / 255 - mean) / std itself (the training step's normalisation);
   otherwise it takes float32 pixels already normalised and `mean`/`std` are unused.
+
+  The model is traced as on a CPU (ops.kernels.common.traced_for), whatever the host: its
+  "auto" ops take their XLA paths, which lower for every platform. On a GPU host "auto" would
+  pick the Pallas kernels, which cannot be exported with a symbolic batch (jax.export refused
+  them, session 25). A model built with a kernel scan_impl is refused with that advice.
   """
   from flax import nnx
+
+  from localmamba_jax.ops.kernels.common import traced_for
   if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) \
       or resolution < 1:
     raise ValueError(f"resolution={resolution!r}: give the square input size in pixels, "
                      f"e.g. 224.")
   platforms = _check_platforms(platforms)
   mean, std = _check_stats("mean", mean), _check_stats("std", std)
+  scan_impl = getattr(getattr(model, "config", None), "scan_impl", "auto")
+  if scan_impl not in ("auto", *SCAN_IMPLS):
+    raise ValueError(f"export_model: the model's scan_impl={scan_impl!r} runs a Pallas kernel, "
+                     f"which a file with a symbolic batch cannot carry; build the model with "
+                     f"scan_impl='auto' or one of {list(SCAN_IMPLS)} (the same parameters).")
   model.eval()                            # drop path off: inference is deterministic
   graphdef, state = nnx.split(model)
   state = jax.tree.map(jnp.asarray, state)
@@ -102,7 +114,8 @@ def export_model(model, *, resolution: int, platforms: Sequence[str] = ("cpu",),
   batch, = jax.export.symbolic_shape("batch")
   spec = jax.ShapeDtypeStruct((batch, int(resolution), int(resolution), 3),
                               jnp.uint8 if uint8_input else jnp.float32)
-  return jax.export.export(jax.jit(infer), platforms=platforms)(spec)
+  with traced_for("cpu"):   # "auto" ops on their XLA paths (docstring)
+    return jax.export.export(jax.jit(infer), platforms=platforms)(spec)
 
 
 def eval_preprocessing(checkpoint) -> dict:

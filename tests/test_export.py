@@ -129,6 +129,28 @@ def test_several_platforms_in_one_file(tmp_path):
                              rtol=0, atol=ATOL)
 
 
+def test_a_default_model_exports_from_a_gpu_host():
+  """On a GPU host (traced_for("gpu") stands in for one) a model built with the defaults
+  ("auto") picks the Pallas kernels, which jax.export refused with a symbolic batch (session
+  25, before export_model traced as on a CPU); now the file holds the XLA paths and equals the
+  live model. A model built with a kernel scan_impl is refused, naming the fix."""
+  from localmamba_jax.ops.kernels.common import traced_for
+  model = create_model("local_vssm_tiny", num_classes=10, rngs=nnx.Rngs(1),
+                       **dict(ARCH, scan_impl="auto"))
+  images = np.random.default_rng(3).standard_normal((2, 16, 16, 3)).astype(np.float32)
+  with traced_for("gpu"):
+    exported = export.export_model(model, resolution=16, platforms=("cpu", "cuda"))
+    assert "triton" not in exported.mlir_module()
+  with jax.default_device(jax.devices("cpu")[0]):
+    got = exported.call(images)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(model(images)), rtol=0, atol=ATOL)
+  kernel_model = create_model("local_vssm_tiny", num_classes=10, rngs=nnx.Rngs(1),
+                              **dict(ARCH, scan_impl="pallas_gpu"))
+  with pytest.raises(ValueError, match=r"scan_impl='pallas_gpu' runs a Pallas kernel.*"
+                                       r"build the model with scan_impl='auto'"):
+    export.export_model(kernel_model, resolution=16)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "local_vim_tiny"], "does not match the checkpoint, which holds 'local_vssm_tiny'"),
     (["--platforms", "cpu,gpu"], "platforms=['cpu', 'gpu']"),
