@@ -30,10 +30,12 @@ def start(config) -> None:
   default_gpu_memory_fraction()
   from localmamba_jax.training.gpu_xla_flags import deterministic_gpu_ops, prune_gpu_autotuning
   prune_gpu_autotuning(config.gpu_pruned_autotuning, log=print)
-  deterministic_gpu_ops(config.gpu_deterministic_ops, log=print)
-  if config.matmul_precision != "default":
+  # .get: configs written before session 25 lack the two keys (their defaults change nothing)
+  deterministic_gpu_ops(config.get("gpu_deterministic_ops", False), log=print)
+  precision = config.get("matmul_precision", "default")
+  if precision != "default":
     import jax
-    jax.config.update("jax_default_matmul_precision", config.matmul_precision)
+    jax.config.update("jax_default_matmul_precision", precision)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from localmamba_jax.training.compile_cache import enable_for_config

@@ -177,6 +177,11 @@ def test_entry_points_start_sets_the_matmul_precision_per_config(monkeypatch):
   config.matmul_precision = "fp32"
   with pytest.raises(ValueError, match="matmul_precision"):
     validate_config(config)
+  # a config written before the two keys existed starts as before
+  older = base_config()
+  del older["matmul_precision"], older["gpu_deterministic_ops"]
+  entry_points.start(older)
+  assert jax.config.jax_default_matmul_precision == before
 
 
 def test_no_backend_before_the_entry_points_set_the_flags():
