@@ -31,4 +31,4 @@ def test_lowers_the_train_step_for_cuda_and_restores_the_platform(capsys):
   # traced as for a GPU only inside the script
   on_a_gpu = jax.default_backend() == "gpu"
   assert selective_scan_gpu.on_gpu() is on_a_gpu
-  assert depthwise_conv.default_platform() == ("gpu" if on_a_gpu else "cpu")
+  assert depthwise_conv.resolved_impl("auto") == ("pallas_gpu" if on_a_gpu else "shifted")

@@ -48,20 +48,14 @@ IMPLEMENTATIONS = ("auto", "shifted", "lax", "pallas_gpu")
 CALL_NAME = "depthwise_conv2d_shifted"
 
 
-def default_platform() -> str:
-  """The platform the conv is traced for: "cpu", "gpu" or "tpu" (JAX's default backend, or the
-  one named by ops.kernels.common.traced_for; benchmarks/lower_time_cuda.py patches this to
-  lower for CUDA from a CPU machine)."""
-  return target_platform()
-
-
 def resolved_impl(impl: str) -> str:
   """"auto" -> "shifted" on the CPU, "pallas_gpu" on a GPU, "lax" elsewhere (module docstring:
-  the fastest measured on each; TPUs not measured)."""
+  the fastest measured on each; TPUs not measured), for the platform the conv is traced for
+  (ops.kernels.common.target_platform)."""
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"depthwise_conv2d: impl must be one of {IMPLEMENTATIONS}, got {impl!r}.")
   if impl == "auto":
-    return {"cpu": "shifted", "gpu": "pallas_gpu"}.get(default_platform(), "lax")
+    return {"cpu": "shifted", "gpu": "pallas_gpu"}.get(target_platform(), "lax")
   return impl
 
 

@@ -11,6 +11,7 @@ from localmamba_jax.layers.depthwise_conv import DepthwiseConv2d
 from localmamba_jax.models.local_vmamba.model import torch_default_uniform
 from localmamba_jax.ops import depthwise_conv
 from localmamba_jax.ops.depthwise_conv import depthwise_conv2d
+from localmamba_jax.ops.kernels.common import traced_for
 
 
 def _inputs(seed, shape, k_h, k_w, dtype=jnp.float32):
@@ -104,7 +105,7 @@ def test_the_weight_gradient_is_one_reduction():
   assert "conv_general_dilated" not in text
 
 
-def test_auto_picks_per_platform(monkeypatch):
+def test_auto_picks_per_platform():
   """"auto" picks the form measured fastest on the backend (ops/depthwise_conv.resolved_impl):
   the shifted sum on the CPU; on a GPU the shifted forward with the backward kernel under a
   derivative and XLA's conv (cuDNN) without one; XLA's conv elsewhere (TPU) and for a dtype
@@ -113,21 +114,22 @@ def test_auto_picks_per_platform(monkeypatch):
   program = lambda x: str(jax.make_jaxpr(lambda x: depthwise_conv2d(x, kernel, bias))(x))
   grad_program = lambda x: str(jax.make_jaxpr(jax.grad(
       lambda x: jnp.sum(depthwise_conv2d(x, kernel, bias))))(x))
-  monkeypatch.setattr(depthwise_conv, "default_platform", lambda: "cpu")
-  assert depthwise_conv.resolved_impl("auto") == "shifted"
-  assert "depthwise_conv2d_shifted" in program(x) and "conv_general_dilated" not in program(x)
-  assert "depthwise_conv2d_grad" not in grad_program(x)
-  monkeypatch.setattr(depthwise_conv, "default_platform", lambda: "gpu")
-  assert depthwise_conv.resolved_impl("auto") == "pallas_gpu"
-  assert "depthwise_conv2d_shifted" in program(x) and "conv_general_dilated" in program(x)
-  assert "depthwise_conv2d_grad" in grad_program(x)          # the kernel's pallas_call
-  assert "conv_general_dilated" not in grad_program(x)
-  with jax.enable_x64(True):
-    x64 = x.astype(jnp.float64)
-    assert "depthwise_conv2d_shifted" not in program(x64) and "conv_general_dilated" in program(x64)
-  monkeypatch.setattr(depthwise_conv, "default_platform", lambda: "tpu")
-  assert depthwise_conv.resolved_impl("auto") == "lax"
-  assert "conv_general_dilated" in program(x) and "depthwise_conv2d_shifted" not in program(x)
+  with traced_for("cpu"):
+    assert depthwise_conv.resolved_impl("auto") == "shifted"
+    assert "depthwise_conv2d_shifted" in program(x) and "conv_general_dilated" not in program(x)
+    assert "depthwise_conv2d_grad" not in grad_program(x)
+  with traced_for("gpu"):
+    assert depthwise_conv.resolved_impl("auto") == "pallas_gpu"
+    assert "depthwise_conv2d_shifted" in program(x) and "conv_general_dilated" in program(x)
+    assert "depthwise_conv2d_grad" in grad_program(x)          # the kernel's pallas_call
+    assert "conv_general_dilated" not in grad_program(x)
+    with jax.enable_x64(True):
+      x64 = x.astype(jnp.float64)
+      assert ("depthwise_conv2d_shifted" not in program(x64)
+              and "conv_general_dilated" in program(x64))
+  with traced_for("tpu"):
+    assert depthwise_conv.resolved_impl("auto") == "lax"
+    assert "conv_general_dilated" in program(x) and "depthwise_conv2d_shifted" not in program(x)
   assert depthwise_conv.resolved_impl("shifted") == "shifted"
 
 
