@@ -85,11 +85,10 @@ if (_DETERMINISTIC_CHECKED not in os.environ
 # otherwise), users get it the same way (README: "Float32 on a GPU"), and the
 # environment variable carries it to the subprocesses tests start (a killed training run there
 # in TF32 did not resume to the bits of a run here). The CPU computes float32 in full anyway.
-if "JAX_DEFAULT_MATMUL_PRECISION" not in os.environ:
-  if _cuda_plugin_installed():
-    import jax
-    os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
-    jax.config.update("jax_default_matmul_precision", "highest")  # read at import: set here too
+if "JAX_DEFAULT_MATMUL_PRECISION" not in os.environ and _cuda_plugin_installed():
+  import jax
+  os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+  jax.config.update("jax_default_matmul_precision", "highest")  # read at import: set here too
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN_DIR = pathlib.Path(os.environ.get("LOCALMAMBA_GOLDEN",
