@@ -166,8 +166,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--deterministic-ops", action=argparse.BooleanOptionalAction,
                       default=False,
                       help="XLA's GPU ops without atomics (the training config's "
-                           "gpu_deterministic_ops=True; bitwise-reproducible steps, LocalVMamba-T's "
-                           "5.3%% slower on an H200)")
+                           "gpu_deterministic_ops=True; bitwise-reproducible steps, "
+                           "LocalVMamba-T's 5.3%% slower on an H200)")
   parser.add_argument("--init-beside-step", action="store_true",
                       help="compile the initial state's program on a second thread while the "
                            "step compiles, as train.py's loop does on a fresh run; init_s is "
