@@ -62,8 +62,10 @@ def main(argv=None) -> dict:
   # for CUDA instead, and the depthwise conv's "auto" picks what it picks on a GPU
   try:
     with traced_for("gpu"):
+      # the train step as one program (both of the split step's programs in one module), as
+      # measured before the split (BENCHMARKS.md sessions 22-25)
       benchmark.main(["--mode", "train", "--scan-impl", "pallas_gpu", "--no-compilation-cache",
-                      "--results", "", *argv])
+                      "--no-split-step", "--results", "", *argv])
   except _Lowered:
     pass
   finally:

@@ -163,6 +163,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            "same schedule, an experiment that measures AdamW's share of the "
                            "step's compile and time; AdamW and the logged norms make ~60%% of "
                            "LocalVMamba-S's step program's StableHLO ops (session 25)")
+  parser.add_argument("--split-step", action=argparse.BooleanOptionalAction, default=None,
+                      help="the train step as two programs compiled at once (the training "
+                           "config's split_train_step, its default) or as one program "
+                           "(--no-split-step); the JSON line records which")
   parser.add_argument("--deterministic-ops", action=argparse.BooleanOptionalAction,
                       default=False,
                       help="XLA's GPU ops without atomics (the training config's "
@@ -249,6 +253,8 @@ def build_config(args, model_name: str):
   config.sharding.num_devices = args.num_devices
   config.gpu_scheduler_memory_slop = args.gpu_scheduler_memory_slop
   config.threefry_gpu_kernel = args.threefry_gpu_kernel
+  if args.split_step is not None:
+    config.split_train_step = args.split_step
   model = config.model.to_dict()
   if args.scan_impl != "auto":
     model["scan_impl"] = args.scan_impl
@@ -338,9 +344,20 @@ def _scan_impl_used(requested: str, platform_name: str) -> str:
   return {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}.get(platform_name, "associative")
 
 
+def _compiled_parts(compiled) -> dict:
+  """{name: compiled program}: the split train step's two programs, or {"": compiled}."""
+  parts = getattr(compiled, "parts", None)
+  return parts if isinstance(parts, dict) else {"": compiled}
+
+
 def _xla_flops(compiled) -> float | None:
   """XLA's own FLOP estimate of the compiled step (custom kernels such as Pallas calls are
-  not counted by XLA)."""
+  not counted by XLA); the sum over the split step's programs."""
+  flops = [_xla_flops_one(part) for part in _compiled_parts(compiled).values()]
+  return None if any(f is None for f in flops) else sum(flops)
+
+
+def _xla_flops_one(compiled) -> float | None:
   try:
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
@@ -354,7 +371,20 @@ def _xla_memory_bytes(compiled) -> dict | None:
   """XLA's buffer-assignment sizes of the compiled step in bytes (per device): arguments,
   outputs, aliased (donated) bytes and temporaries. argument + output - alias + temp is the
   step's memory as XLA plans it, known before the first step runs, so a step that will not
-  fit can be told apart from one that was killed (printed right after the compile)."""
+  fit can be told apart from one that was killed (printed right after the compile). For the
+  split train step each program's sizes are prefixed with its name ("gradient_planned"): the
+  gradient program's plan leaves out the optimizer state, which is resident but not its
+  argument."""
+  out = {}
+  for name, part in _compiled_parts(compiled).items():
+    sizes = _xla_memory_bytes_one(part)
+    if sizes is None:
+      return None
+    out.update({(f"{name}_{k}" if name else k): v for k, v in sizes.items()})
+  return out
+
+
+def _xla_memory_bytes_one(compiled) -> dict | None:
   try:
     m = compiled.memory_analysis()
     if isinstance(m, (list, tuple)):
@@ -468,6 +498,7 @@ def _benchmark_model(args, model_name, config, cache_dir, setup_t0) -> list[dict
       # XLA flags change both the compile time and the step (autotuning, fusion)
       "xla_flags": os.environ.get("XLA_FLAGS") or None,
       "optimizer": args.optimizer,
+      "split_train_step": bool(config.get("split_train_step", False)),
       "threefry_gpu_kernel": config.threefry_gpu_kernel,
       "init_beside_step": bool(args.init_beside_step) or None,
       # a compile served by the cache is not a cold compile time

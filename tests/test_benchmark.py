@@ -71,10 +71,15 @@ def test_train_run_appends_a_json_line(tmp_path, capsys, monkeypatch):
   # every step's loss, warm-up first, the last one being the reported loss
   assert len(record["losses"]) == 3 and record["losses"][-1] == pytest.approx(record["loss"],
                                                                               abs=1e-4)
-  # XLA's memory plan (CPU has one too): the donated state is aliased, temporaries > 0
+  # XLA's memory plan of each of the split step's programs (CPU has one too): temporaries in
+  # the gradient program; the state donated to (aliased in) the update program
+  assert record["split_train_step"] is True   # the training config's default
   mem = record["xla_memory_bytes"]
-  assert mem["temp"] > 0 and mem["argument"] > 0 and 0 < mem["alias"] <= mem["argument"]
-  assert mem["planned"] == mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
+  assert mem["gradient_temp"] > 0 and mem["gradient_argument"] > 0
+  assert 0 < mem["update_alias"] <= mem["update_argument"]
+  for part in ("gradient", "update"):
+    assert mem[f"{part}_planned"] == (mem[f"{part}_argument"] + mem[f"{part}_output"]
+                                      - mem[f"{part}_alias"] + mem[f"{part}_temp"])
   out = capsys.readouterr().out
   assert "img/s" in out and "XLA memory plan per device" in out
   assert "pipelined as train.py's loop" in out
@@ -384,7 +389,11 @@ def test_init_beside_step_compiles_the_initial_state_on_a_second_thread(tmp_path
     record = json.loads(results.read_text())
     assert record["init_beside_step"] is (True if beside else None)
     losses[beside] = record["losses"]
-  assert events == [("submitted", "compile-initial-state")]   # only with the flag, once
+  # the split step's update program on a thread of its own in both runs; the initial state
+  # only with the flag, once, before the step's compile
+  assert events == [("submitted", "compile-update-program"),
+                    ("submitted", "compile-initial-state"),
+                    ("submitted", "compile-update-program")]
   assert losses[True] == losses[False]
   out = capsys.readouterr().out
   assert "initial state made" in out and "(compiled beside it)" in out
@@ -408,6 +417,8 @@ def test_sgd_measures_the_optimizers_share(tmp_path):
   results = tmp_path / "sgd.jsonl"
   assert benchmark.main(["--model", "local_vssm_tiny", "--mode", "train", "--dtype", "fp32",
                          "--steps", "2", "--warmup", "1", "--results", str(results),
-                         "--optimizer", "sgd", *TINY]) == 0
+                         "--optimizer", "sgd", "--no-split-step", *TINY]) == 0
   record = json.loads(results.read_text())
   assert record["optimizer"] == "sgd" and record["compile_s"] > 0
+  # --no-split-step: the train step as one program, with one memory plan
+  assert record["split_train_step"] is False and record["xla_memory_bytes"]["temp"] > 0

@@ -116,13 +116,13 @@ def _unwritable(path: str) -> str | None:
   return None
 
 
-def compile_in_background(lowered) -> Future:
+def compile_in_background(lowered, name: str = "compile-initial-state") -> Future:
   """Starts XLA's compile of `lowered` (a jax `Lowered`) on a thread of its own and returns the
   Future of the compiled program. train.py's loop (and `benchmark.py --init-beside-step`) compile
   a fresh run's initial state this way while the train step compiles: it has no GEMMs or
   convolutions for the GPU autotuner, and on one H200 the state was then ready 0.03-0.06 s after
   the step's compile instead of 6-13 s (BENCHMARKS.md, sessions 22-23)."""
-  pool = ThreadPoolExecutor(1, thread_name_prefix="compile-initial-state")
+  pool = ThreadPoolExecutor(1, thread_name_prefix=name)
   future = pool.submit(lowered.compile)
   pool.shutdown(wait=False)  # its one thread ends with that compile
   return future

@@ -109,6 +109,11 @@ def base_config() -> ml_collections.ConfigDict:
   # step 80.5 -> 62.1 s and initial state 65.5 -> 9.8 s):
   # threefry draws as JAX's GPU kernel while tracing, the same random bits (training/gpu_prng.py)
   c.threefry_gpu_kernel = True
+  # the train step as two programs, gradient (augmentation, forward, backward) and update
+  # (AdamW, EMA, logged norms), compiled at once on two threads (training/train_step.py): XLA
+  # compiles one program on one thread, and AdamW's per-leaf update was ~11 s of S's 61 s cold
+  # compile (H200, session 26). False = one program.
+  c.split_train_step = True
   # fewer candidates for XLA's GPU autotuner (training/gpu_xla_flags.py), set through XLA_FLAGS
   # by the entry points before JAX starts: 8-16 s off a cold compile, but each step ~1.2%
   # slower (LocalVMamba-T, 30 steps, session 22), which costs more than it saves after some

@@ -10,6 +10,10 @@ Train state (a plain dict, so Orbax saves it as is and shardings are one tree.ma
 The model is rebuilt inside the step with `nnx.merge(graphdef, params, rest)`; train and eval
 use two graphdefs that differ only in the blocks' `deterministic` attribute (model.train() /
 model.eval()), so drop path is compiled in or out.
+
+The train step is two parts, the gradient and the update (`make_train_step_parts`), jitted by
+default as two programs that XLA compiles at once (`SplitTrainStep`, config.split_train_step):
+LocalVMamba-S's cold compile 63.2-67.0 -> 48.1-51.2 s on H200s (BENCHMARKS.md, session 26).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import optax
 from flax import nnx
 
 from localmamba_jax.training import device_augment
+from localmamba_jax.training.compile_cache import compile_in_background
 from localmamba_jax.training import sharding as shd
 
 
@@ -64,13 +69,24 @@ def global_norm(tree):
   return jnp.sqrt(sum(sums)) if sums else jnp.zeros(())
 
 
-def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int):
+def make_train_step_parts(bridge: ModelBridge, tx, schedule, config, num_classes: int):
+  """The train step in two parts, (gradient_step, update_step):
+
+    gradient_step(params, rng, step, batch) -> (loss, grads, bad_images)
+        augmentation, forward and backward (everything the model costs);
+    update_step(state, loss, grads, bad_images) -> (new_state, metrics)
+        AdamW, the EMA, the logged norms, the non-finite check.
+
+  `make_train_step` composes them into one function (one program). `jit_train_step` can
+  instead compile them as two programs at once (`SplitTrainStep`), because XLA compiles one
+  program on one thread: AdamW's per-leaf update alone was ~11 s of LocalVMamba-S's 61 s cold
+  compile on an H200 (BENCHMARKS.md session 26)."""
   aug, inp = config.augment, config.input
   ema_decay = config.optim.ema_decay
   skip_nonfinite = config.get("on_nonfinite", "stop") == "skip"
 
-  def train_step(state, batch):
-    key = jax.random.fold_in(state["rng"], state["step"])
+  def gradient_step(params, rng, step, batch):
+    key = jax.random.fold_in(rng, step)
     k_erase, k_mix, k_drop = jax.random.split(key, 3)
     images = device_augment.normalize(batch["image"], inp.mean, inp.std)
     images = device_augment.random_erasing(images, k_erase, aug.random_erase_prob)
@@ -86,7 +102,10 @@ def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int)
       per_example = optax.softmax_cross_entropy(logits, targets)
       return jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    return loss, grads, jnp.sum(~batch["valid"]).astype(jnp.int32)
+
+  def update_step(state, loss, grads, bad_images):
     grad_norm = global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -98,7 +117,7 @@ def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int)
         "loss": loss, "lr": schedule(state["step"]),
         "grad_norm": grad_norm, "param_norm": global_norm(params),
         "update_norm": global_norm(updates),
-        "bad_images": jnp.sum(~batch["valid"]).astype(jnp.int32),
+        "bad_images": bad_images,
     }
     if skip_nonfinite:
       # a NaN/inf loss or gradient leaves weights, optimizer moments and EMA as they were; the
@@ -110,6 +129,17 @@ def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int)
       new_state = dict(kept, step=new_state["step"])
       metrics["skipped"] = (~finite).astype(jnp.int32)
     return new_state, metrics
+
+  return gradient_step, update_step
+
+
+def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int):
+  """The whole train step as one function: (state, batch) -> (new_state, metrics)."""
+  gradient_step, update_step = make_train_step_parts(bridge, tx, schedule, config, num_classes)
+
+  def train_step(state, batch):
+    loss, grads, bad_images = gradient_step(state["params"], state["rng"], state["step"], batch)
+    return update_step(state, loss, grads, bad_images)
 
   return train_step
 
@@ -144,11 +174,84 @@ def train_step_compiler_options(config) -> dict | None:
 def jit_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int, mesh,
                    state_sharding):
   """The train step as the loop runs it: sharded state and batch in, the state donated,
-  replicated metrics out. train.py, the benchmark and the TPU lowering test share it."""
-  return jax.jit(make_train_step(bridge, tx, schedule, config, num_classes),
-                 in_shardings=(state_sharding, shd.batch_sharding(mesh)),
-                 out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=(0,),
-                 compiler_options=train_step_compiler_options(config))
+  replicated metrics out. train.py, the benchmark and the TPU lowering test share it.
+
+  With `config.split_train_step` (the default) it is a `SplitTrainStep`: the gradient and the
+  update programs, compiled at once on two threads; otherwise one `jax.jit` program. Both
+  have `.lower(state, batch).compile()` and are called as `step(state, batch)`."""
+  options = train_step_compiler_options(config)
+  if not config.get("split_train_step", False):
+    return jax.jit(make_train_step(bridge, tx, schedule, config, num_classes),
+                   in_shardings=(state_sharding, shd.batch_sharding(mesh)),
+                   out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=(0,),
+                   compiler_options=options)
+  gradient_step, update_step = make_train_step_parts(bridge, tx, schedule, config,
+                                                     num_classes)
+  replicated = shd.replicated(mesh)
+  params_sharding = state_sharding["params"]
+  # the gradients come out sharded as the parameters (FSDP: reduce-scattered in the backward,
+  # as in the one-program step), so the update is local to each device
+  gradient_jit = jax.jit(
+      gradient_step,
+      in_shardings=(params_sharding, replicated, replicated, shd.batch_sharding(mesh)),
+      out_shardings=(replicated, params_sharding, replicated), compiler_options=options)
+  update_jit = jax.jit(
+      update_step, in_shardings=(state_sharding, replicated, params_sharding, replicated),
+      out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+      compiler_options=options)
+  return SplitTrainStep(gradient_jit, update_jit)
+
+
+class SplitTrainStep:
+  """The train step as two jitted programs (see `make_train_step_parts`).
+
+  Calling it runs both, dispatched back to back (asynchronously, like one program); the state
+  is donated to the update. `lower(state, batch)` lowers both and
+  `.compile()` on the result compiles them on two threads at once."""
+
+  def __init__(self, gradient_step, update_step):
+    self.gradient_step = gradient_step
+    self.update_step = update_step
+
+  def __call__(self, state, batch):
+    return _run_split(self.gradient_step, self.update_step, state, batch)
+
+  def lower(self, state, batch) -> "SplitLowered":
+    gradient = self.gradient_step.lower(state["params"], state["rng"], state["step"], batch)
+    loss, grads, bad_images = gradient.out_info
+    update = self.update_step.lower(state, loss, grads, bad_images)
+    return SplitLowered(gradient, update)
+
+
+def _run_split(gradient_step, update_step, state, batch):
+  loss, grads, bad_images = gradient_step(state["params"], state["rng"], state["step"], batch)
+  return update_step(state, loss, grads, bad_images)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitLowered:
+  gradient: object  # jax Lowered
+  update: object
+
+  def compile(self) -> "SplitCompiled":
+    # XLA compiles a program on the calling thread and releases the GIL meanwhile
+    update = compile_in_background(self.update, name="compile-update-program")
+    gradient = self.gradient.compile()
+    return SplitCompiled(gradient, update.result())
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitCompiled:
+  gradient: object  # jax Compiled
+  update: object
+
+  def __call__(self, state, batch):
+    return _run_split(self.gradient, self.update, state, batch)
+
+  @property
+  def parts(self) -> dict:
+    """The compiled programs by name, e.g. for their XLA memory plans and cost analyses."""
+    return {"gradient": self.gradient, "update": self.update}
 
 
 def jit_eval_step(bridge: ModelBridge, config, mesh, params_sharding):

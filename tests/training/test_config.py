@@ -118,13 +118,18 @@ def test_gpu_scheduler_memory_slop_is_checked_and_reaches_the_train_step_compile
   c.gpu_scheduler_memory_slop = 22
   validate_config(c)
   assert train_step.train_step_compiler_options(c) == {"xla_gpu_memory_limit_slop_factor": 22}
-  seen = {}
-  monkeypatch.setattr(train_step, "make_train_step", lambda *a: (lambda state, batch: state))
-  monkeypatch.setattr(train_step.jax, "jit", lambda fn, **kw: seen.update(kw) or fn)
+  seen = []
+  monkeypatch.setattr(train_step, "make_train_step_parts",
+                      lambda *a: (lambda *args: args, lambda *args: args))
+  monkeypatch.setattr(train_step.jax, "jit", lambda fn, **kw: seen.append(kw) or fn)
   monkeypatch.setattr(train_step.shd, "batch_sharding", lambda mesh: None)
   monkeypatch.setattr(train_step.shd, "replicated", lambda mesh: None)
-  train_step.jit_train_step(None, None, None, c, 10, None, None)
-  assert seen["compiler_options"] == {"xla_gpu_memory_limit_slop_factor": 22}
+  for split, programs in ((False, 1), (True, 2)):   # one program, or gradient + update
+    c.split_train_step = split
+    seen.clear()
+    train_step.jit_train_step(None, None, None, c, 10, None, {"params": None})
+    assert [kw["compiler_options"] for kw in seen] == (
+        [{"xla_gpu_memory_limit_slop_factor": 22}] * programs)
 
 
 def test_every_documented_config_flag_exists_in_a_config():

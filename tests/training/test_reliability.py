@@ -218,9 +218,10 @@ _poison_gradient.defvjp(_poison_fwd, _poison_bwd)
 
 
 def poisoned_step_factory(nan_loss_at, inf_grad_at):
-  """Wraps train_step_lib.make_train_step: NaN logits at update `nan_loss_at` (1-based), inf
-  gradients (finite loss) at update `inf_grad_at`; every other step is the real one."""
-  original = train_step_lib.make_train_step
+  """Wraps train_step_lib.make_train_step_parts (which the one-program step and the split
+  step are both built from): NaN logits at update `nan_loss_at` (1-based), inf gradients
+  (finite loss) at update `inf_grad_at`; every other step is the real one."""
+  original = train_step_lib.make_train_step_parts
 
   def factory(bridge, tx, schedule, config, num_classes):
     current = {}
@@ -232,17 +233,17 @@ def poisoned_step_factory(nan_loss_at, inf_grad_at):
         logits = logits * jnp.where(number == nan_loss_at, jnp.nan, 1.0)
         return _poison_gradient(logits, jnp.where(number == inf_grad_at, jnp.inf, 1.0))
 
-    inner = original(PoisonedBridge(), tx, schedule, config, num_classes)
+    gradient_step, update_step = original(PoisonedBridge(), tx, schedule, config, num_classes)
 
-    def train_step(state, batch):
-      current["step"] = state["step"]  # traced: the poison is part of the compiled step
-      return inner(state, batch)
-    return train_step
+    def poisoned_gradient_step(params, rng, step, batch):
+      current["step"] = step  # traced: the poison is part of the compiled step
+      return gradient_step(params, rng, step, batch)
+    return poisoned_gradient_step, update_step
   return factory
 
 
 def test_nan_loss_stops_naming_step_metric_and_last_checkpoint(tmp_path, monkeypatch):
-  monkeypatch.setattr(train_step_lib, "make_train_step", poisoned_step_factory(3, 0))
+  monkeypatch.setattr(train_step_lib, "make_train_step_parts", poisoned_step_factory(3, 0))
   with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3 .*last good "
                      r"checkpoint is step 2 in .*checkpoints"):
     train_and_evaluate(tiny_config(), str(tmp_path), stop_at_step=4)
@@ -250,7 +251,7 @@ def test_nan_loss_stops_naming_step_metric_and_last_checkpoint(tmp_path, monkeyp
 
 
 def test_nonfinite_steps_are_skipped_and_counted_when_configured(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(train_step_lib, "make_train_step", poisoned_step_factory(2, 3))
+  monkeypatch.setattr(train_step_lib, "make_train_step_parts", poisoned_step_factory(2, 3))
   config = tiny_config()
   config.on_nonfinite = "skip"
   config.checkpoint_every_steps = 1

@@ -1,9 +1,10 @@
 """The full LocalVMamba-T train step of `train.py --config configs/localvmamba_t.py` lowers
 for a TPU from this CPU host, with the Pallas TPU scan kernel in every block.
 
-The step is the training package's own (`make_train_step`: on-device normalisation, random
-erasing, mixup/cutmix, drop path, bf16 forward, loss, grads, AdamW with the recipe's
-schedule), jitted with the loop's shardings and donation, and exported with
+The step is the training package's own (`make_train_step_parts`: on-device normalisation,
+random erasing, mixup/cutmix, drop path, bf16 forward, loss, grads, then AdamW with the
+recipe's schedule), its two programs jitted with the loop's shardings and donation, and
+exported with
 `jax.export(..., platforms=["tpu"])` on abstract inputs: the state comes from
 `jax.eval_shape`, so the 25.5M parameters are never allocated, and nothing is compiled
 (Mosaic's own compilation needs a TPU). `scan_impl` stays the config's "auto"; `on_tpu()` is
@@ -21,7 +22,7 @@ from localmamba_jax.ops.kernels import selective_scan_tpu
 from localmamba_jax.training import sharding as shd
 from localmamba_jax.training.model_factory import build_model
 from localmamba_jax.training.optim import lr_schedule, make_optimizer
-from localmamba_jax.training.train_step import ModelBridge, jit_train_step
+from localmamba_jax.training.train_step import ModelBridge, SplitTrainStep, jit_train_step
 
 CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "localvmamba_t.py"
 NUM_BLOCKS = 2 + 2 + 9 + 2  # LocalVMamba-T depths
@@ -77,16 +78,23 @@ def test_localvmamba_t_train_step_lowers_for_tpu_with_the_kernel(monkeypatch):
                                        fsdp_min_size=config.sharding.fsdp_min_size)
   with jax.set_mesh(mesh), selective_scan_tpu.lowering_for_tpu():
     step = jit_train_step(bridge, tx, schedule, config, num_classes, mesh, state_sharding)
-    exported = jax.export.export(step, platforms=["tpu"])(abstract_state, batch)
+    # the default step is two programs (config.split_train_step): the gradient, then the update
+    assert isinstance(step, SplitTrainStep)
+    gradient = jax.export.export(step.gradient_step, platforms=["tpu"])(
+        abstract_state["params"], abstract_state["rng"], abstract_state["step"], batch)
+    loss, grads, bad_images = jax.tree.unflatten(gradient.out_tree, gradient.out_avals)
+    exported = jax.export.export(step.update_step, platforms=["tpu"])(
+        abstract_state, loss, grads, bad_images)
 
-  assert exported.platforms == ("tpu",)
+  assert gradient.platforms == exported.platforms == ("tpu",)
   new_state, metrics = jax.tree.unflatten(exported.out_tree, exported.out_avals)
   assert jax.tree.structure(new_state) == jax.tree.structure(abstract_state)
   assert all(a.shape == b.shape and a.dtype == b.dtype for a, b in
              zip(jax.tree.leaves(new_state), jax.tree.leaves(abstract_state)))
   assert metrics["loss"].shape == () and metrics["loss"].dtype == jnp.float32
 
-  calls = [line for line in exported.mlir_module().splitlines() if "tpu_custom_call" in line]
+  assert "tpu_custom_call" not in exported.mlir_module()   # the update has no kernels
+  calls = [line for line in gradient.mlir_module().splitlines() if "tpu_custom_call" in line]
   # every block: one forward kernel, and one backward kernel from the custom_vjp
   assert len(calls) == 2 * NUM_BLOCKS
   assert sum("selective_scan_tpu_fwd" in line for line in calls) == NUM_BLOCKS
