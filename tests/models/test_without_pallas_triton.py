@@ -60,7 +60,8 @@ def test_the_warning_comes_once_and_only_where_the_kernels_are_missing_on_a_gpu(
   monkeypatch.setattr(selective_scan_gpu, "_HAVE_PALLAS_TRITON", False)
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    assert selective_scan.resolve_impl("auto", False) == "associative"   # not on a GPU
+    with traced_for("cpu"):                        # not on a GPU (whatever this host has)
+      assert selective_scan.resolve_impl("auto", False) == "associative"
     with traced_for("gpu"):
       with pytest.raises(RuntimeWarning, match=r"jax \S+ has no Pallas Triton backend.*"
                          r"pip install 'jax\[cuda13\]<0.12'"):

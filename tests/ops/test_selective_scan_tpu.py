@@ -200,7 +200,9 @@ def test_lowering_for_tpu_on_a_gpu_host_traces_no_gpu_kernel():
       assert resolve_impl("auto", True, True) == "pallas_tpu"
     assert target_platform() == "gpu"
     text = _small_local_vmamba_train_step_for_tpu(stages=1, image_size=32)
-  assert text.count("tpu_custom_call") == 2 and "triton" not in text
+  # no Triton kernel call (the custom call's target; the text's debug locations may name files
+  # with "triton" in them, e.g. tests/models/test_without_pallas_triton.py)
+  assert text.count("tpu_custom_call") == 2 and "__gpu$xla.gpu.triton" not in text
   assert target_platform() == jax.default_backend()
 
 
