@@ -1,6 +1,9 @@
 """What is live at the peak of a compiled XLA program, from its scheduled HLO (no GPU needed).
 
-    python benchmarks/hlo_live_buffers.py module.jit_train_step.sm_9.0a_gpu_after_optimizations.txt[.gz] [--top 40]
+    python benchmarks/hlo_live_buffers.py module.jit_gradient_step.sm_9.0a_gpu_after_optimizations.txt[.gz] [--top 40]
+
+(The train step's peak is in its gradient program since session 26; with
+`--no-split-step` the benchmark's one-program step is dumped as `module.jit_train_step...`.)
 
 XLA's buffer-assignment dump gives offsets but not lifetimes, and its memory-usage report
 groups buffers by allocation slice, not by time. The entry computation of the optimised HLO
