@@ -498,7 +498,7 @@ def _benchmark_model(args, model_name, config, cache_dir, setup_t0) -> list[dict
       # XLA flags change both the compile time and the step (autotuning, fusion)
       "xla_flags": os.environ.get("XLA_FLAGS") or None,
       "optimizer": args.optimizer,
-      "split_train_step": bool(config.get("split_train_step", False)),
+      "split_train_step": bool(config.get("split_train_step", True)),
       "threefry_gpu_kernel": config.threefry_gpu_kernel,
       "init_beside_step": bool(args.init_beside_step) or None,
       # a compile served by the cache is not a cold compile time

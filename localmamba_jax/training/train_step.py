@@ -25,8 +25,8 @@ import optax
 from flax import nnx
 
 from localmamba_jax.training import device_augment
-from localmamba_jax.training.compile_cache import compile_in_background
 from localmamba_jax.training import sharding as shd
+from localmamba_jax.training.compile_cache import compile_in_background
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +138,7 @@ def make_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int)
   gradient_step, update_step = make_train_step_parts(bridge, tx, schedule, config, num_classes)
 
   def train_step(state, batch):
-    loss, grads, bad_images = gradient_step(state["params"], state["rng"], state["step"], batch)
-    return update_step(state, loss, grads, bad_images)
+    return _run_split(gradient_step, update_step, state, batch)
 
   return train_step
 
@@ -180,7 +179,8 @@ def jit_train_step(bridge: ModelBridge, tx, schedule, config, num_classes: int, 
   update programs, compiled at once on two threads; otherwise one `jax.jit` program. Both
   have `.lower(state, batch).compile()` and are called as `step(state, batch)`."""
   options = train_step_compiler_options(config)
-  if not config.get("split_train_step", False):
+  # .get: a config built without base_config() may lack the key; base_config's default holds
+  if not config.get("split_train_step", True):
     return jax.jit(make_train_step(bridge, tx, schedule, config, num_classes),
                    in_shardings=(state_sharding, shd.batch_sharding(mesh)),
                    out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=(0,),
@@ -206,8 +206,8 @@ class SplitTrainStep:
   """The train step as two jitted programs (see `make_train_step_parts`).
 
   Calling it runs both, dispatched back to back (asynchronously, like one program); the state
-  is donated to the update. `lower(state, batch)` lowers both and
-  `.compile()` on the result compiles them on two threads at once."""
+  is donated to the update. `lower(state, batch)` lowers both, and `.compile()` on the result
+  compiles them on two threads at once."""
 
   def __init__(self, gradient_step, update_step):
     self.gradient_step = gradient_step

@@ -130,6 +130,12 @@ def test_gpu_scheduler_memory_slop_is_checked_and_reaches_the_train_step_compile
     train_step.jit_train_step(None, None, None, c, 10, None, {"params": None})
     assert [kw["compiler_options"] for kw in seen] == (
         [{"xla_gpu_memory_limit_slop_factor": 22}] * programs)
+  # a config built without base_config() and its split_train_step key gets the default: split
+  with c.unlocked():
+    del c["split_train_step"]
+  seen.clear()
+  train_step.jit_train_step(None, None, None, c, 10, None, {"params": None})
+  assert len(seen) == 2
 
 
 def test_every_documented_config_flag_exists_in_a_config():
