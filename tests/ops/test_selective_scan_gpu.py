@@ -289,8 +289,8 @@ def test_chunk_defaults_and_the_forward_only_call(monkeypatch):
   a = -jnp.ones((8, 4), jnp.float32)
   bc = jnp.asarray(rng.standard_normal((1, tokens, 1, 4)), jnp.float32)
   table = np.arange(tokens)[None, ::-1].copy()  # 96 steps: the batched schedule (64 < L < 512)
-  run = lambda x, **kw: selective_scan_gpu.selective_scan_pallas(
-      x, x, a, bc, bc, delta_softplus=True, interpret=True, **kw)
+  run = lambda x, **kw: selective_scan_gpu.selective_scan_pallas(   # one part: this call's
+      x, x, a, bc, bc, delta_softplus=True, interpret=True, seq_parts=1, **kw)  # own kernel
   for kw, training in (({"read_index": table}, (4, 4, True, False)),
                        ({}, (4, 4, True, False)),
                        ({"chunk": 2}, (2, 8, True, False))):
@@ -651,3 +651,122 @@ def test_lanes_default_follows_the_measurements(monkeypatch):
         x, x, a, bc, bc, read_index=table, interpret=True))), x)
     chunk, every = (8, 8) if want else (4, 4)
     assert seen == [(want, min(chunk, tokens), min(every, tokens), True)], (tokens, state, seen)
+
+
+# ------------------------------------------------- a forward in parts of the sequence (seq_parts)
+
+def _parts_inputs(length, with_z, seed):
+  rng = np.random.default_rng(seed)
+  inputs = random_inputs(rng, batch=1, length=length, channels=16, groups=2, num_state=4,
+                         with_z=with_z)
+  return [inputs[k] for k in NAMES]
+
+
+@pytest.mark.parametrize("table,seq_parts,with_z", [
+    (False, 3, True),    # plain order, three parts of whole chunks
+    (True, 4, False),    # through a table with pad steps (decay-only) inside parts; the last
+                         # part runs past the sequence end
+    (False, None, True),  # the layout chosen from the batch (batch 1: parts, 8-channel tiles)
+])
+def test_forward_in_parts_matches_float64_and_the_one_part_forward(table, seq_parts, with_z):
+  """A forward that no backward follows, run as parts of the sequence in parallel (end states
+  and Delta sums first, then each part from the folded state of the parts before it): the
+  outputs and the last state of the float64 reference, and of the one-part forward to ~1e-7
+  (only the sums' order differs)."""
+  length = 70
+  args = _parts_inputs(length, with_z, seed=21)
+  read_index = None
+  if table:  # reversed, with two pads at the start and two in the middle
+    read_index = np.stack([np.r_[-1, -1, np.arange(length)[::-1]],
+                           np.r_[np.arange(30), -1, -1, np.arange(30, length)]])
+  assert selective_scan_gpu._forward_only_layout(
+      seq_parts, 1, 16, 8, length + 2 * table, 4, 8, False)[1] > 1  # really in parts
+
+  def kernel(parts):
+    u, delta, A, B, C, D, bias, z = args
+    return selective_scan_gpu.selective_scan_pallas(
+        u, delta, A, B, C, D, z, bias, delta_softplus=True, read_index=read_index,
+        return_last_state=True, seq_parts=parts, interpret=True)
+
+  (out, last), (out_1, last_1) = kernel(seq_parts), kernel(1)
+  with jax.enable_x64():
+    args64 = [None if a is None else jnp.asarray(np.asarray(a, np.float64)) for a in args]
+    u, delta, A, B, C, D, bias, z = args64
+    if read_index is None:
+      ref_out, ref_last = selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True,
+                                         return_last_state=True, impl="reference")
+    else:  # gather, scan in table order, write each step back at its token
+      take = lambda x: jnp.take(x, np.maximum(read_index, 0), axis=1)  # [b, G, L, ...]
+      real = jnp.asarray(read_index >= 0)
+      per_group = 8
+      outs, lasts = [], []
+      for g in range(2):
+        sl = slice(g * per_group, (g + 1) * per_group)
+        pick = lambda x, pad=0.0: jnp.where(real[g][None, :, None], take(x)[:, g], pad)
+        o, l = selective_scan(pick(u[:, :, sl]), pick(delta[:, :, sl]), A[sl],
+                              pick(B[:, :, g])[:, :, None], pick(C[:, :, g])[:, :, None],
+                              D[sl], None, bias[sl], delta_softplus=True,
+                              return_last_state=True, impl="reference")
+        outs.append(np.zeros((1, length, per_group)))
+        keep = read_index[g] >= 0
+        outs[-1][:, read_index[g][keep]] = np.asarray(o)[:, keep]
+        lasts.append(np.asarray(l))
+      ref_out, ref_last = np.concatenate(outs, axis=2), np.concatenate(lasts, axis=1)
+    ref_out, ref_last = np.asarray(ref_out), np.asarray(ref_last)
+  assert rel_err(out, ref_out) < OUT_TOL
+  assert rel_err(last, ref_last) < OUT_TOL
+  assert rel_err(out, out_1) < 1e-6 and rel_err(last, last_1) < 1e-6
+
+
+def test_forward_in_parts_only_where_no_backward_follows(monkeypatch):
+  """At batch 1 the inference forward runs in parts; the forward of a VJP keeps the one
+  sequential walk (it saves the backward's checkpoints), and the gradients are unchanged."""
+  calls = []
+  original = selective_scan_gpu._forward_parts_call
+  monkeypatch.setattr(selective_scan_gpu, "_forward_parts_call",
+                      lambda cfg, *a: calls.append(cfg.seq_parts) or original(cfg, *a))
+  args = _parts_inputs(80, True, seed=22)
+  run = lambda *a: selective_scan_gpu.selective_scan_pallas(
+      *a[:5], a[5], a[7], a[6], delta_softplus=True, interpret=True)
+  out = run(*args)
+  assert calls == [4]             # 80 steps at batch 1: four parts of >= MIN_PART_STEPS steps
+  calls.clear()
+  out_vjp, pullback = jax.vjp(run, *args)
+  grads = pullback(jnp.ones_like(out_vjp))
+  assert calls == []
+  assert rel_err(out, out_vjp) < 1e-6
+  reference = lambda *a: selective_scan(*a[:5], a[5], a[7], a[6], delta_softplus=True,
+                                        impl="reference")
+  assert_matches(run, reference, args, np.ones(out.shape), NAMES)
+  assert all(g is not None for g in grads)
+
+
+def test_forward_in_parts_layout_follows_the_batch():
+  """The layout rule (SMALL_BATCH_WARPS, FILL_WARPS, SMALL_BATCH_TILE, MIN_PART_STEPS):
+  LocalVMamba-T's shapes at batch 128 keep the measured one-part layout, and so do those that
+  lost to it on an H200 (stage 2 at batch 32; stage 3 at batch 8 in one part, the small tile
+  kept); at batch 1 they take one-warp 16-channel tiles and power-of-two parts of at least
+  MIN_PART_STEPS steps that bring the warps to the fill target without passing it; explicit
+  values are honoured and checked."""
+  layout = selective_scan_gpu._forward_only_layout
+  fill, min_steps = selective_scan_gpu.FILL_WARPS, selective_scan_gpu.MIN_PART_STEPS
+  assert layout(None, 32, 1536, 384, 784, 4, 64, False) is None
+  assert layout(None, 8, 3072, 768, 196, 4, 64, False) == (16, 1)
+  assert layout(None, 1, 768, 192, 3136, 4, 64, False) == (16, 32)  # measured best of 1-32
+  # 8 parts measured best of 1-32; 49 chunks of 4 steps go into 7 parts of 7 chunks
+  assert layout(None, 1, 3072, 768, 196, 4, 64, False) == (16, 7)
+  stages = [(768, 192, 3136), (1536, 384, 784), (3072, 768, 196), (6144, 1536, 64)]
+  for channels, per_group, length in stages:
+    assert layout(None, 128, channels, per_group, length, 4, 64, False) is None
+    tile, parts = layout(None, 1, channels, per_group, length, 4, 64, False)
+    warps = channels // tile  # one warp per 16-channel tile
+    assert tile == selective_scan_gpu.SMALL_BATCH_TILE
+    assert warps * parts <= fill and length // parts >= min_steps
+    requested = 2 ** int(np.ceil(np.log2(parts)))  # a power of two, whole chunks per part
+    assert warps * requested * 2 > fill or length // (2 * requested) < min_steps
+  assert layout(None, 1, 768, 192, 3136, 4, 64, True)[0] == 64  # a tile given is kept
+  assert layout(1, 1, 768, 192, 3136, 4, 64, False) is None     # one part: the usual layout
+  assert layout(8, 128, 768, 192, 3136, 4, 64, False) == (64, 8)
+  assert layout(1000, 1, 16, 8, 10, 4, 8, False) == (8, 3)      # at most one part per chunk
+  with pytest.raises(ValueError, match="seq_parts must be an integer >= 1"):
+    layout(0, 1, 16, 8, 10, 4, 8, False)

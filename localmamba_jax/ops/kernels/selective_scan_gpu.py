@@ -26,7 +26,11 @@ Kernel design (one program per (batch, tile of `tile` channels inside one group)
     The backward's registers are capped (PTX .maxnreg, `register_cap`) where that was
     measured faster: 168 registers let 12 one-warp programs share an SM instead of 8.
     A forward that no backward follows (inference) saves no checkpoints, and takes chunk 4
-    under a cap of 80 registers (more resident warps; measured, FORWARD_ONLY_CHUNK).
+    under a cap of 80 registers (more resident warps; measured, FORWARD_ONLY_CHUNK). At a
+    batch too small to fill the GPU it takes 16-channel tiles and runs parts of the sequence
+    at once (`seq_parts`, `_forward_parts_call`: each part's end state and Delta sum, then
+    each part from the state folded over those before it; LocalVMamba-T's batch-1 eval step
+    5.70 -> 2.38 ms on an H200).
     With recompute_checkpoints the training forward is such a forward too, and the backward
     first rebuilds the checkpoints with a states-only forward (no C, z or outputs): less
     memory held between a model's forward and backward (LocalVMamba-T bf16 at 128 per H100:
@@ -70,6 +74,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +114,22 @@ FORWARD_CHUNK = 8                # the chunk of the lean backward read through a
 # 88 3.93, chunk 8 uncapped 3.22), so it is re-measured with the step whenever Triton changes.
 FORWARD_ONLY_CHUNK = 4
 FORWARD_ONLY_MAX_REGISTERS = 80
+# A forward that no backward follows at a batch too small to fill the GPU (`seq_parts`,
+# `_forward_only_layout`). Below SMALL_BATCH_WARPS warps in its usual layout it takes
+# SMALL_BATCH_TILE-channel tiles on one warp, and cuts the sequence into as many parts (a
+# power of two, each of at least MIN_PART_STEPS steps) as keep it within FILL_WARPS warps.
+# Measured on an H200 (bf16, forward only, the models' fused path; BENCHMARKS.md session 27):
+# the parts won where a few hundred warps or fewer walked long sequences (stage 1 at batch 1
+# 1.36 -> 0.18 ms with 32 parts, batch 8 1.88 -> 0.73 with 8; stage 2 at batch 1 0.43 ->
+# 0.16; stage 3 at batch 1 0.23 -> 0.12 with 7 parts of 28 steps) and lost from ~1500 warps
+# up (stage 3 at batch 8: 0.18 in one part, 0.29 in two), and the small tile lost to the usual
+# one from 1536 usual warps up (stage 2 at batch 32: 0.71 -> 0.83 ms). Sized for the 132 SMs
+# of an H100 / H200.
+SMALL_BATCH_WARPS = 1024
+FILL_WARPS = 2048
+SMALL_BATCH_TILE = 16
+MIN_PART_STEPS = 16
+PART_FOLD_UNROLL = 8  # parts folded per group of loads (`_part_output_kernel`)
 DEFAULT_KEEP_DECAY = False
 # keep_dl + sfu (H100, fp32, batch 128, same run, 2026-11-27): fwd+bwd stage 1 22.48 -> 20.30 ms,
 # stage 2 11.33 -> 10.43, stage 3 7.29 -> 6.38, stage 4 3.83 -> 3.60, LocalVim-T 1.40 -> 1.20;
@@ -232,6 +253,36 @@ def is_supported(channels: int, groups: int, num_state: int, dtypes=()) -> bool:
   return all(jnp.dtype(d) in map(jnp.dtype, _SUPPORTED_DTYPES) for d in dtypes)
 
 
+def _forward_warps(tile: int) -> int:
+  return 1 if tile <= 32 else 2
+
+
+def _forward_only_layout(seq_parts, batch, channels, per_group, seq_len, chunk, tile,
+                         tile_given):
+  """(tile, parts) of a forward that no backward follows, or None for its usual layout (the
+  forward's tile, one part). seq_parts=None: smaller tiles and parts only where the batch
+  leaves the usual layout under SMALL_BATCH_WARPS warps (see there); an int: that many parts
+  (1 = the usual layout)."""
+  if seq_parts is not None:
+    if not isinstance(seq_parts, (int, np.integer)) or seq_parts < 1:
+      raise ValueError(f"selective_scan_pallas: seq_parts must be an integer >= 1 or None "
+                       f"(chosen from the batch), got {seq_parts!r}.")
+    segments = -(-seq_len // chunk)
+    parts = min(int(seq_parts), segments)
+    return None if parts == 1 else (tile, -(-segments // -(-segments // parts)))
+  if batch * (channels // tile) * _forward_warps(tile) >= SMALL_BATCH_WARPS:
+    return None
+  if not tile_given:
+    tile = largest_pow2_divisor(per_group, SMALL_BATCH_TILE)
+  warps = batch * (channels // tile) * _forward_warps(tile)
+  parts = 1
+  while (warps * parts * 2 <= FILL_WARPS and seq_len // (parts * 2) >= MIN_PART_STEPS
+         and seq_len // (parts * 2) >= chunk):
+    parts *= 2
+  return _forward_only_layout(parts, batch, channels, per_group, seq_len, chunk, tile,
+                              True) or (tile, 1)
+
+
 def _lean_default(seq_len: int, indexed: bool) -> bool:
   return seq_len >= LEAN_MIN_SEQ or (indexed and seq_len <= LEAN_MAX_SHORT_INDEXED_SEQ)
 
@@ -320,6 +371,10 @@ class _Config:
   # with 2N instead of 4N - 2 selects per step; it then reads each step's [B_t, C_t] as one
   # [2N] row (entry l in lane l) and hands each slot its values by shuffles
   lanes_xor: bool = False
+  # (tile, parts) of a forward that no backward follows, where the batch is too small to fill
+  # the GPU (`_forward_only_layout`); None: the forward's own tile, one part
+  fwd_only_layout: tuple[int, int] | None = None
+  seq_parts: int = 1  # parts of the sequence run in parallel (`_forward_parts_call`)
 
 
 def _out_dtype(cfg, u):
@@ -502,45 +557,124 @@ def _program_coords(cfg, tile, per_group, u_channels, z_channels):
   return b, j, c0, group, c0 % u_channels, c0 % z_channels
 
 
-def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
+def _forward_refs(refs, cfg, num_outputs):
+  """A forward kernel's arguments as (index_ref, the seven input refs u..bias, z_ref, the refs
+  after them (further inputs, then the outputs), the last `num_outputs` refs (the outputs))."""
   refs = list(refs)
   index_ref = refs.pop(0) if cfg.indexed else None
-  u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref = refs[:7]
+  inputs = refs[:7]
   z_ref = refs[7] if cfg.has_z else None
-  out_ref, ckpt_ref, last_ref = refs[-3:]
-  tile, chunk = cfg.tile, cfg.chunk
-  seg_len = cfg.checkpoint_every
+  return index_ref, inputs, z_ref, refs[7 + cfg.has_z:], refs[-num_outputs:]
+
+
+def _forward_program(refs, cfg, per_group, u_channels, z_channels):
+  """What every forward program reads once: its coordinates, A * log2(e), D and the bias of
+  its tile, and the refs `_load_step` reads a step through."""
+  index_ref, (u_ref, delta_ref, a_ref, b_ref, c_ref, d_ref, bias_ref), z_ref, rest, _ = refs
+  tile = cfg.tile
   b, _, c0, group, cu0, cz0 = _program_coords(cfg, tile, per_group, u_channels, z_channels)
-  a2 = a_ref[pl.ds(c0, tile), :]                    # A * log2(e), [tile, N] fp32
-  d = d_ref[pl.ds(c0, tile)]
-  bias = bias_ref[pl.ds(c0, tile)]
-  load_refs = (u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref)
+  return types.SimpleNamespace(
+      b=b, c0=c0, group=group, cu0=cu0, cz0=cz0, rest=rest,
+      a2=a_ref[pl.ds(c0, tile), :],                  # A * log2(e), [tile, N] fp32
+      d=d_ref[pl.ds(c0, tile)], bias=bias_ref[pl.ds(c0, tile)],
+      load_refs=(u_ref, delta_ref, b_ref, c_ref, z_ref, index_ref))
+
+
+def _forward_segment(cfg, prog, seg, h, out_ref=None, dl_sum=None):
+  """The `checkpoint_every` steps of segment `seg` from state h: returns the state after them
+  (and dl_sum plus the segment's Delta, the exponent of its decay exp(A sum Delta), when a
+  sum is passed). Writes the outputs to out_ref unless it is None (a states-only forward)."""
+  tile, chunk = cfg.tile, cfg.chunk
+  b, c0 = prog.b, prog.c0
+  for r in range(cfg.checkpoint_every // chunk):
+    first = seg * cfg.checkpoint_every + r * chunk
+    raws = [_load_step(cfg, prog.load_refs, b, prog.group, c0, prog.cu0, prog.cz0, tile,
+                       first + i, need_c=out_ref is not None)
+            for i in range(chunk)]                  # a chunk's loads before its first store
+    for i in range(chunk):
+      s = _derive(cfg, raws[i], first + i, prog.bias)
+      decay = _exp2(s["dl"][:, None] * prog.a2, cfg)
+      h = _fma(decay, h, (s["dl"] * s["u"])[:, None] * s["bt"][None, :], cfg)
+      if dl_sum is not None:
+        dl_sum = dl_sum + s["dl"]                   # past-the-end steps have Delta = 0
+      if out_ref is None:                           # only the states wanted
+        continue
+      y = _fma(prog.d, s["u"], jnp.sum(h * s["ct"][None, :], axis=1), cfg)
+      if cfg.has_z:
+        y = y * s["zt"] * _sigmoid(s["zt"], cfg)
+      mask = jnp.broadcast_to(s["write_ok"], (tile,))
+      plt.store(out_ref.at[b, s["write_pos"], pl.ds(c0, tile)], y.astype(out_ref.dtype),
+                mask=mask)
+  return h if dl_sum is None else (h, dl_sum)
+
+
+def _forward_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
+  refs = _forward_refs(refs, cfg, 3)
+  prog = _forward_program(refs, cfg, per_group, u_channels, z_channels)
+  out_ref, ckpt_ref, last_ref = refs[-1]
+  b, c0, tile = prog.b, prog.c0, cfg.tile
 
   def segment_body(seg, h):
     if cfg.save_checkpoints:
       ckpt_ref[b, seg, pl.ds(c0, tile), :] = h      # the state at every segment start
-    for r in range(seg_len // chunk):
-      first = seg * seg_len + r * chunk
-      raws = [_load_step(cfg, load_refs, b, group, c0, cu0, cz0, tile, first + i,
-                         need_c=cfg.write_output)
-              for i in range(chunk)]                # a chunk's loads before its first store
-      for i in range(chunk):
-        s = _derive(cfg, raws[i], first + i, bias)
-        decay = _exp2(s["dl"][:, None] * a2, cfg)
-        h = _fma(decay, h, (s["dl"] * s["u"])[:, None] * s["bt"][None, :], cfg)
-        if not cfg.write_output:                    # only the states (checkpoints) wanted
-          continue
-        y = _fma(d, s["u"], jnp.sum(h * s["ct"][None, :], axis=1), cfg)
-        if cfg.has_z:
-          y = y * s["zt"] * _sigmoid(s["zt"], cfg)
-        mask = jnp.broadcast_to(s["write_ok"], (tile,))
-        plt.store(out_ref.at[b, s["write_pos"], pl.ds(c0, tile)], y.astype(out_ref.dtype),
-                  mask=mask)
-    return h
+    return _forward_segment(cfg, prog, seg, h, out_ref if cfg.write_output else None)
 
-  h0 = jnp.zeros((tile, a2.shape[1]), jnp.float32)
-  num_segments = num_chunks * chunk // seg_len
+  h0 = jnp.zeros((tile, prog.a2.shape[1]), jnp.float32)
+  num_segments = num_chunks * cfg.chunk // cfg.checkpoint_every
   last_ref[b, pl.ds(c0, tile), :] = jax.lax.fori_loop(0, num_segments, segment_body, h0)
+
+
+# The sequence-parallel forward (cfg.seq_parts > 1; forwards that no backward follows). One
+# program per (image, channel tile) walks the whole sequence one step at a time, so at small
+# batch a few dozen programs hold a GPU of 132 SMs and the step's latency sets the time
+# (LocalVMamba-T at batch 1 on an H200: 3.45 of 4.49 ms of kernels in the scans, stage 1's two
+# 3136-step scans 1.11 ms each; BENCHMARKS.md session 27). Cut the sequence into P parts of
+# whole segments: a first kernel runs every part from a zero state and writes its end state
+# and the sum of its Delta (the decay over a part is exp(A sum Delta), A being constant in
+# time); a second kernel starts part p from the combined state of parts 0..p-1,
+#     H_p = exp(A S_{p-1}) H_{p-1} + h_{p-1},   H_0 = 0,
+# which each program folds itself (no launch in between), then writes the outputs of its part.
+# Twice the recurrence's work, P times the programs, L / P steps each. The sums of h round in
+# another order than the sequential walk: ~1e-7 relative in float32.
+def _part_segments(cfg, num_chunks):
+  num_segments = num_chunks * cfg.chunk // cfg.checkpoint_every
+  return -(-num_segments // cfg.seq_parts)
+
+
+def _part_summary_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
+  refs = _forward_refs(refs, cfg, 2)
+  prog = _forward_program(refs, cfg, per_group, u_channels, z_channels)
+  end_ref, dl_sum_ref = refs[-1]
+  part, tile = pl.program_id(2), cfg.tile
+  per_part = _part_segments(cfg, num_chunks)
+  zero = (jnp.zeros((tile, prog.a2.shape[1]), jnp.float32), jnp.zeros((tile,), jnp.float32))
+  h, dl_sum = jax.lax.fori_loop(
+      0, per_part, lambda i, c: _forward_segment(cfg, prog, part * per_part + i, c[0],
+                                                 dl_sum=c[1]), zero)
+  end_ref[prog.b, part, pl.ds(prog.c0, tile), :] = h
+  dl_sum_ref[prog.b, part, pl.ds(prog.c0, tile)] = dl_sum
+
+
+def _part_output_kernel(*refs, cfg, per_group, u_channels, z_channels, num_chunks):
+  refs = _forward_refs(refs, cfg, 2)
+  prog = _forward_program(refs, cfg, per_group, u_channels, z_channels)
+  end_ref, dl_sum_ref = prog.rest[:2]
+  out_ref, last_ref = refs[-1]
+  part, tile, b, c0 = pl.program_id(2), cfg.tile, prog.b, prog.c0
+  per_part = _part_segments(cfg, num_chunks)
+  h = jnp.zeros((tile, prog.a2.shape[1]), jnp.float32)
+  # the state at this part's start, folded over the parts before it: unrolled, each group of
+  # loads issued before its multiply-adds, and parts at or after this one weigh nothing
+  for first in range(0, cfg.seq_parts - 1, PART_FOLD_UNROLL):
+    group = range(first, min(first + PART_FOLD_UNROLL, cfg.seq_parts - 1))
+    loads = [(end_ref[b, q, pl.ds(c0, tile), :], dl_sum_ref[b, q, pl.ds(c0, tile)])
+             for q in group]
+    for q, (end, dl_sum) in zip(group, loads):
+      folded = _fma(_exp2(dl_sum[:, None] * prog.a2, cfg), h, end, cfg)
+      h = jnp.where(q < part, folded, h)
+  h = jax.lax.fori_loop(0, per_part, lambda i, h: _forward_segment(
+      cfg, prog, part * per_part + i, h, out_ref), h)
+  last_ref[b, part, pl.ds(c0, tile), :] = h
 
 
 def _backward_refs(refs, cfg):
@@ -1008,6 +1142,35 @@ def _forward_call(cfg, index, u, delta, a2, B, C, D, bias, z):
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
+def _forward_parts_call(cfg, index, u, delta, a2, B, C, D, bias, z):
+  """The sequence-parallel forward (cfg.seq_parts parts; `_part_summary_kernel`): two kernels
+  on a grid of (batch, channel tiles, parts); returns (out, last state)."""
+  batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index = _common(
+      cfg, index, u, delta, B, z)
+  parts, f32 = cfg.seq_parts, jnp.float32
+  grid = (batch, channels // cfg.tile, parts)
+  options = dict(per_group=channels // groups, u_channels=u_channels, z_channels=z_channels,
+                 num_chunks=num_chunks)
+  name = lambda stem: register_cap.kernel_name(stem, cfg.max_registers)
+  params = _compiler_params(cfg.num_warps)
+  args = index + (u, delta, a2, B, C, D, bias) + ((z,) if cfg.has_z else ())
+  ends, dl_sums = pl.pallas_call(
+      functools.partial(_part_summary_kernel, cfg=cfg, **options), grid=grid,
+      out_shape=(jax.ShapeDtypeStruct((batch, parts, channels, num_state), f32),
+                 jax.ShapeDtypeStruct((batch, parts, channels), f32)),
+      interpret=cfg.interpret, name=name("selective_scan_fwd_parts_summary"),
+      compiler_params=params)(*args)
+  out_len = delta.shape[1] if cfg.write_at_tokens else cfg.seq_len
+  out, lasts = pl.pallas_call(
+      functools.partial(_part_output_kernel, cfg=cfg, **options), grid=grid,
+      out_shape=(jax.ShapeDtypeStruct((batch, out_len, channels), _out_dtype(cfg, u)),
+                 jax.ShapeDtypeStruct((batch, parts, channels, num_state), f32)),
+      interpret=cfg.interpret, name=name("selective_scan_fwd_parts"),
+      compiler_params=params)(*args, ends, dl_sums)
+  return out, lasts[:, -1]
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
 def _backward_call(cfg, index, u, delta, a2, B, C, D, bias, z, dout, dlast, ckpt):
   batch, channels, groups, num_state, u_channels, z_channels, num_chunks, index = _common(
       cfg, index, u, delta, B, z, num_state=a2.shape[1])  # B: [B, C] rows (lanes_xor)
@@ -1056,6 +1219,13 @@ def _forward_only(cfg, index, u, delta, A, B, C, D, bias, z):
   forward_only = dataclasses.replace(cfg, chunk=cfg.fwd_only_chunk,
                                      checkpoint_every=cfg.fwd_only_chunk, save_checkpoints=False,
                                      max_registers=cfg.fwd_only_max_registers)
+  if cfg.fwd_only_layout is not None:  # a small batch: smaller tiles and parts of the sequence
+    tile, parts = cfg.fwd_only_layout
+    warps = forward_only.num_warps if tile == forward_only.tile else _forward_warps(tile)
+    forward_only = dataclasses.replace(forward_only, tile=tile, seq_parts=parts,
+                                       num_warps=warps)
+    if parts > 1:
+      return _forward_parts_call(forward_only, index, u, delta, A * LOG2_E, B, C, D, bias, z)
   out, _, last = _forward_call(forward_only, index, u, delta, A * LOG2_E, B, C, D, bias, z)
   return out, last
 
@@ -1145,7 +1315,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                           bwd_max_registers=DEFAULT_BWD_MAX_REGISTERS,
                           recompute_checkpoints=DEFAULT_RECOMPUTE_CHECKPOINTS,
                           poly_softplus=DEFAULT_POLY_SOFTPLUS, lanes=None,
-                          lanes_ahead=True, lanes_xor=None,
+                          lanes_ahead=True, lanes_xor=None, seq_parts=None,
                           interpret=None):
   """The selective scan as Pallas kernels (fwd + custom-VJP bwd).
 
@@ -1201,6 +1371,11 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
      stores. lanes_xor: it keeps the states in an
      XOR-by-lane order (`_reduce_scatter_lanes_xor`; the same sums, fewer selects) and reads
      each step's [B_t, C_t] as one 128-byte row whose values reach the slots by shuffles.
+  seq_parts: parts of the sequence that a forward no backward follows (inference) runs in
+     parallel (`_forward_parts_call`: twice the work, `seq_parts` times the programs); None =
+     below SMALL_BATCH_WARPS warps in the usual layout, SMALL_BATCH_TILE-channel tiles
+     (unless `tile` is given) and as many parts as stay within FILL_WARPS warps, else the
+     usual layout; an int: that many parts (whole chunks each; 1 = the usual layout).
   out_dtype: dtype of out (None = u's). Inputs are converted to float32 as they are read,
      so bf16 inputs with out_dtype=float32 give exactly the values (and, rounded to bf16,
      the gradients) of float32-cast inputs, with half the input, residual and gradient bytes.
@@ -1285,7 +1460,7 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                                if poly_softplus is None else bool(poly_softplus)),
                 has_z=z is not None,
                 indexed=index is not None, write_at_tokens=bool(write_at_tokens),
-                num_warps=num_warps or (1 if fwd_tile <= 32 else 2),
+                num_warps=num_warps or _forward_warps(fwd_tile),
                 bwd_num_warps=1 if lanes else bwd_num_warps or (1 if bwd_t <= 16 else 2),
                 keep_decay=DEFAULT_KEEP_DECAY if keep_decay is None else bool(keep_decay),
                 sfu=bool(sfu),
@@ -1298,7 +1473,10 @@ def selective_scan_pallas(u, delta, A, B, C, D=None, z=None, delta_bias=None, *,
                 fwd_only_chunk=fwd_only_chunk,
                 fwd_only_max_registers=fwd_only_max_registers,
                 recompute_checkpoints=bool(recompute_checkpoints),
-                lanes=lanes, lanes_ahead=bool(lanes_ahead), lanes_xor=lanes_xor)
+                lanes=lanes, lanes_ahead=bool(lanes_ahead), lanes_xor=lanes_xor,
+                fwd_only_layout=_forward_only_layout(
+                    seq_parts, batch, channels, per_group, seq_len, fwd_only_chunk, fwd_tile,
+                    tile is not None))
   f32 = jnp.float32
   D = jnp.zeros((channels,), f32) if D is None else D.astype(f32)
   bias = jnp.zeros((channels,), f32) if delta_bias is None else delta_bias.astype(f32)
