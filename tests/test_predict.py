@@ -43,6 +43,17 @@ def test_logits_equal_the_model_one_image_and_batches(model):
   np.testing.assert_array_equal(np.asarray(predictor(images(2))), np.asarray(predictor(images(2))))
 
 
+def test_a_plain_model_with_a_middle_cls_token_too():
+  """LocalVim (plain, RoPE, cls token in the middle): the predictor is model-agnostic."""
+  vim = create_model("local_vim_tiny_middle_cls_token", num_classes=7, embed_dim=32, depth=2,
+                     directions=(("h", "v_flip"), ("w2", "h_flip")), img_size=32,
+                     patch_size=8, rngs=nnx.Rngs(4))
+  x = images(2, size=32, seed=4)
+  out = Predictor(vim)(x)
+  assert out.shape == (2, 7)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(vim(x)), rtol=0, atol=ATOL)
+
+
 def test_uint8_pixels_are_normalised_inside_with_the_given_statistics(model):
   mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
   predictor = Predictor(model, uint8_input=True, mean=mean, std=std)
