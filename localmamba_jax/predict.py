@@ -26,6 +26,11 @@ crop and statistics; `training.data.transforms.EvalTransform` does the resize an
 float32 pixels already normalised, (x / 255 - mean) / std; or, with `uint8_input=True`, the
 uint8 crop, normalised inside the program with `mean` / `std` (a checkpoint's own with
 `from_checkpoint`). Output: float32 logits.
+
+Several devices (`devices="all"` or a list): the weights are replicated on each, the batch is
+split over them (padded to a multiple of their count), and the scan kernels run once per
+device's share of the batch (`ops.kernels.common.shard_over_batch`, under the predictor's
+mesh), as in eval.py's data-parallel evaluation.
 """
 from __future__ import annotations
 
@@ -37,6 +42,24 @@ import numpy as np
 from flax import nnx
 
 from localmamba_jax.export import IMAGENET_MEAN, IMAGENET_STD, _check_stats
+
+BATCH_AXIS = "batch"
+
+
+def _devices(devices) -> list:
+  if devices is None:
+    return [jax.devices()[0]]
+  if isinstance(devices, str):
+    if devices != "all":
+      raise ValueError(f"devices={devices!r}: give None (one device), 'all' (every local "
+                       f"device) or a list of jax devices.")
+    return list(jax.local_devices())
+  devices = list(devices)
+  if not devices or not all(isinstance(d, jax.Device) for d in devices) \
+      or len(set(devices)) != len(devices):
+    raise ValueError(f"devices={devices!r}: give distinct jax devices, e.g. "
+                     f"jax.local_devices()[:2], or None / 'all'.")
+  return devices
 
 
 def _check_buckets(batch_buckets) -> tuple[int, ...] | None:
@@ -54,11 +77,12 @@ class Predictor:
   """A model's eval-mode forward, compiled once per batch size (or bucket); see the module
   docstring. `model` is an nnx model of this package (any of `models.create_model`'s or
   `convert.load_pretrained`'s); it is put in eval mode, and later changes to it are not seen
-  (the predictor keeps the state it had)."""
+  (the predictor keeps the state it had). devices: None = the default device; "all" = every
+  local device; or a list of jax devices (the batch is split over them)."""
 
   def __init__(self, model: nnx.Module, *, uint8_input: bool = False,
                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-               batch_buckets: Sequence[int] | None = None):
+               batch_buckets: Sequence[int] | None = None, devices=None):
     if not isinstance(model, nnx.Module):
       raise TypeError(f"Predictor: model must be an nnx.Module of this package (e.g. "
                       f"models.create_model(...) or convert.load_pretrained(DIR)), got "
@@ -67,13 +91,26 @@ class Predictor:
     self.uint8_input = bool(uint8_input)
     self.mean, self.std = _check_stats("mean", mean), _check_stats("std", std)
     self.batch_buckets = _check_buckets(batch_buckets)
+    self.devices = _devices(devices)
     self.config = getattr(model, "config", None)
     graphdef, state = nnx.split(model)
     # The state goes in as a flat list of arrays, put on the device once: jit flattens an
     # nnx.State argument in Python on every call (LocalVMamba-T's 302 leaves: ~490 us per call
     # against ~90 us for the list on a 2-core CPU, session 27), a list in C++.
     leaves, treedef = jax.tree.flatten(state)
-    self._leaves = jax.device_put(leaves)
+    self._mesh = None
+    if len(self.devices) > 1:
+      from jax.sharding import NamedSharding, PartitionSpec as P
+      self._mesh = jax.make_mesh((len(self.devices),), (BATCH_AXIS,), devices=self.devices,
+                                 axis_types=(jax.sharding.AxisType.Auto,))
+      replicated = NamedSharding(self._mesh, P())
+      split = NamedSharding(self._mesh, P(BATCH_AXIS))
+      self._leaves = jax.device_put(leaves, replicated)
+      shardings = dict(in_shardings=(replicated, split), out_shardings=split)
+      self._split = split
+    else:
+      self._leaves = jax.device_put(leaves, self.devices[0])
+      shardings = {}
     mean_arr, std_arr = jnp.asarray(self.mean, jnp.float32), jnp.asarray(self.std, jnp.float32)
 
     def forward(leaves, images):
@@ -82,12 +119,13 @@ class Predictor:
       model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
       return model(images).astype(jnp.float32)
 
-    self._forward = jax.jit(forward)
+    self._forward = jax.jit(forward, **shardings)
     self.compiled_batch_sizes: set[int] = set()  # batch sizes run so far (one program each)
 
   @classmethod
   def from_checkpoint(cls, directory, *, ema: bool = False, uint8_input: bool = False,
-                      batch_buckets: Sequence[int] | None = None, **overrides) -> "Predictor":
+                      batch_buckets: Sequence[int] | None = None, devices=None,
+                      **overrides) -> "Predictor":
     """The model stored in `directory` (a converted checkpoint or a train.py run, as
     `convert.load_pretrained` reads it; `overrides` as there, e.g. dtype=jnp.bfloat16), with
     the checkpoint's own normalisation statistics (`export.eval_preprocessing`)."""
@@ -96,7 +134,7 @@ class Predictor:
     preprocessing = eval_preprocessing(directory)
     predictor = cls(load_pretrained(directory, ema=ema, **overrides), uint8_input=uint8_input,
                     mean=preprocessing["mean"], std=preprocessing["std"],
-                    batch_buckets=batch_buckets)
+                    batch_buckets=batch_buckets, devices=devices)
     predictor.image_size = preprocessing["image_size"]
     predictor.crop_pct = preprocessing["crop_pct"]
     return predictor
@@ -122,8 +160,16 @@ class Predictor:
 
   def _run(self, images):
     batch = images.shape[0]
-    self.compiled_batch_sizes.add(batch)
-    return self._forward(self._leaves, images)
+    if self._mesh is None:
+      self.compiled_batch_sizes.add(batch)
+      return self._forward(self._leaves, images)
+    padded = -(-batch // len(self.devices)) * len(self.devices)   # an equal share per device
+    if padded != batch:
+      images = np.pad(np.asarray(images), [(0, padded - batch)] + [(0, 0)] * 3)
+    images = jax.device_put(images, self._split)   # each device gets its share directly
+    self.compiled_batch_sizes.add(padded)
+    with jax.set_mesh(self._mesh):  # the kernels split their calls by the mesh when traced
+      return self._forward(self._leaves, images)[:batch]
 
   def __call__(self, images) -> jax.Array:
     """float32 logits [batch, num_classes] (or [num_classes] for one image [H, W, 3])."""

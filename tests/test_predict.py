@@ -118,3 +118,62 @@ def test_bad_input_is_refused_with_what_to_do(model):
     floats.warmup()
   with pytest.raises(TypeError, match="nnx.Module"):
     Predictor(lambda x: x)
+
+
+MULTI_DEVICE = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from localmamba_jax.models import create_model
+from localmamba_jax.predict import Predictor
+
+assert jax.device_count() == 4, jax.devices()
+model = create_model("local_vssm_tiny", num_classes=10, dims=(8, 16), depths=(1, 1),
+                     directions=(("h", "w2_flip"), ("v", "h_flip")), drop_path_rate=0.0,
+                     scan_impl="pallas_gpu", rngs=nnx.Rngs(5))   # the GPU kernel, interpreted
+x = np.random.default_rng(5).standard_normal((6, 16, 16, 3)).astype(np.float32)
+one = Predictor(model)
+many = Predictor(model, devices="all")
+expected = np.asarray(one(x))
+shard_maps, real_shard_map = [], jax.shard_map
+jax.shard_map = lambda f, **kw: shard_maps.append(kw["in_specs"]) or real_shard_map(f, **kw)
+out = many(x)                                  # 6 images -> 8 rows, 2 per device (traced here)
+jax.shard_map = real_shard_map
+one_image = float(np.abs(np.asarray(many(x[0])) - expected[0]).max())  # 1 -> 4 rows
+print(json.dumps(dict(
+    err=float(np.abs(np.asarray(out) - expected).max()), shape=list(out.shape),
+    sizes=sorted(many.compiled_batch_sizes),
+    weights_on=len(many._leaves[0].sharding.device_set),
+    kernel_calls_per_shard=len(shard_maps),
+    one_image=one_image)))
+"""
+
+
+def test_several_devices_split_the_batch_and_match_one_device():
+  """devices='all' on 4 simulated CPU devices: weights on each, 6 images padded to 8 (2 per
+  device), the scan kernel called per device's share (a shard_map in the program), logits
+  equal to one device's."""
+  import json
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                          "--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", PYTHONPATH=root)
+  proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE], env=env, cwd=root,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["shape"] == [6, 10] and result["sizes"] == [4, 8]
+  assert result["err"] < ATOL and result["one_image"] < ATOL
+  assert result["weights_on"] == 4
+  # the two blocks' kernel calls (4) each ran on every device's share, through a shard_map
+  assert result["kernel_calls_per_shard"] == 4
+
+
+def test_devices_are_checked(model):
+  with pytest.raises(ValueError, match="devices='gpu'"):
+    Predictor(model, devices="gpu")
+  with pytest.raises(ValueError, match="distinct jax devices"):
+    Predictor(model, devices=[jax.devices()[0], jax.devices()[0]])
