@@ -46,6 +46,14 @@ from localmamba_jax.export import IMAGENET_MEAN, IMAGENET_STD, _check_stats
 BATCH_AXIS = "batch"
 
 
+def _pad_rows(images, rows: int):
+  """images [b, H, W, C] with zero rows appended up to `rows` (numpy stays numpy)."""
+  if images.shape[0] == rows:
+    return images
+  padding = [(0, rows - images.shape[0])] + [(0, 0)] * (images.ndim - 1)
+  return jnp.pad(images, padding) if isinstance(images, jax.Array) else np.pad(images, padding)
+
+
 def _devices(devices) -> list:
   if devices is None:
     return [jax.devices()[0]]
@@ -156,7 +164,11 @@ class Predictor:
                        f"uint8_input=True to pass uint8 pixels.")
     if len(shape) == 4 and shape[0] == 0:
       raise ValueError("Predictor: an empty batch (batch size 0); pass at least one image.")
-    return images if self.uint8_input else jnp.asarray(images, jnp.float32)
+    if self.uint8_input:
+      return images
+    # float32, where the images already are (a host array is sent once, at the call)
+    return (images.astype(jnp.float32) if isinstance(images, jax.Array)
+            else np.asarray(images, np.float32))
 
   def _run(self, images):
     batch = images.shape[0]
@@ -164,9 +176,8 @@ class Predictor:
       self.compiled_batch_sizes.add(batch)
       return self._forward(self._leaves, images)
     padded = -(-batch // len(self.devices)) * len(self.devices)   # an equal share per device
-    if padded != batch:
-      images = np.pad(np.asarray(images), [(0, padded - batch)] + [(0, 0)] * 3)
-    images = jax.device_put(images, self._split)   # each device gets its share directly
+    # each device gets its share of the rows directly
+    images = jax.device_put(_pad_rows(images, padded), self._split)
     self.compiled_batch_sizes.add(padded)
     with jax.set_mesh(self._mesh):  # the kernels split their calls by the mesh when traced
       return self._forward(self._leaves, images)[:batch]
@@ -183,8 +194,7 @@ class Predictor:
     for start in range(0, images.shape[0], largest):
       chunk = images[start:start + largest]
       bucket = next(b for b in self.batch_buckets if b >= chunk.shape[0])
-      padding = [(0, bucket - chunk.shape[0])] + [(0, 0)] * 3
-      pieces.append(self._run(jnp.pad(jnp.asarray(chunk), padding))[:chunk.shape[0]])
+      pieces.append(self._run(_pad_rows(chunk, bucket))[:chunk.shape[0]])
     return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
 
   def top_k(self, images, k: int = 5) -> tuple[jax.Array, jax.Array]:
