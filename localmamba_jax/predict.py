@@ -100,7 +100,9 @@ class Predictor:
     self.mean, self.std = _check_stats("mean", mean), _check_stats("std", std)
     self.batch_buckets = _check_buckets(batch_buckets)
     self.devices = _devices(devices)
-    self.config = getattr(model, "config", None)
+    # the checkpoint's evaluation input (`from_checkpoint`; None for a model given directly)
+    self.image_size: int | None = None
+    self.crop_pct: float | None = None
     graphdef, state = nnx.split(model)
     # The state goes in as a flat list of arrays, put on the device once: jit flattens an
     # nnx.State argument in Python on every call (LocalVMamba-T's 302 leaves: ~490 us per call
@@ -150,7 +152,9 @@ class Predictor:
   # ------------------------------------------------------------------------------- calling
 
   def _checked(self, images):
-    shape, dtype = np.shape(images), np.dtype(getattr(images, "dtype", np.asarray(images).dtype))
+    if not hasattr(images, "dtype"):  # a list: to numpy (a jax or numpy array stays where it is)
+      images = np.asarray(images)
+    shape, dtype = images.shape, np.dtype(images.dtype)
     if len(shape) not in (3, 4) or shape[-1] != 3:
       raise ValueError(f"Predictor: images must be NHWC [batch, H, W, 3] or one image "
                        f"[H, W, 3], got shape {tuple(shape)}.")
@@ -214,7 +218,7 @@ class Predictor:
     sizes = batch_sizes if batch_sizes is not None else self.batch_buckets
     if not sizes:
       raise ValueError("warmup: give batch_sizes, or build the predictor with batch_buckets.")
-    size = int(image_size or getattr(self, "image_size", 224))
+    size = int(image_size or self.image_size or 224)
     dtype = np.uint8 if self.uint8_input else np.float32
     for batch in _check_buckets(sizes):
       jax.block_until_ready(self(np.zeros((batch, size, size, 3), dtype)))

@@ -39,6 +39,10 @@ def test_logits_equal_the_model_one_image_and_batches(model):
   np.testing.assert_allclose(np.asarray(one), np.asarray(model(images(3, seed=3)))[1],
                              rtol=0, atol=ATOL)
   assert predictor.compiled_batch_sizes == {1, 3}
+  as_list = predictor(images(1, seed=1).tolist())        # nested lists are taken as arrays
+  np.testing.assert_allclose(np.asarray(as_list), np.asarray(model(images(1, seed=1))),
+                             rtol=0, atol=ATOL)
+  assert predictor.image_size is None                    # only a checkpoint knows its size
   # eval mode: drop path (0.1 here) is off, so two calls agree exactly
   np.testing.assert_array_equal(np.asarray(predictor(images(2))), np.asarray(predictor(images(2))))
 

@@ -257,6 +257,14 @@ def _forward_warps(tile: int) -> int:
   return 1 if tile <= 32 else 2
 
 
+def _whole_chunk_parts(parts: int, seq_len: int, chunk: int) -> int:
+  """How many parts `parts` asked for become when each holds whole chunks of the sequence
+  (`_part_segments` gives each the same number of chunks, the last one fewer)."""
+  chunks = -(-seq_len // chunk)
+  per_part = -(-chunks // min(parts, chunks))
+  return -(-chunks // per_part)
+
+
 def _forward_only_layout(seq_parts, batch, channels, per_group, seq_len, chunk, tile,
                          tile_given):
   """(tile, parts) of a forward that no backward follows, or None for its usual layout (the
@@ -267,9 +275,8 @@ def _forward_only_layout(seq_parts, batch, channels, per_group, seq_len, chunk, 
     if not isinstance(seq_parts, (int, np.integer)) or seq_parts < 1:
       raise ValueError(f"selective_scan_pallas: seq_parts must be an integer >= 1 or None "
                        f"(chosen from the batch), got {seq_parts!r}.")
-    segments = -(-seq_len // chunk)
-    parts = min(int(seq_parts), segments)
-    return None if parts == 1 else (tile, -(-segments // -(-segments // parts)))
+    parts = _whole_chunk_parts(int(seq_parts), seq_len, chunk)
+    return None if parts == 1 else (tile, parts)
   if batch * (channels // tile) * _forward_warps(tile) >= SMALL_BATCH_WARPS:
     return None
   if not tile_given:
@@ -279,8 +286,7 @@ def _forward_only_layout(seq_parts, batch, channels, per_group, seq_len, chunk, 
   while (warps * parts * 2 <= FILL_WARPS and seq_len // (parts * 2) >= MIN_PART_STEPS
          and seq_len // (parts * 2) >= chunk):
     parts *= 2
-  return _forward_only_layout(parts, batch, channels, per_group, seq_len, chunk, tile,
-                              True) or (tile, 1)
+  return tile, _whole_chunk_parts(parts, seq_len, chunk)
 
 
 def _lean_default(seq_len: int, indexed: bool) -> bool:
