@@ -11,7 +11,8 @@ and merge them. The predictor splits the model once, keeps its state on the devi
 list of arrays and calls a `jax.jit` program on (state, images): one dispatch per call. One
 H200, LocalVMamba-T bf16, one image (BENCHMARKS.md session 27): eager 298 ms, nnx.jit 20.8 ms,
 the predictor 3.1 ms, then still taking the state as an nnx.State (the flat list took ~0.4 ms
-of host time off each call on a 2-core CPU; not re-timed on the GPU). Of the benchmark's
+of host time off each call on a 2-core CPU) and copying the images to the host to read their
+dtype (fixed since); neither fix re-timed on the GPU. Of the benchmark's
 ~2.4 ms eval step at batch 1, ~1.5 ms are kernels, the rest the host's dispatch.
 
 Each new batch size compiles a new program. For a stream of requests of varying size give
